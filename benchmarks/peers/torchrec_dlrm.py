@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Peer benchmark: TorchRec DLRM on CPU (gloo), Criteo Kaggle shapes.
+
+Run under torchrun with 2 ranks in the TorchRec peer venv, e.g.
+
+    torchrun --nproc-per-node 2 benchmarks/peers/torchrec_dlrm.py --steps 40 --warmup 5
+
+It trains torchrec.models.dlrm.DLRM (26 EmbeddingBag tables of dim 16, table-wise
+sharded by DistributedModelParallel, fused SGD on the tables, torch SGD on the dense
+part) on uniform random ids, and rank 0 prints one final line:
+
+    TORCHREC samples_per_s=<float> steps=<n> world_size=<n>
+
+The random batches are generated before timing and cycled, so only training is timed.
+This script is a benchmark driver for an external peer; it is not part of disttrain and
+imports nothing from it.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+# Criteo Kaggle (Display Advertising Challenge) categorical cardinalities, C1..C26.
+KAGGLE_CARDINALITIES = [
+    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
+    27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
+]
+NUM_DENSE = 13
+EMB_DIM = 16
+BOTTOM_MLP = [512, 256, 64, EMB_DIM]
+TOP_MLP = [512, 256, 1]
+LR = 0.1
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=60, help="timed steps (after warmup)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed warmup steps")
+    p.add_argument("--batch-size", type=int, default=2048, help="global batch; each rank takes batch/world")
+    p.add_argument("--max-rows", type=int, default=1_000_000, help="cap on rows per table")
+    p.add_argument("--pool", type=int, default=8, help="number of pre-generated batches to cycle")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                   help="pin each rank to CPU <local_rank> and use 1 intra-op thread (default on)")
+    return p.parse_args(argv)
+
+
+def log(rank, msg):
+    if rank == 0:
+        print(f"[torchrec_dlrm] {msg}", file=sys.stderr, flush=True)
+
+
+class LossWrapper(nn.Module):
+    """Runs DLRM and returns the mean BCE-with-logits loss."""
+
+    def __init__(self, dlrm):
+        super().__init__()
+        self.model = dlrm
+        self.loss_fn = nn.BCEWithLogitsLoss()
+
+    def forward(self, dense, sparse, labels):
+        logits = self.model(dense, sparse).squeeze(-1)
+        return self.loss_fn(logits, labels)
+
+
+def make_batches(n, local_batch, table_rows, keys, seed):
+    """Pre-generates n (dense, KJT, labels) batches with one uniform id per table per sample."""
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n):
+        dense = torch.rand(local_batch, NUM_DENSE, generator=g)
+        # KJT values are key-major: all samples of key 0, then key 1, ...
+        ids = torch.cat([
+            torch.randint(0, rows, (local_batch,), generator=g, dtype=torch.int64)
+            for rows in table_rows
+        ])
+        lengths = torch.ones(len(keys) * local_batch, dtype=torch.int32)
+        kjt = KeyedJaggedTensor.from_lengths_sync(keys=keys, values=ids, lengths=lengths)
+        labels = torch.randint(0, 2, (local_batch,), generator=g).float()
+        batches.append((dense, kjt, labels))
+    return batches
+
+
+def make_topology(world, local_world):
+    """CPU topology; uses TopologyFactory where this TorchRec has it (1.8+), else Topology."""
+    from torchrec.distributed.planner import types as ptypes
+
+    if hasattr(ptypes, "TopologyFactory"):
+        return ptypes.TopologyFactory.create_topology(
+            trainer_config=ptypes.TrainerConfig(world_size=world, local_world_size=local_world),
+            kernel_config=ptypes.KernelConfig(compute_device="cpu"),
+        )
+    return ptypes.Topology(world_size=world, compute_device="cpu", local_world_size=local_world)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpus[local_rank % len(cpus)]})
+        torch.set_num_threads(1)
+
+    # Import TorchRec only after pinning so its thread pools start on the right core.
+    from torch.distributed.optim import _apply_optimizer_in_backward
+    from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.distributed.planner import EmbeddingShardingPlanner
+    from torchrec.distributed.planner.types import ParameterConstraints
+    from torchrec.distributed.types import ShardingType
+    from torchrec.models.dlrm import DLRM
+
+    dist.init_process_group(backend="gloo")
+    device = torch.device("cpu")
+    if args.batch_size % world:
+        raise SystemExit(f"--batch-size {args.batch_size} is not divisible by world size {world}")
+    local_batch = args.batch_size // world
+    torch.manual_seed(args.seed)
+
+    table_rows = [min(c, args.max_rows) for c in KAGGLE_CARDINALITIES]
+    keys = [f"cat_{i}" for i in range(len(table_rows))]
+    tables = [
+        EmbeddingBagConfig(name=f"table_{i}", embedding_dim=EMB_DIM, num_embeddings=rows,
+                           feature_names=[keys[i]])
+        for i, rows in enumerate(table_rows)
+    ]
+    # Tables are built on the meta device; DMP materialises only each rank's own shards.
+    ebc = EmbeddingBagCollection(tables=tables, device=torch.device("meta"))
+    dlrm = DLRM(
+        embedding_bag_collection=ebc,
+        dense_in_features=NUM_DENSE,
+        dense_arch_layer_sizes=BOTTOM_MLP,
+        over_arch_layer_sizes=TOP_MLP,
+        dense_device=device,
+    )
+    model = LossWrapper(dlrm)
+
+    # Sparse optimizer: SGD fused into the embedding backward (TorchRec's FBGEMM kernel).
+    _apply_optimizer_in_backward(torch.optim.SGD, dlrm.sparse_arch.parameters(), {"lr": LR})
+
+    sharders = [EmbeddingBagCollectionSharder()]
+    constraints = {t.name: ParameterConstraints(sharding_types=[ShardingType.TABLE_WISE.value])
+                   for t in tables}
+    planner = EmbeddingShardingPlanner(
+        topology=make_topology(world, int(os.environ.get("LOCAL_WORLD_SIZE", world))),
+        batch_size=local_batch,
+        constraints=constraints,
+    )
+    plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+    dmp = DistributedModelParallel(module=model, device=device, plan=plan, sharders=sharders)
+
+    if rank == 0:
+        ebc_plan = next(iter(plan.plan.values()))
+        per_rank = {}
+        for name, ps in ebc_plan.items():
+            per_rank.setdefault(tuple(ps.ranks), []).append(name)
+        kinds = sorted({(ps.sharding_type, ps.compute_kernel) for ps in ebc_plan.values()})
+        log(rank, f"plan {kinds}: " + ", ".join(f"ranks{r}={len(v)} tables" for r, v in sorted(per_rank.items())))
+
+    dense_params = [p for _, p in dmp.named_parameters() if not hasattr(p, "_in_backward_optimizers")]
+    dense_opt = torch.optim.SGD(dense_params, lr=LR)
+
+    batches = make_batches(args.pool, local_batch, table_rows, keys, args.seed * 1000 + rank)
+
+    def step(i):
+        dense, kjt, labels = batches[i % len(batches)]
+        loss = dmp(dense, kjt, labels)
+        dense_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        dense_opt.step()
+        return loss
+
+    dmp.train()
+    loss = torch.tensor(float("nan"))
+    for i in range(args.warmup):
+        loss = step(i)
+    log(rank, f"warmup done ({args.warmup} steps), loss={loss.item():.4f}")
+
+    dist.barrier()
+    t0 = time.perf_counter()
+    for i in range(args.steps):
+        loss = step(args.warmup + i)
+    dist.barrier()
+    elapsed = time.perf_counter() - t0
+
+    log(rank, f"timed {args.steps} steps in {elapsed:.3f}s, last loss={loss.item():.4f}")
+    if rank == 0:
+        sps = args.steps * args.batch_size / elapsed
+        print(f"TORCHREC samples_per_s={sps:.1f} steps={args.steps} world_size={world}", flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""`disttrain` command line: train, launch, plan, bench.
+
+    disttrain train [CONFIG] [key=value ...]      run in this process (or as a torchrun worker)
+    disttrain launch [CONFIG] [key=value ...]     start workers with launch.launcher (local | torchrun)
+    disttrain plan [CONFIG] [key=value ...] --world-size N [--json]
+    disttrain bench [key=value ...]               the kaggle DLRM throughput benchmark (2 pinned ranks)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from disttrain import config as config_mod
+from disttrain.errors import DisttrainError
+
+BENCH_CONFIG = Path(__file__).parent / "configs" / "bench_kaggle.yaml"
+
+
+def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
+    """The first argument without '=' is the config file; the rest are overrides."""
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    return None, items
+
+
+def _load(items: list[str], base: str | None = None):
+    path, overrides = _split_args(items)
+    if path is not None and base is not None:
+        raise DisttrainError(f"{path}: unexpected argument, expected key=value overrides")
+    return config_mod.load_config(path or base, overrides)
+
+
+def cmd_train(args) -> int:
+    from disttrain.worker import run_worker
+
+    run_worker(_load(args.items))
+    return 0
+
+
+def prepare_launch(cfg: config_mod.Config) -> str:
+    """Validate everything that can fail before any process starts; write the resolved config."""
+    from disttrain.trainer import build_plan
+
+    world = cfg.launch.nproc_per_node * cfg.launch.nnodes
+    build_plan(cfg, world)
+    out = Path(cfg.run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "config.yaml"
+    path.write_text(config_mod.to_yaml(cfg))
+    return str(path.resolve())
+
+
+def cmd_launch(args, base: str | None = None) -> int:
+    cfg = _load(args.items, base)
+    config_path = prepare_launch(cfg)
+    if cfg.launch.launcher == "torchrun":
+        from disttrain.launchers.torchrun import launch_torchrun
+
+        return launch_torchrun(cfg, config_path)
+    from disttrain.launchers.local import launch_local
+
+    return launch_local(cfg, config_path)
+
+
+def cmd_plan(args) -> int:
+    from disttrain.trainer import build_plan
+
+    cfg = _load(args.items)
+    world = args.world_size or cfg.launch.nproc_per_node * cfg.launch.nnodes
+    _, plan = build_plan(cfg, world)
+    print(json.dumps(plan.to_json(), indent=2) if args.json else plan.describe())
+    return 0
+
+
+def cmd_bench(args) -> int:
+    code = cmd_launch(args, base=str(BENCH_CONFIG))
+    if code == 0:
+        cfg = _load(args.items, str(BENCH_CONFIG))
+        summary = json.loads((Path(cfg.run.output_dir) / "summary.json").read_text())
+        print(
+            f"BENCH dlrm/{summary['flavor']} world_size={summary['world_size']} "
+            f"global_batch={summary['global_batch_size']} samples_per_s={summary['samples_per_s']:.0f}"
+        )
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="disttrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, text in (
+        ("train", cmd_train, "train in this process (world of one, or a torchrun worker)"),
+        ("launch", cmd_launch, "start workers with launch.launcher"),
+        ("bench", cmd_bench, "kaggle DLRM throughput benchmark"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("items", nargs="*", metavar="[CONFIG] key=value", help="config file and/or overrides")
+        p.set_defaults(func=func)
+    p = sub.add_parser("plan", help="print the sharding plan without starting processes")
+    p.add_argument("items", nargs="*", metavar="[CONFIG] key=value")
+    p.add_argument("--world-size", type=int, default=0, help="ranks to plan for (default: launch settings)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # Overrides may stand on either side of options (`plan cfg.yaml --world-size 2 train.batch_size=8`).
+    args, extra = parser.parse_known_args(argv)
+    unknown = [item for item in extra if item.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.items = [*args.items, *extra]
+    try:
+        return args.func(args)
+    except DisttrainError as exc:
+        print(f"disttrain: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

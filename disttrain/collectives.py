@@ -1,0 +1,105 @@
+"""The small collectives interface the sharded layer and gradient sync use.
+
+torch.distributed implements it (`TorchCollectives`); a single process needs no communication
+(`SingleProcess`). Other transports (Horovod) implement the same four methods.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+
+
+class Handle(Protocol):
+    def wait(self) -> object: ...
+
+
+class _Done:
+    def wait(self) -> None:
+        return None
+
+
+class Collectives(Protocol):
+    rank: int
+    world_size: int
+
+    def all_to_all(
+        self, output: torch.Tensor, input: torch.Tensor, output_splits: list[int], input_splits: list[int]
+    ) -> None: ...
+
+    def all_reduce_sum(self, tensor: torch.Tensor, *, async_op: bool = False) -> Handle: ...
+
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]: ...
+
+    def barrier(self) -> None: ...
+
+    def all_gather_object(self, obj: object) -> list: ...
+
+
+class SingleProcess:
+    rank = 0
+    world_size = 1
+
+    def all_to_all(self, output, input, output_splits, input_splits) -> None:
+        output.copy_(input)
+
+    def all_reduce_sum(self, tensor, *, async_op=False) -> Handle:
+        return _Done()
+
+    def all_gather(self, tensor) -> list[torch.Tensor]:
+        return [tensor]
+
+    def barrier(self) -> None:
+        return None
+
+    def all_gather_object(self, obj) -> list:
+        return [obj]
+
+
+class TorchCollectives:
+    """torch.distributed on an initialised process group (gloo on CPU, nccl on GPU)."""
+
+    def __init__(self, group: dist.ProcessGroup | None = None):
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+
+    def all_to_all(self, output, input, output_splits, input_splits) -> None:
+        dist.all_to_all_single(output, input, output_splits, input_splits, group=self.group)
+
+    def all_reduce_sum(self, tensor, *, async_op=False) -> Handle:
+        work = dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group, async_op=async_op)
+        return work if async_op else _Done()
+
+    def all_gather(self, tensor) -> list[torch.Tensor]:
+        out = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(out, tensor.contiguous(), group=self.group)
+        return out
+
+    def barrier(self) -> None:
+        dist.barrier(group=self.group)
+
+    def all_gather_object(self, obj) -> list:
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, obj, group=self.group)
+        return out
+
+
+def all_gather_rows(comm: Collectives, rows: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather variable-length (rows [N], values [N, D]) from every rank, in rank order."""
+    if comm.world_size == 1:
+        return rows, values
+    counts = [int(c) for c in comm.all_gather(torch.tensor([rows.numel()]))]
+    most = max(counts)
+    padded_rows = torch.zeros(most, dtype=rows.dtype)
+    padded_rows[: rows.numel()] = rows
+    padded_values = torch.zeros(most, values.shape[1], dtype=values.dtype)
+    padded_values[: rows.numel()] = values
+    all_rows = comm.all_gather(padded_rows)
+    all_values = comm.all_gather(padded_values)
+    return (
+        torch.cat([r[:c] for r, c in zip(all_rows, counts)]),
+        torch.cat([v[:c] for v, c in zip(all_values, counts)]),
+    )

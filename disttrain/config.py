@@ -1,0 +1,261 @@
+"""One typed config tree: YAML file + dotted command-line overrides -> frozen-ish dataclasses.
+
+Every key has a default, so a file may hold only some sections and a run may use no file at all.
+Unknown keys and values of the wrong type are rejected with the key's full path.
+
+Example::
+
+    cfg = load_config("cluster_configs/demo.yaml", ["train.batch_size=4096", "model.table_sizes=[7,1001,13]"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from disttrain.errors import ConfigError
+
+MODEL_NAMES = ("dlrm",)
+FLAVORS = ("debug", "kaggle", "mlperf")
+STRATEGIES = ("auto", "table_wise", "row_wise", "column_wise", "data_parallel")
+OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
+LAUNCHERS = ("local", "torchrun")
+DISTRIBUTIONS = ("uniform", "zipf")
+INTERACTIONS = ("dot", "cat")
+POOLINGS = ("sum", "mean")
+AFFINITIES = ("none", "core")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "dlrm"
+    flavor: str = "debug"
+    # Override the flavor's tables: their number and rows. Empty = the flavor's tables.
+    table_sizes: list[int] = field(default_factory=list)
+    # Cap every table at this many rows (like the reference's --max-ind-range). 0 = no cap.
+    max_rows: int = 0
+    # 0 = the flavor's embedding dim.
+    embedding_dim: int = 0
+    interaction: str = "dot"
+    pooling: str = "sum"
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"
+    distribution: str = "zipf"
+    zipf_exponent: float = 1.05
+    # Ids per bag: 1 = one-hot. With multi_hot_max > 1 each bag holds 1..multi_hot_max ids.
+    multi_hot_max: int = 1
+    num_dense: int = 13
+    eval_batches: int = 8
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 256
+    steps: int = 100
+    seed: int = 0
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    eval_every: int = 0
+    log_every: int = 10
+    # Steps excluded from the samples/s figure (start-up, allocator warm-up). -1 = automatic.
+    warmup_steps: int = -1
+
+
+@dataclass
+class ShardingConfig:
+    strategy: str = "auto"
+    # Per-table strategy overrides: {table_name: strategy}.
+    tables: dict[str, str] = field(default_factory=dict)
+    # Column shards per column-wise table. 0 = one per rank.
+    num_column_shards: int = 0
+
+
+@dataclass
+class LaunchConfig:
+    launcher: str = "local"
+    nproc_per_node: int = 2
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    # 0 = pick a free port (single node only).
+    master_port: int = 0
+    # torchrun c10d rendezvous endpoint host:port; empty = static master address.
+    rdzv_endpoint: str = ""
+    affinity: str = "core"
+    # Intra-op threads per worker. 0 = as many as the CPUs it is pinned to.
+    threads_per_worker: int = 0
+    backend: str = "gloo"
+    timeout_s: int = 600
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/latest"
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.name": MODEL_NAMES,
+    "model.flavor": FLAVORS,
+    "model.interaction": INTERACTIONS,
+    "model.pooling": POOLINGS,
+    "data.source": ("synthetic",),
+    "data.distribution": DISTRIBUTIONS,
+    "train.optimizer": OPTIMIZERS,
+    "sharding.strategy": STRATEGIES,
+    "launch.launcher": LAUNCHERS,
+    "launch.affinity": AFFINITIES,
+    "launch.backend": ("gloo", "nccl"),
+}
+POSITIVE = ("train.batch_size", "launch.nproc_per_node", "launch.nnodes", "data.multi_hot_max", "data.num_dense")
+NON_NEGATIVE = (
+    "train.steps", "train.eval_every", "model.max_rows", "model.embedding_dim", "sharding.num_column_shards",
+    "data.eval_batches", "launch.node_rank", "launch.master_port", "launch.threads_per_worker",
+)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(path: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the annotation `tp`; return it (ints widen to float)."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: got {value!r}, expected a list of {_type_name(item_tp)}")
+        return [_coerce(f"{path}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: got {value!r}, expected a mapping of {_type_name(key_tp)} to {_type_name(val_tp)}")
+        return {_coerce(f"{path}", k, key_tp): _coerce(f"{path}.{k}", v, val_tp) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        raise AssertionError("union types are not used in the config")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool):
+        raise ConfigError(f"{path}: got {value!r}, expected {_type_name(tp)}")
+    if not isinstance(value, tp):
+        raise ConfigError(f"{path}: got {value!r} ({type(value).__name__}), expected {_type_name(tp)}")
+    return value
+
+
+def _merge(node: Any, data: dict[str, Any], prefix: str) -> None:
+    """Apply a (possibly partial) nested mapping onto a dataclass instance, in place."""
+    hints = typing.get_type_hints(type(node))
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in hints:
+            known = ", ".join(f.name for f in dataclasses.fields(node))
+            raise ConfigError(f"{path}: unknown key (known keys here: {known})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: got {value!r}, expected a section (mapping)")
+            _merge(getattr(node, key), value, f"{path}.")
+        else:
+            setattr(node, key, _coerce(path, value, tp))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.batch_size=4096` -> (["train", "batch_size"], 4096); values are parsed as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.batch_size=4096")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.problem})") from None
+    if value is None:
+        value = ""
+    return key.strip().split("."), value
+
+
+def _nest(parts: list[str], value: Any) -> dict[str, Any]:
+    out: Any = value
+    for part in reversed(parts):
+        out = {part: out}
+    return out
+
+
+def validate(cfg: Config) -> Config:
+    """Cross-field checks that do not need the model or the world size."""
+    flat = to_flat_dict(cfg)
+    for path, choices in CHOICES.items():
+        if flat[path] not in choices:
+            raise ConfigError(f"{path}: got {flat[path]!r}, expected one of {', '.join(choices)}")
+    for path in POSITIVE:
+        if flat[path] <= 0:
+            raise ConfigError(f"{path}: got {flat[path]!r}, expected a positive integer")
+    for path in NON_NEGATIVE:
+        if flat[path] < 0:
+            raise ConfigError(f"{path}: got {flat[path]!r}, expected an integer >= 0")
+    if cfg.train.lr <= 0:
+        raise ConfigError(f"train.lr: got {cfg.train.lr!r}, expected a positive number")
+    for name, strategy in cfg.sharding.tables.items():
+        if strategy not in STRATEGIES[1:]:
+            raise ConfigError(
+                f"sharding.tables.{name}: got {strategy!r}, expected one of {', '.join(STRATEGIES[1:])}"
+            )
+    for i, rows in enumerate(cfg.model.table_sizes):
+        if rows <= 0:
+            raise ConfigError(f"model.table_sizes[{i}]: got {rows}, expected a positive number of rows")
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+        _merge(cfg, data, "")
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        _merge(cfg, _nest(parts, value), "")
+    return validate(cfg)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def to_flat_dict(cfg: Config) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for section, values in to_dict(cfg).items():
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value
+    return flat
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,68 @@
+"""Data-parallel dense parameters: gradients live in one flat buffer and are summed across ranks.
+
+The loss is normalised by the *global* batch, so a sum (not a mean) of the ranks' gradients is the
+single-process gradient. Buckets are all-reduced asynchronously as soon as backward has produced all of
+their gradients, overlapping communication with the rest of backward (like DDP's reducer).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from disttrain.collectives import Collectives, Handle
+
+BUCKET_BYTES = 1 << 20
+
+
+class DataParallelGrads:
+    def __init__(self, params: list[torch.nn.Parameter], comm: Collectives, *, bucket_bytes: int = BUCKET_BYTES):
+        self.params = [p for p in params if p.requires_grad]
+        self.comm = comm
+        total = sum(p.numel() for p in self.params)
+        self.flat = torch.zeros(total)
+        # Backward produces the last layers' gradients first, so buckets are cut in reverse order.
+        offset = total
+        self.buckets: list[tuple[int, int]] = []
+        self.bucket_of: dict[int, int] = {}
+        bucket_end, bucket_params = total, 0
+        for p in reversed(self.params):
+            offset -= p.numel()
+            p.grad = self.flat[offset : offset + p.numel()].view_as(p)
+            self.bucket_of[id(p)] = len(self.buckets)
+            bucket_params += 1
+            if (bucket_end - offset) * 4 >= bucket_bytes or offset == 0:
+                self.buckets.append((offset, bucket_end))
+                bucket_end = offset
+        self.bucket_sizes = [0] * len(self.buckets)
+        for p in self.params:
+            self.bucket_sizes[self.bucket_of[id(p)]] += 1
+        self._ready = [0] * len(self.buckets)
+        self._handles: list[Handle] = []
+        self._next = 0
+        if comm.world_size > 1:
+            for p in self.params:
+                p.register_post_accumulate_grad_hook(self._on_grad)
+
+    def _on_grad(self, param: torch.Tensor) -> None:
+        bucket = self.bucket_of[id(param)]
+        self._ready[bucket] += 1
+        # Launch buckets strictly in order so every rank issues the same collective sequence.
+        while self._next < len(self.buckets) and self._ready[self._next] == self.bucket_sizes[self._next]:
+            lo, hi = self.buckets[self._next]
+            self._handles.append(self.comm.all_reduce_sum(self.flat[lo:hi], async_op=True))
+            self._next += 1
+
+    def synchronize(self) -> None:
+        """Wait for the gradient sums (call after backward, before the optimizer step)."""
+        if self.comm.world_size == 1:
+            return
+        while self._next < len(self.buckets):  # parameters that got no gradient this step
+            lo, hi = self.buckets[self._next]
+            self._handles.append(self.comm.all_reduce_sum(self.flat[lo:hi], async_op=True))
+            self._next += 1
+        for handle in self._handles:
+            handle.wait()
+        self._handles, self._next, self._ready = [], 0, [0] * len(self.buckets)
+
+    def zero_grad(self) -> None:
+        self.flat.zero_()

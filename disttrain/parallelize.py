@@ -1,0 +1,54 @@
+"""The one place where distribution is applied to a plain model.
+
+Order: (1) plan the tables, (2) swap the model's `embeddings` for the sharded collection, (3) put the dense
+parameters' gradients in one all-reduced buffer, (4) build the two optimizers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from disttrain.collectives import Collectives
+from disttrain.data_parallel import DataParallelGrads
+from disttrain.optim import SparseRowOptimizer, dense_optimizer
+from disttrain.sharding.embedding import ShardedEmbeddingCollection
+from disttrain.sharding.plan import ShardingPlan
+
+
+@dataclass
+class Parallelized:
+    model: torch.nn.Module
+    embeddings: ShardedEmbeddingCollection
+    grads: DataParallelGrads
+    dense_optimizer: torch.optim.Optimizer
+    sparse_optimizer: SparseRowOptimizer
+    plan: ShardingPlan
+
+    def zero_grad(self) -> None:
+        self.grads.zero_grad()
+        self.sparse_optimizer.zero_grad()
+
+    def step(self) -> None:
+        self.grads.synchronize()
+        self.dense_optimizer.step()
+        self.sparse_optimizer.step()
+
+
+def parallelize(
+    model: torch.nn.Module, *, plan: ShardingPlan, comm: Collectives, optimizer: str, lr: float, seed: int
+) -> Parallelized:
+    """`model` must expose `tables` (its EmbeddingTableSpec list) and an `embeddings` submodule."""
+    embeddings = ShardedEmbeddingCollection(model.tables, plan, comm, seed=seed)
+    model.embeddings = embeddings
+    dense_params = [p for name, p in model.named_parameters() if not name.startswith("embeddings.")]
+    grads = DataParallelGrads(dense_params, comm)
+    return Parallelized(
+        model=model,
+        embeddings=embeddings,
+        grads=grads,
+        dense_optimizer=dense_optimizer(dense_params, kind=optimizer, lr=lr),
+        sparse_optimizer=SparseRowOptimizer(embeddings, kind=optimizer, lr=lr),
+        plan=plan,
+    )

@@ -1,0 +1,400 @@
+"""The sharded embedding collection: model-parallel tables, pooled vectors exchanged by all-to-all.
+
+Per step, on every rank (B = local batch):
+
+1. input dist: each rank sends, to every rank that owns a shard of a feature, that feature's bags for its B
+   samples (row-wise shards get only the ids in their row range, rebased). Two all-to-alls: lengths, then ids.
+2. lookup: each owner looks up all received bags with one `embedding_bag` per group of equal-width shards
+   (all shards of one width on a rank live in one fused weight).
+3. output dist: pooled vectors go back by all-to-all; table-wise slices are used as they are, column-wise
+   slices are concatenated, row-wise partial sums are added.
+4. backward: the output's gradient travels the reverse all-to-all; each owner turns bag gradients into row
+   gradients and stashes them for `SparseRowOptimizer` (no dense table gradient ever exists).
+
+Replicated (data-parallel) tables are looked up locally and their row gradients are gathered from all ranks.
+Sequence features (bags_per_sample > 1, one id or none per bag) travel the same path unpooled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from disttrain.collectives import Collectives, all_gather_rows
+from disttrain.embedding import EmbeddingTableSpec, KeyedBags, init_table_rows
+from disttrain.errors import DataError
+from disttrain.sharding.plan import Shard, ShardingPlan, ShardingType, TablePlan
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One shard's place in the exchange: which feature it serves and where it lives in a fused weight."""
+
+    table: TablePlan
+    shard: Shard
+    spec: EmbeddingTableSpec
+    group: str = ""  # fused weight key on the owner ("mp<width>" or "dp<width>")
+    base: int = 0  # first row of this shard in that fused weight
+
+    def bags(self, batch: int) -> int:
+        return batch * self.spec.bags_per_sample
+
+
+@dataclass
+class _Layout:
+    """Split sizes and per-bag lookups for one local batch size; built once, reused every step."""
+
+    send_length_splits: list[int]
+    recv_length_splits: list[int]
+    bag_group: torch.Tensor  # owner side: group index of every received bag
+    bag_base: torch.Tensor  # owner side: fused-row base of every received bag
+    segments: list[tuple[int, int, int]]  # owner side: (group index, bags, width) per (source, slot)
+    send_output_splits: list[int]  # owner -> sources
+    recv_output_splits: list[int]  # sources <- owners
+    recv_chunks: list[tuple[int, Slot]]  # source side: (elements, slot) per (owner, slot)
+
+
+@dataclass
+class _StepState:
+    """What backward needs from forward."""
+
+    layout: _Layout
+    batch: int
+    group_rows: list[torch.Tensor] = field(default_factory=list)
+    group_bag_of_value: list[torch.Tensor | None] = field(default_factory=list)
+    # Source side: 1/bag length for mean-pooled features ([B, bags, 1]); owners always sum.
+    mean_scale: dict[int, torch.Tensor] = field(default_factory=dict)
+    dp_rows: dict[str, torch.Tensor] = field(default_factory=dict)
+    dp_bag_of_value: dict[str, torch.Tensor | None] = field(default_factory=dict)
+    dp_lengths: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _bag_of_value(lengths: torch.Tensor, num_values: int) -> torch.Tensor | None:
+    """Index of the bag each id belongs to; None when every bag holds exactly one id (the identity)."""
+    if num_values == lengths.numel() and bool((lengths == 1).all()):
+        return None
+    return torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
+
+
+def _pool(weight, rows, lengths, bag_scale) -> torch.Tensor:
+    offsets = torch.cumsum(lengths, 0) - lengths
+    pooled = F.embedding_bag(rows, weight, offsets, mode="sum")
+    return pooled * bag_scale.unsqueeze(1) if bag_scale is not None else pooled
+
+
+def _row_grads(grad_bags, bag_of_value, bag_scale) -> torch.Tensor:
+    if bag_scale is not None:
+        grad_bags = grad_bags * bag_scale.unsqueeze(1)
+    return grad_bags if bag_of_value is None else grad_bags.index_select(0, bag_of_value)
+
+
+class _Exchange(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, module: ShardedEmbeddingCollection, features: KeyedBags, anchor: torch.Tensor):
+        outputs, state = module._forward(features, keep_state=True)
+        ctx.module, ctx.state = module, state
+        return tuple(outputs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        ctx.module._backward(ctx.state, grads)
+        ctx.state = None
+        return None, None, None
+
+
+class ShardedEmbeddingCollection(nn.Module):
+    """Drop-in for `EmbeddingBagCollection` on each rank; returns the local batch's vectors per feature."""
+
+    def __init__(self, tables: list[EmbeddingTableSpec], plan: ShardingPlan, comm: Collectives, *, seed: int = 0):
+        super().__init__()
+        if plan.world_size != comm.world_size:
+            raise ValueError(f"plan is for {plan.world_size} ranks, process group has {comm.world_size}")
+        self.tables, self.plan, self.comm, self.rank = list(tables), plan, comm, comm.rank
+        self.layout_of_rank = [self._slots_of(plan.shards_on(r)) for r in range(plan.world_size)]
+        self.my_slots = self.layout_of_rank[self.rank]
+        self.group_keys = sorted({s.group for s in self.my_slots})
+        self.dp_tables = [t for t in plan.tables if t.type == ShardingType.DATA_PARALLEL]
+        self.dp_bases: dict[int, tuple[str, int]] = {}
+        self._allocate(seed)
+        self.pending: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+        self._layouts: dict[int, _Layout] = {}
+        self.anchor = torch.zeros((), requires_grad=True)
+
+    # ----- construction -------------------------------------------------------------------------------------
+    def _slots_of(self, owned: list[tuple[TablePlan, Shard]]) -> list[Slot]:
+        slots, next_row = [], {}
+        for table, shard in owned:
+            key = f"mp{shard.num_cols}"
+            slots.append(Slot(table, shard, self.tables[table.index], key, next_row.get(key, 0)))
+            next_row[key] = next_row.get(key, 0) + shard.num_rows
+        return slots
+
+    def _allocate(self, seed: int) -> None:
+        """Allocate and initialise this rank's fused weights: model-parallel shards, then replicated tables."""
+        blocks: dict[str, list[torch.Tensor]] = {}
+        for slot in self.my_slots:
+            blocks.setdefault(slot.group, []).append(
+                init_table_rows(
+                    seed=seed, table_index=slot.table.index, spec=slot.spec, rows=slot.shard.rows, cols=slot.shard.cols
+                )
+            )
+        for table in self.dp_tables:
+            key = f"dp{table.dim}"
+            self.dp_bases[table.index] = (key, sum(b.shape[0] for b in blocks.get(key, [])))
+            spec = self.tables[table.index]
+            blocks.setdefault(key, []).append(
+                init_table_rows(seed=seed, table_index=table.index, spec=spec, rows=(0, spec.num_rows), cols=(0, spec.dim))
+            )
+        for key, parts in blocks.items():
+            self.register_buffer(f"weight_{key}", torch.cat(parts))
+
+    def weight(self, key: str) -> torch.Tensor:
+        return getattr(self, f"weight_{key}")
+
+    def weight_keys(self) -> list[str]:
+        return [name.removeprefix("weight_") for name, _ in self.named_buffers() if name.startswith("weight_")]
+
+    def local_shards(self) -> list[tuple[TablePlan, Shard, torch.Tensor]]:
+        """(table, shard, weight view) for every shard this rank holds, replicated tables included."""
+        out = [
+            (s.table, s.shard, self.weight(s.group)[s.base : s.base + s.shard.num_rows]) for s in self.my_slots
+        ]
+        for table in self.dp_tables:
+            key, base = self.dp_bases[table.index]
+            out.append((table, table.shards[self.rank], self.weight(key)[base : base + table.num_rows]))
+        return out
+
+    def _layout(self, batch: int) -> _Layout:
+        if batch not in self._layouts:
+            self._layouts[batch] = self._build_layout(batch)
+        return self._layouts[batch]
+
+    def _build_layout(self, batch: int) -> _Layout:
+        world = self.plan.world_size
+        mine = self.my_slots
+        group_index = {key: i for i, key in enumerate(self.group_keys)}
+        bag_group, bag_base, segments = [], [], []
+        for _source in range(world):
+            for slot in mine:
+                n = slot.bags(batch)
+                bag_group.append(torch.full((n,), group_index[slot.group]))
+                bag_base.append(torch.full((n,), slot.base))
+                segments.append((group_index[slot.group], n, slot.shard.num_cols))
+        cat = lambda parts, dtype: torch.cat(parts) if parts else torch.zeros(0, dtype=dtype)  # noqa: E731
+        return _Layout(
+            send_length_splits=[sum(s.bags(batch) for s in self.layout_of_rank[d]) for d in range(world)],
+            recv_length_splits=[sum(s.bags(batch) for s in mine)] * world,
+            bag_group=cat(bag_group, torch.int64),
+            bag_base=cat(bag_base, torch.int64),
+            segments=segments,
+            send_output_splits=[sum(s.bags(batch) * s.shard.num_cols for s in mine)] * world,
+            recv_output_splits=[
+                sum(s.bags(batch) * s.shard.num_cols for s in self.layout_of_rank[d]) for d in range(world)
+            ],
+            recv_chunks=[
+                (s.bags(batch) * s.shard.num_cols, s) for d in range(world) for s in self.layout_of_rank[d]
+            ],
+        )
+
+    # ----- forward ------------------------------------------------------------------------------------------
+    def forward(self, features: KeyedBags) -> list[torch.Tensor]:
+        """Per feature: [local batch, bags_per_sample, dim]."""
+        if not torch.is_grad_enabled():
+            return self._forward(features, keep_state=False)[0]
+        return list(_Exchange.apply(self, features, self.anchor))
+
+    def _check_ids(self, per_feature: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for spec, (_, values) in zip(self.tables, per_feature):
+            if values.numel():
+                low, high = torch.aminmax(values)
+                if int(low) < 0 or int(high) >= spec.num_rows:
+                    bad = int(low) if int(low) < 0 else int(high)
+                    raise DataError(
+                        f"table {spec.name}: id {bad} is out of range; expected 0 <= id < {spec.num_rows}"
+                    )
+
+    def _route(self, per_feature, batch: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Lengths and ids to send, in (destination, slot) order, and the id count per destination."""
+        lengths_out, values_out, value_splits = [], [], []
+        bag_ids: dict[int, torch.Tensor] = {}
+        for dest_slots in self.layout_of_rank:
+            count = 0
+            for slot in dest_slots:
+                lengths, values = per_feature[slot.table.index]
+                if slot.table.type == ShardingType.ROW_WISE:
+                    lo, hi = slot.shard.rows
+                    keep = (values >= lo) & (values < hi)
+                    if slot.table.index not in bag_ids:
+                        bag_ids[slot.table.index] = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
+                    lengths = torch.bincount(bag_ids[slot.table.index][keep], minlength=lengths.numel())
+                    values = values[keep] - lo
+                lengths_out.append(lengths)
+                values_out.append(values)
+                count += values.numel()
+            value_splits.append(count)
+        empty = torch.zeros(0, dtype=torch.int64)
+        return (
+            torch.cat(lengths_out) if lengths_out else empty,
+            torch.cat(values_out) if values_out else empty,
+            value_splits,
+        )
+
+    def _forward(self, features: KeyedBags, *, keep_state: bool):
+        batch = features.batch_size
+        layout = self._layout(batch)
+        per_feature = features.split()
+        self._check_ids(per_feature)
+        state = _StepState(layout=layout, batch=batch)
+
+        # 1. input dist: lengths (fixed sizes), then ids (sizes from the lengths).
+        send_lengths, send_values, send_value_splits = self._route(per_feature, batch)
+        recv_lengths = torch.empty(sum(layout.recv_length_splits), dtype=torch.int64)
+        self.comm.all_to_all(recv_lengths, send_lengths, layout.recv_length_splits, layout.send_length_splits)
+        recv_value_splits = [int(part.sum()) for part in torch.split(recv_lengths, layout.recv_length_splits)]
+        recv_values = torch.empty(sum(recv_value_splits), dtype=torch.int64)
+        self.comm.all_to_all(recv_values, send_values, recv_value_splits, send_value_splits)
+
+        # 2. lookup, one embedding_bag per fused weight.
+        send_output = self._lookup(recv_lengths, recv_values, state, keep_state)
+
+        # 3. output dist and combine.
+        recv_output = torch.empty(sum(layout.recv_output_splits))
+        self.comm.all_to_all(recv_output, send_output, layout.recv_output_splits, layout.send_output_splits)
+        outputs = self._combine(recv_output, layout, batch)
+        self._apply_means(per_feature, batch, outputs, state)
+        self._lookup_replicated(per_feature, batch, outputs, state, keep_state)
+        return outputs, state
+
+    def _apply_means(self, per_feature, batch: int, outputs, state: _StepState) -> None:
+        """Mean pooling is applied here, where the full bag lengths are known (row shards see only part)."""
+        for index, spec in enumerate(self.tables):
+            if spec.pooling == "mean" and outputs[index] is not None:
+                lengths = per_feature[index][0]
+                scale = (1.0 / lengths.clamp(min=1).float()).view(batch, spec.bags_per_sample, 1)
+                state.mean_scale[index] = scale
+                outputs[index] = outputs[index] * scale
+
+    def _lookup(self, lengths, values, state: _StepState, keep_state: bool) -> torch.Tensor:
+        layout = state.layout
+        bases = torch.repeat_interleave(layout.bag_base, lengths)
+        if len(self.group_keys) <= 1:
+            selections = [(lengths, values + bases)]
+        else:
+            value_group = torch.repeat_interleave(layout.bag_group, lengths)
+            selections = [
+                (lengths[layout.bag_group == g], (values + bases)[value_group == g]) for g in range(len(self.group_keys))
+            ]
+        pooled = []
+        for key, (group_lengths, rows) in zip(self.group_keys, selections):
+            pooled.append(_pool(self.weight(key), rows, group_lengths, None))
+            if keep_state:
+                state.group_rows.append(rows)
+                state.group_bag_of_value.append(_bag_of_value(group_lengths, rows.numel()))
+        if len(pooled) == 1:
+            return pooled[0].reshape(-1)
+        if not pooled:
+            return torch.zeros(0)
+        return self._interleave(pooled, layout.segments)
+
+    @staticmethod
+    def _interleave(per_group: list[torch.Tensor], segments) -> torch.Tensor:
+        """Group outputs [bags_g, width_g] -> one flat buffer in (source, slot) order."""
+        cursor = [0] * len(per_group)
+        parts = []
+        for g, bags, _width in segments:
+            parts.append(per_group[g][cursor[g] : cursor[g] + bags].reshape(-1))
+            cursor[g] += bags
+        return torch.cat(parts)
+
+    @staticmethod
+    def _deinterleave(flat: torch.Tensor, segments, num_groups: int) -> list[torch.Tensor]:
+        per_group: list[list[torch.Tensor]] = [[] for _ in range(num_groups)]
+        pieces = torch.split(flat, [bags * width for _g, bags, width in segments])
+        for (g, bags, width), piece in zip(segments, pieces):
+            per_group[g].append(piece.view(bags, width))
+        return [torch.cat(parts) for parts in per_group]
+
+    def _combine(self, recv_output: torch.Tensor, layout: _Layout, batch: int) -> list[torch.Tensor | None]:
+        outputs: list[torch.Tensor | None] = [None] * len(self.tables)
+        chunks = torch.split(recv_output, [n for n, _ in layout.recv_chunks])
+        for chunk, (_, slot) in zip(chunks, layout.recv_chunks):
+            spec, index = slot.spec, slot.table.index
+            piece = chunk.view(batch, spec.bags_per_sample, slot.shard.num_cols)
+            kind = slot.table.type
+            if kind == ShardingType.TABLE_WISE:
+                outputs[index] = piece
+            elif kind == ShardingType.ROW_WISE:
+                outputs[index] = piece.clone() if outputs[index] is None else outputs[index].add_(piece)
+            else:
+                if outputs[index] is None:
+                    outputs[index] = torch.empty(batch, spec.bags_per_sample, spec.dim)
+                c0, c1 = slot.shard.cols
+                outputs[index][:, :, c0:c1] = piece
+        return outputs
+
+    def _lookup_replicated(self, per_feature, batch, outputs, state: _StepState, keep_state: bool) -> None:
+        for table in self.dp_tables:
+            key, base = self.dp_bases[table.index]
+            lengths, values = per_feature[table.index]
+            spec = self.tables[table.index]
+            scale = 1.0 / lengths.clamp(min=1).float() if spec.pooling == "mean" else None
+            rows = values + base
+            outputs[table.index] = _pool(self.weight(key), rows, lengths, scale).view(batch, spec.bags_per_sample, spec.dim)
+            if keep_state:
+                state.dp_rows[spec.name] = rows
+                state.dp_bag_of_value[spec.name] = _bag_of_value(lengths, rows.numel())
+                state.dp_lengths[spec.name] = lengths
+
+    # ----- backward -----------------------------------------------------------------------------------------
+    def _backward(self, state: _StepState, grads) -> None:
+        layout, batch = state.layout, state.batch
+        grads = [
+            g if g is not None else torch.zeros(batch, spec.bags_per_sample, spec.dim)
+            for g, spec in zip(grads, self.tables)
+        ]
+        for index, scale in state.mean_scale.items():
+            grads[index] = grads[index] * scale
+        send = [
+            grads[slot.table.index][:, :, slot.shard.cols[0] : slot.shard.cols[1]].reshape(-1)
+            for _, slot in layout.recv_chunks
+        ]
+        send_grad = torch.cat(send) if send else torch.zeros(0)
+        recv_grad = torch.empty(sum(layout.send_output_splits))
+        self.comm.all_to_all(recv_grad, send_grad, layout.send_output_splits, layout.recv_output_splits)
+        if len(self.group_keys) == 1:
+            per_group = [recv_grad.view(-1, layout.segments[0][2])]
+        else:
+            per_group = self._deinterleave(recv_grad, layout.segments, len(self.group_keys))
+        for key, grad_bags, rows, bag_of_value in zip(
+            self.group_keys, per_group, state.group_rows, state.group_bag_of_value
+        ):
+            self.pending.append((key, rows, _row_grads(grad_bags, bag_of_value, None)))
+        self._backward_replicated(state, grads)
+
+    def _backward_replicated(self, state: _StepState, grads) -> None:
+        by_key: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        for table in self.dp_tables:
+            spec = self.tables[table.index]
+            key, _ = self.dp_bases[table.index]
+            grad_bags = grads[table.index].reshape(-1, spec.dim)
+            lengths = state.dp_lengths[spec.name]
+            scale = 1.0 / lengths.clamp(min=1).float() if spec.pooling == "mean" else None
+            rows_list, grads_list = by_key.setdefault(key, ([], []))
+            rows_list.append(state.dp_rows[spec.name])
+            grads_list.append(_row_grads(grad_bags, state.dp_bag_of_value[spec.name], scale))
+        for key in sorted(by_key):
+            rows, values = all_gather_rows(self.comm, torch.cat(by_key[key][0]), torch.cat(by_key[key][1]))
+            self.pending.append((key, rows, values))
+
+    def pop_pending(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Row gradients accumulated since the last call, per fused weight."""
+        merged: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        for key, rows, grads in self.pending:
+            merged.setdefault(key, ([], []))
+            merged[key][0].append(rows)
+            merged[key][1].append(grads)
+        self.pending = []
+        return {k: (torch.cat(r), torch.cat(g)) for k, (r, g) in merged.items()}

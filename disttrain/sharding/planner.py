@@ -1,0 +1,150 @@
+"""The planner: a pure function of the tables, the world size and the sharding settings.
+
+`auto` balances per-rank memory (weights + optimizer state) and lookup work: a table whose memory exceeds its
+fair share (total / world size) is split row-wise; the rest are placed whole, largest first, on the rank with
+the least combined load (longest-processing-time greedy). Per-table overrides always win.
+"""
+
+from __future__ import annotations
+
+from disttrain.embedding import EmbeddingTableSpec
+from disttrain.errors import PlanError
+from disttrain.sharding.plan import OPTIMIZER_STATE, Shard, ShardingPlan, ShardingType, TablePlan
+
+
+def even_split(total: int, parts: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges of `parts` near-equal pieces of `total`; empty pieces are dropped.
+
+    >>> even_split(10, 3)
+    [(0, 4), (4, 7), (7, 10)]
+    """
+    base, extra = divmod(total, parts)
+    ranges, start = [], 0
+    for i in range(parts):
+        stop = start + base + (1 if i < extra else 0)
+        if stop > start:
+            ranges.append((start, stop))
+        start = stop
+    return ranges
+
+
+def _memory(spec: EmbeddingTableSpec, rows: int, cols: int, optimizer: str) -> float:
+    per_elem, per_row = OPTIMIZER_STATE[optimizer]
+    return 4.0 * (rows * cols * (1 + per_elem) + rows * per_row)
+
+
+def _lookup_work(spec: EmbeddingTableSpec, cols: int) -> float:
+    return float(spec.bags_per_sample * cols)
+
+
+class _Loads:
+    """Running memory and lookup load per rank; the greedy placer picks the least loaded."""
+
+    def __init__(self, world_size: int, total_memory: float, total_work: float):
+        self.memory = [0.0] * world_size
+        self.work = [0.0] * world_size
+        self.total_memory = max(total_memory, 1.0)
+        self.total_work = max(total_work, 1.0)
+
+    def score(self, rank: int, memory: float, work: float) -> float:
+        return (self.memory[rank] + memory) / self.total_memory + (self.work[rank] + work) / self.total_work
+
+    def place(self, memory: float, work: float, exclude: set[int] = frozenset()) -> int:  # type: ignore[assignment]
+        candidates = [r for r in range(len(self.memory)) if r not in exclude]
+        rank = min(candidates, key=lambda r: (self.score(r, memory, work), r))
+        self.memory[rank] += memory
+        self.work[rank] += work
+        return rank
+
+    def add(self, rank: int, memory: float, work: float) -> None:
+        self.memory[rank] += memory
+        self.work[rank] += work
+
+
+def _choose_types(
+    tables: list[EmbeddingTableSpec], *, world_size: int, strategy: str, overrides: dict[str, str], optimizer: str
+) -> list[ShardingType]:
+    names = {t.name for t in tables}
+    for name in overrides:
+        if name not in names:
+            raise PlanError(f"sharding.tables.{name}: no table named {name!r} (tables: {', '.join(sorted(names))})")
+    total = sum(_memory(t, t.num_rows, t.dim, optimizer) for t in tables)
+    types = []
+    for spec in tables:
+        chosen = overrides.get(spec.name, strategy)
+        if chosen == "auto":
+            too_big = world_size > 1 and _memory(spec, spec.num_rows, spec.dim, optimizer) > total / world_size
+            chosen = "row_wise" if too_big else "table_wise"
+        types.append(ShardingType(chosen))
+    return types
+
+
+def plan_sharding(
+    tables: list[EmbeddingTableSpec],
+    *,
+    world_size: int,
+    strategy: str = "auto",
+    overrides: dict[str, str] | None = None,
+    num_column_shards: int = 0,
+    optimizer: str = "sgd",
+) -> ShardingPlan:
+    if world_size < 1:
+        raise PlanError(f"world size: got {world_size}, expected at least 1")
+    types = _choose_types(
+        tables, world_size=world_size, strategy=strategy, overrides=overrides or {}, optimizer=optimizer
+    )
+    column_shards = num_column_shards or world_size
+    total_memory = sum(_memory(t, t.num_rows, t.dim, optimizer) for t in tables)
+    total_work = sum(_lookup_work(t, t.dim) for t in tables)
+    loads = _Loads(world_size, total_memory, total_work)
+    shards: dict[int, list[Shard]] = {}
+
+    # Fixed layouts first (replicated and row-wise touch every rank), then greedy placement, largest first.
+    for index, (spec, kind) in enumerate(zip(tables, types)):
+        if kind == ShardingType.DATA_PARALLEL:
+            shards[index] = [Shard(r, (0, spec.num_rows), (0, spec.dim)) for r in range(world_size)]
+        elif kind == ShardingType.ROW_WISE:
+            ranges = even_split(spec.num_rows, world_size)
+            shards[index] = [Shard(r, rows, (0, spec.dim)) for r, rows in enumerate(ranges)]
+        else:
+            continue
+        for shard in shards[index]:
+            loads.add(
+                shard.rank,
+                _memory(spec, shard.num_rows, shard.num_cols, optimizer),
+                _lookup_work(spec, shard.num_cols) / len(shards[index]),
+            )
+
+    pending: list[tuple[float, int, tuple[int, int]]] = []
+    for index, (spec, kind) in enumerate(zip(tables, types)):
+        if kind == ShardingType.TABLE_WISE:
+            pending.append((_memory(spec, spec.num_rows, spec.dim, optimizer), index, (0, spec.dim)))
+        elif kind == ShardingType.COLUMN_WISE:
+            if column_shards > spec.dim:
+                raise PlanError(
+                    f"sharding.num_column_shards: {column_shards} column shards for table {spec.name} of dim "
+                    f"{spec.dim}; expected at most {spec.dim}"
+                )
+            for cols in even_split(spec.dim, column_shards):
+                pending.append((_memory(spec, spec.num_rows, cols[1] - cols[0], optimizer), index, cols))
+            shards[index] = []
+    pending.sort(key=lambda item: (-item[0], item[1], item[2]))
+    for memory, index, cols in pending:
+        spec = tables[index]
+        used = {s.rank for s in shards.get(index, [])}
+        exclude = used if len(used) < world_size else set()
+        rank = loads.place(memory, _lookup_work(spec, cols[1] - cols[0]), exclude)
+        shards.setdefault(index, []).append(Shard(rank, (0, spec.num_rows), cols))
+
+    plans = tuple(
+        TablePlan(
+            name=spec.name,
+            index=index,
+            num_rows=spec.num_rows,
+            dim=spec.dim,
+            type=kind,
+            shards=tuple(sorted(shards[index], key=lambda s: (s.cols, s.rows))),
+        )
+        for index, (spec, kind) in enumerate(zip(tables, types))
+    )
+    return ShardingPlan(world_size=world_size, optimizer=optimizer, tables=plans)

@@ -1,0 +1,297 @@
+"""The training loop every launcher ends in: build, shard, train, evaluate, write `summary.json`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn import functional as F
+
+from disttrain import config as config_mod
+from disttrain.collectives import Collectives, SingleProcess, TorchCollectives
+from disttrain.data.prefetch import Prefetcher
+from disttrain.data.synthetic import Batch, SyntheticCTR
+from disttrain.errors import ConfigError
+from disttrain.metrics import evaluate
+from disttrain.models import MODELS
+from disttrain.parallelize import Parallelized, parallelize
+from disttrain.runtime.affinity import Pinning
+from disttrain.runtime.env import WorkerEnv
+from disttrain.sharding.planner import plan_sharding
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    timed_steps: int = 0
+    timed_seconds: float = 0.0
+    interval_loss: float = 0.0
+    interval_samples: int = 0
+    interval_start: float = field(default_factory=time.perf_counter)
+    interval_preds: list[torch.Tensor] = field(default_factory=list)
+    interval_labels: list[torch.Tensor] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+    last_loss: float = float("nan")
+    last_local_loss: float = 0.0
+
+
+def check_world(cfg: config_mod.Config, world_size: int) -> None:
+    if cfg.train.batch_size % world_size:
+        raise ConfigError(
+            f"train.batch_size: got {cfg.train.batch_size}, expected a multiple of the world size {world_size}"
+        )
+
+
+def build_plan(cfg: config_mod.Config, world_size: int):
+    """The plan for this config and world size, without building the model's weights."""
+    check_world(cfg, world_size)
+    model = MODELS[cfg.model.name](cfg, embedding_device="meta")
+    plan = plan_sharding(
+        model.tables,
+        world_size=world_size,
+        strategy=cfg.sharding.strategy,
+        overrides=cfg.sharding.tables,
+        num_column_shards=cfg.sharding.num_column_shards,
+        optimizer=cfg.train.optimizer,
+    )
+    return model, plan
+
+
+class Logger:
+    """Rank 0 prints; other ranks stay quiet. A progress line is drawn on interactive terminals."""
+
+    def __init__(self, rank: int, *, progress: bool):
+        self.active = rank == 0
+        self.progress = progress and self.active and sys.stdout.isatty()
+
+    def line(self, text: str) -> None:
+        if self.active:
+            print(("\r\x1b[K" if self.progress else "") + text, flush=True)
+
+    def bar(self, step: int, total: int) -> None:
+        if self.progress:
+            filled = int(30 * step / max(total, 1))
+            print(f"\r[{'#' * filled}{'.' * (30 - filled)}] step {step}/{total}", end="", flush=True)
+
+
+class Trainer:
+    def __init__(self, cfg: config_mod.Config, env: WorkerEnv, comm: Collectives, *, launcher: str, pinning: Pinning):
+        self.cfg, self.env, self.comm, self.launcher, self.pinning = cfg, env, comm, launcher, pinning
+        self.log = Logger(env.rank, progress=cfg.run.progress)
+        model, self.plan = build_plan(cfg, env.world_size)
+        self.par: Parallelized = parallelize(
+            model, plan=self.plan, comm=comm, optimizer=cfg.train.optimizer, lr=cfg.train.lr, seed=cfg.train.seed
+        )
+        self.model = self.par.model
+        self.data = SyntheticCTR(
+            model.tables,
+            num_dense=cfg.data.num_dense,
+            global_batch=cfg.train.batch_size,
+            seed=cfg.train.seed,
+            distribution=cfg.data.distribution,
+            zipf_exponent=cfg.data.zipf_exponent,
+            multi_hot_max=cfg.data.multi_hot_max,
+        )
+        self.global_batch = cfg.train.batch_size
+        steps = cfg.train.steps
+        self.warmup = cfg.train.warmup_steps if cfg.train.warmup_steps >= 0 else min(5, steps // 5)
+
+    def _batch(self, step: int, split: str = "train") -> Batch:
+        return self.data.batch(step, rank=self.env.rank, world_size=self.env.world_size, split=split)
+
+    def train_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step; the loss is the local sum over the *global* batch size, so gradients add up across ranks."""
+        self.par.zero_grad()
+        logits = self.model(batch.dense, batch.sparse)
+        loss = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum") / self.global_batch
+        loss.backward()
+        self.par.step()
+        return loss.detach(), logits.detach()
+
+    def run(self) -> dict | None:
+        cfg, state = self.cfg, RunState()
+        self.log.line(f"model {cfg.model.name}/{cfg.model.flavor}: {len(self.model.tables)} tables, "
+                      f"world size {self.env.world_size}, launcher {self.launcher}")
+        self.log.line(self.plan.describe())
+        batches = Prefetcher(self._batch, 0, cfg.train.steps, depth=3)
+        fault = _injected_fault(self.env.rank)
+        try:
+            for step in range(cfg.train.steps):
+                if step == fault:
+                    os._exit(17)  # simulate a crashed worker (tests of the launchers' failure handling)
+                start = time.perf_counter()
+                batch = next(batches)
+                loss, logits = self.train_step(batch)
+                elapsed = time.perf_counter() - start
+                state.step = step + 1
+                if step >= self.warmup:
+                    state.timed_steps += 1
+                    state.timed_seconds += elapsed
+                state.last_local_loss = float(loss)
+                state.interval_loss += state.last_local_loss
+                state.interval_samples += batch.labels.numel()
+                state.interval_preds.append(torch.sigmoid(logits))
+                state.interval_labels.append(batch.labels)
+                self.log.bar(state.step, cfg.train.steps)
+                if state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps:
+                    self._log_interval(state)
+                if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and state.step != cfg.train.steps:
+                    self._log_eval(state, self.evaluate())
+                    state.interval_start = time.perf_counter()
+        finally:
+            batches.close()
+        final = self.evaluate()
+        self._log_eval(state, final)
+        return self._summary(state, final)
+
+    def _log_interval(self, state: RunState) -> None:
+        steps_in_interval = len(state.interval_preds)
+        totals = torch.tensor([state.interval_loss, state.last_local_loss], dtype=torch.float64)
+        self.comm.all_reduce_sum(totals)
+        preds = torch.cat(self.comm.all_gather(torch.cat(state.interval_preds)))
+        labels = torch.cat(self.comm.all_gather(torch.cat(state.interval_labels)))
+        now = time.perf_counter()
+        rate = steps_in_interval * self.global_batch / max(now - state.interval_start, 1e-9)
+        # Each rank's loss is its share of the global mean; the sum over ranks is the global mean per step.
+        mean_loss = float(totals[0]) / steps_in_interval
+        state.last_loss = float(totals[1])
+        train_auc = evaluate(labels.numpy(), preds.numpy())["auc"]
+        record = {"step": state.step, "loss": mean_loss, "train_auc": train_auc, "samples_per_s": rate}
+        state.history.append(record)
+        self.log.line(
+            f"step {state.step:>6}  loss {mean_loss:.5f}  train_auc {train_auc:.4f}  samples/s {rate:,.0f}"
+        )
+        state.interval_loss, state.interval_preds, state.interval_labels = 0.0, [], []
+        state.interval_start = time.perf_counter()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        preds, labels, oracle = [], [], []
+        for i in range(self.cfg.data.eval_batches):
+            batch = self._batch(i, split="eval")
+            preds.append(torch.sigmoid(self.model(batch.dense, batch.sparse)))
+            labels.append(batch.labels)
+            oracle.append(batch.probabilities)
+        self.model.train()
+        if not preds:
+            return {}
+        gathered = [torch.cat(self.comm.all_gather(torch.cat(x))).numpy() for x in (preds, labels, oracle)]
+        metrics = evaluate(gathered[1], gathered[0])
+        metrics["oracle_auc"] = evaluate(gathered[1], gathered[2])["auc"]
+        metrics["samples"] = int(gathered[1].size)
+        return metrics
+
+    def _log_eval(self, state: RunState, metrics: dict[str, float]) -> None:
+        if metrics:
+            self.log.line(
+                f"eval @ step {state.step}: auc {metrics['auc']:.4f} (planted-model oracle {metrics['oracle_auc']:.4f})"
+                f"  logloss {metrics['logloss']:.5f}  accuracy {metrics['accuracy']:.4f}  on {metrics['samples']} samples"
+            )
+
+    def worker_info(self) -> dict:
+        return {
+            "rank": self.env.rank,
+            "local_rank": self.env.local_rank,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "cpus": sorted(os.sched_getaffinity(0)),
+            "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(),
+            "env": self.pinning.env,
+            "max_rss_mib": _max_rss_mib(),
+        }
+
+    def _summary(self, state: RunState, final: dict[str, float]) -> dict | None:
+        workers = self.comm.all_gather_object(self.worker_info())
+        if self.env.rank != 0:
+            return None
+        rate = state.timed_steps * self.global_batch / state.timed_seconds if state.timed_seconds else float("nan")
+        plan = self.plan.to_json()
+        summary = {
+            "model": self.cfg.model.name,
+            "flavor": self.cfg.model.flavor,
+            "world_size": self.env.world_size,
+            "launcher": self.launcher,
+            "steps": state.step,
+            "global_batch_size": self.global_batch,
+            "samples_per_s": rate,
+            "timed_steps": state.timed_steps,
+            "warmup_steps": self.warmup,
+            "train_loss": state.last_loss,
+            "eval_auc": final.get("auc", float("nan")),
+            "eval_logloss": final.get("logloss", float("nan")),
+            "eval_accuracy": final.get("accuracy", float("nan")),
+            "oracle_auc": final.get("oracle_auc", float("nan")),
+            "plan": {"tables": [{k: t[k] for k in ("name", "type", "ranks", "rows", "dim", "shards")} for t in plan["tables"]],
+                     "ranks": plan["ranks"]},
+            "workers": workers,
+            "history": state.history,
+            "config": config_mod.to_dict(self.cfg),
+        }
+        self.log.line(
+            f"done: {state.step} steps, {rate:,.0f} samples/s (global batch {self.global_batch}, "
+            f"{self.env.world_size} ranks), eval AUC {summary['eval_auc']:.4f} "
+            f"(oracle {summary['oracle_auc']:.4f}), train loss {state.last_loss:.5f}"
+        )
+        write_json(Path(self.cfg.run.output_dir) / "summary.json", summary)
+        self.log.line(f"summary: {Path(self.cfg.run.output_dir) / 'summary.json'}")
+        return summary
+
+
+def _injected_fault(rank: int) -> int:
+    """DISTTRAIN_FAULT=RANK:STEP makes that rank die abruptly at that step (exit code 17)."""
+    spec = os.environ.get("DISTTRAIN_FAULT", "")
+    if ":" in spec:
+        fault_rank, step = spec.split(":", 1)
+        if int(fault_rank) == rank:
+            return int(step)
+    return -1
+
+
+def _max_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write atomically: a reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def make_collectives(env: WorkerEnv, cfg: config_mod.Config) -> Collectives:
+    if not env.distributed:
+        return SingleProcess()
+    from datetime import timedelta
+
+    dist.init_process_group(
+        backend=cfg.launch.backend,
+        init_method="env://",  # MASTER_ADDR/PORT, RANK, WORLD_SIZE; honours torchrun's agent store
+        timeout=timedelta(seconds=cfg.launch.timeout_s),
+    )
+    return TorchCollectives()

@@ -1,0 +1,71 @@
+"""The one worker entry point. Every launcher starts processes that run `python -m disttrain.worker`
+(or `disttrain train`) with the torchrun environment set; a plain process is a world of one."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from disttrain import config as config_mod
+from disttrain.errors import DisttrainError
+from disttrain.runtime.affinity import apply_pinning, plan_pinning
+from disttrain.runtime.env import worker_env_from
+
+
+def launcher_name(environ: Mapping[str, str]) -> str:
+    if "DISTTRAIN_LAUNCHER" in environ:
+        return environ["DISTTRAIN_LAUNCHER"]
+    if "TORCHELASTIC_RUN_ID" in environ:
+        return "torchrun"
+    return "none"
+
+
+def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] = os.environ) -> dict | None:
+    """Pin, join the process group, train; returns the summary on rank 0."""
+    import torch.distributed as dist
+
+    from disttrain.trainer import Trainer, make_collectives, write_json  # noqa: F401 (torch import is slow)
+
+    env = worker_env_from(environ)
+    pinning = plan_pinning(
+        available=sorted(os.sched_getaffinity(0)),
+        local_rank=env.local_rank,
+        local_world_size=env.local_world_size,
+        mode=cfg.launch.affinity,
+        threads_per_worker=cfg.launch.threads_per_worker,
+        user_env={k: v for k, v in environ.items() if k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+    )
+    apply_pinning(pinning)
+    if env.rank == 0:
+        out = Path(cfg.run.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(config_mod.to_yaml(cfg))
+        print("resolved config:\n" + config_mod.to_yaml(cfg), flush=True)
+    comm = make_collectives(env, cfg)
+    try:
+        return Trainer(cfg, env, comm, launcher=launcher_name(environ), pinning=pinning).run()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m disttrain.worker")
+    parser.add_argument("--config", default=None)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    rank = os.environ.get("RANK", "0")
+    try:
+        cfg = config_mod.load_config(args.config, args.overrides)
+        run_worker(cfg)
+    except DisttrainError as exc:
+        print(f"disttrain: error (rank {rank}): {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Launchers (installed as `disttrain.launchers`): each only starts processes that end in `disttrain.worker`."""

@@ -1,0 +1,71 @@
+"""`launch.launcher=local`: start `launch.nproc_per_node` worker processes on this machine.
+
+Each child gets the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK, ...) and runs the same worker entry
+point as every other launcher. If one worker fails, the others are stopped and its exit code is returned.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from disttrain.config import Config
+from disttrain.errors import ConfigError
+from disttrain.runtime.env import WorkerEnv, free_port
+
+
+def worker_envs(cfg: Config, *, master_port: int) -> list[WorkerEnv]:
+    nproc, nnodes = cfg.launch.nproc_per_node, cfg.launch.nnodes
+    return [
+        WorkerEnv(
+            rank=cfg.launch.node_rank * nproc + local_rank,
+            world_size=nproc * nnodes,
+            local_rank=local_rank,
+            local_world_size=nproc,
+            master_addr=cfg.launch.master_addr,
+            master_port=master_port,
+        )
+        for local_rank in range(nproc)
+    ]
+
+
+def _stop(procs: list[subprocess.Popen], grace_s: float = 5.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def launch_local(cfg: Config, config_path: str) -> int:
+    if cfg.launch.nnodes > 1 and not cfg.launch.master_port:
+        raise ConfigError("launch.master_port: got 0, expected a fixed port shared by all nodes when launch.nnodes > 1")
+    port = cfg.launch.master_port or free_port(cfg.launch.master_addr)
+    procs = []
+    for env in worker_envs(cfg, master_port=port):
+        child_env = {**os.environ, **env.to_environ(), "DISTTRAIN_LAUNCHER": "local", "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "disttrain.worker", "--config", config_path]
+        procs.append(subprocess.Popen(cmd, env=child_env))
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+            if failed:
+                rank, code = failed[0]
+                _stop(procs)
+                print(f"disttrain: local rank {rank} exited with code {code}; stopped the other workers", file=sys.stderr)
+                return code if code > 0 else 1
+            if all(c == 0 for c in codes):
+                return 0
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        _stop(procs)
+        return 130

@@ -1,0 +1,132 @@
+"""DLRM (Naumov et al. 2019) as a plain module: bottom MLP, embedding bags, dot/cat interaction, top MLP.
+
+Distribution is applied from outside (`disttrain.parallelize`), which swaps `model.embeddings` for a sharded
+collection and synchronises the dense parameters' gradients. This file never imports torch.distributed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from disttrain.embedding import EmbeddingBagCollection, EmbeddingTableSpec, KeyedBags
+
+CRITEO_KAGGLE_ROWS = (
+    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
+    5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
+)
+CRITEO_TERABYTE_ROWS = (
+    39884406, 39043, 17289, 7420, 20263, 3, 7120, 1543, 63, 38532951, 2953546, 403346, 10, 2208, 11938,
+    155, 4, 976, 14, 39979771, 25641295, 39664984, 585935, 12972, 108, 36,
+)
+
+
+@dataclass(frozen=True)
+class DLRMFlavor:
+    embedding_dim: int
+    bottom: tuple[int, ...]  # hidden sizes after the dense input; the last equals embedding_dim
+    top: tuple[int, ...]  # hidden sizes after the interaction; the last is 1
+    table_rows: tuple[int, ...]
+
+
+DLRM_FLAVORS = {
+    "debug": DLRMFlavor(8, (16, 8), (16, 1), (50, 101, 7, 33)),
+    "kaggle": DLRMFlavor(16, (512, 256, 64, 16), (512, 256, 1), CRITEO_KAGGLE_ROWS),
+    "mlperf": DLRMFlavor(128, (512, 256, 128), (1024, 1024, 512, 256, 1), CRITEO_TERABYTE_ROWS),
+}
+
+
+def mlp(in_features: int, sizes: tuple[int, ...], *, last_activation: bool) -> nn.Sequential:
+    """Linear+ReLU stack initialised as in the DLRM reference (normal, fan-based std)."""
+    layers: list[nn.Module] = []
+    for i, out_features in enumerate(sizes):
+        linear = nn.Linear(in_features, out_features)
+        with torch.no_grad():
+            linear.weight.normal_(0.0, (2.0 / (in_features + out_features)) ** 0.5)
+            linear.bias.normal_(0.0, (1.0 / out_features) ** 0.5)
+        layers.append(linear)
+        if i < len(sizes) - 1 or last_activation:
+            layers.append(nn.ReLU())
+        in_features = out_features
+    return nn.Sequential(*layers)
+
+
+class DLRM(nn.Module):
+    def __init__(
+        self,
+        *,
+        num_dense: int,
+        tables: list[EmbeddingTableSpec],
+        bottom: tuple[int, ...],
+        top: tuple[int, ...],
+        interaction: str = "dot",
+        seed: int = 0,
+        embedding_device: str = "cpu",
+    ):
+        super().__init__()
+        dim = tables[0].dim
+        if any(t.dim != dim for t in tables) or bottom[-1] != dim:
+            raise ValueError("DLRM needs one embedding dim shared by all tables and the bottom MLP's output")
+        self.tables = list(tables)
+        self.interaction = interaction
+        torch.manual_seed(seed)
+        self.bottom = mlp(num_dense, bottom, last_activation=True)
+        self.embeddings: nn.Module = EmbeddingBagCollection(tables, seed=seed, device=embedding_device)
+        num_vectors = len(tables) + 1
+        if interaction == "dot":
+            rows, cols = torch.tril_indices(num_vectors, num_vectors, offset=-1)
+            self.register_buffer("tril_rows", rows, persistent=False)
+            self.register_buffer("tril_cols", cols, persistent=False)
+            interaction_dim = dim + num_vectors * (num_vectors - 1) // 2
+        else:
+            interaction_dim = dim * num_vectors
+        self.top = mlp(interaction_dim, top, last_activation=False)
+
+    def interact(self, dense_BD: torch.Tensor, pooled_BTD: torch.Tensor) -> torch.Tensor:
+        vectors_BVD = torch.cat([dense_BD.unsqueeze(1), pooled_BTD], dim=1)
+        if self.interaction == "cat":
+            return vectors_BVD.flatten(1)
+        dots_BVV = torch.bmm(vectors_BVD, vectors_BVD.transpose(1, 2))
+        return torch.cat([dense_BD, dots_BVV[:, self.tril_rows, self.tril_cols]], dim=1)
+
+    def forward(self, dense: torch.Tensor, sparse: KeyedBags) -> torch.Tensor:
+        """Logits [batch]; `torch.sigmoid` of them is the click probability."""
+        dense_BD = self.bottom(dense)
+        pooled_BTD = torch.cat(self.embeddings(sparse), dim=1)
+        return self.top(self.interact(dense_BD, pooled_BTD)).squeeze(1)
+
+
+def dlrm_tables(
+    *, flavor: str, table_sizes: list[int], max_rows: int, embedding_dim: int, pooling: str
+) -> list[EmbeddingTableSpec]:
+    base = DLRM_FLAVORS[flavor]
+    rows = list(table_sizes) or list(base.table_rows)
+    if max_rows:
+        rows = [min(r, max_rows) for r in rows]
+    dim = embedding_dim or base.embedding_dim
+    return [EmbeddingTableSpec(f"t{i}", r, dim, pooling=pooling) for i, r in enumerate(rows)]
+
+
+def build_dlrm(cfg, *, embedding_device: str = "cpu") -> DLRM:
+    """Build from a `disttrain.config.Config`; `embedding_device="meta"` when the tables will be sharded."""
+    base = DLRM_FLAVORS[cfg.model.flavor]
+    tables = dlrm_tables(
+        flavor=cfg.model.flavor,
+        table_sizes=cfg.model.table_sizes,
+        max_rows=cfg.model.max_rows,
+        embedding_dim=cfg.model.embedding_dim,
+        pooling=cfg.model.pooling,
+    )
+    dim = tables[0].dim
+    bottom = base.bottom[:-1] + (dim,)
+    return DLRM(
+        num_dense=cfg.data.num_dense,
+        tables=tables,
+        bottom=bottom,
+        top=base.top,
+        interaction=cfg.model.interaction,
+        seed=cfg.train.seed,
+        embedding_device=embedding_device,
+    )

@@ -1,0 +1,114 @@
+"""The real CLI: plan output, bad input (one line, exit 2, no traceback), and end-to-end runs under the
+local launcher and torchrun whose results equal a single-process run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SMALL = ["model.flavor=debug", "train.batch_size=64", "train.steps=12", "train.log_every=4",
+         "data.eval_batches=2", "run.progress=false"]
+
+
+def disttrain(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("OMP_NUM_THREADS", None)
+    return subprocess.run([sys.executable, "-m", "disttrain.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_plan_json_without_processes():
+    out = disttrain("plan", "model.flavor=kaggle", "model.max_rows=1000000", "--world-size", "2", "--json")
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    assert len(plan["tables"]) == 26 and len(plan["ranks"]) == 2
+    assert {"name", "type", "ranks", "shards"} <= set(plan["tables"][0])
+    assert sum(r["weight_bytes"] for r in plan["ranks"]) == sum(t["rows"] * 16 * 4 for t in plan["tables"])
+
+
+def test_plan_text_lists_tables_and_ranks():
+    out = disttrain("plan", "sharding.strategy=row_wise", "train.batch_size=48", "--world-size", "3")
+    assert out.returncode == 0, out.stderr
+    assert "row_wise" in out.stdout and "0: 17x8, 1: 17x8, 2: 16x8" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "train.batchsize=8"], "train.batchsize: unknown key"),
+        (["train", "sharding.strategy=diagonal"], "sharding.strategy: got 'diagonal', expected one of"),
+        (["launch", "train.batch_size=9", "launch.nproc_per_node=2"], "train.batch_size: got 9, expected a multiple of the world size 2"),
+        (["plan", "sharding.strategy=column_wise", "sharding.num_column_shards=12", "--world-size", "2"],
+         "sharding.num_column_shards: 12 column shards for table t0 of dim 8; expected at most 8"),
+        (["launch", "missing.yaml"], "missing.yaml: config file not found"),
+        (["train", "model.table_sizes=[4,x]"], "model.table_sizes[1]: got 'x' (str), expected int"),
+    ],
+)
+def test_bad_input_is_one_line(args, message, tmp_path):
+    out = disttrain(*args, f"run.output_dir={tmp_path}/out")
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], out.stderr
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def _summary(path: Path) -> dict:
+    return json.loads((path / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_local_and_torchrun_launchers_equal_single_process(tmp_path):
+    single = disttrain("train", *SMALL, f"run.output_dir={tmp_path}/single", "sharding.strategy=row_wise")
+    assert single.returncode == 0, single.stderr
+    local = disttrain("launch", *SMALL, f"run.output_dir={tmp_path}/local", "sharding.strategy=row_wise",
+                      "launch.nproc_per_node=2")
+    assert local.returncode == 0, local.stderr
+    torchrun = disttrain("launch", *SMALL, f"run.output_dir={tmp_path}/torchrun", "sharding.strategy=row_wise",
+                         "launch.launcher=torchrun", "launch.nproc_per_node=2")
+    assert torchrun.returncode == 0, torchrun.stderr + torchrun.stdout
+    ref = _summary(tmp_path / "single")
+    assert ref["world_size"] == 1 and ref["launcher"] == "none"
+    for name in ("local", "torchrun"):
+        summary = _summary(tmp_path / name)
+        assert summary["launcher"] == name and summary["world_size"] == 2
+        assert summary["train_loss"] == pytest.approx(ref["train_loss"], abs=1e-5)
+        assert summary["eval_auc"] == pytest.approx(ref["eval_auc"], abs=1e-4)
+        assert summary["eval_logloss"] == pytest.approx(ref["eval_logloss"], abs=1e-5)
+        assert summary["samples_per_s"] > 0 and summary["steps"] == 12
+        assert [t["type"] for t in summary["plan"]["tables"]] == ["row_wise"] * 4
+        assert [w["rank"] for w in summary["workers"]] == [0, 1]
+        assert len({w["pid"] for w in summary["workers"]}) == 2
+        assert all(w["cpus"] and w["threads"] >= 1 for w in summary["workers"])
+        assert (tmp_path / name / "config.yaml").exists()
+    # One log line per interval from rank 0 only (plus the final one).
+    assert local.stdout.count("step      4  loss") == 1
+    assert "samples/s" in local.stdout and "eval @ step 12: auc" in local.stdout
+
+
+@pytest.mark.slow
+def test_local_launcher_pins_workers_to_disjoint_cores(tmp_path):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 CPUs")
+    out = disttrain("launch", *SMALL, f"run.output_dir={tmp_path}/pinned", "launch.affinity=core")
+    assert out.returncode == 0, out.stderr
+    cpus = [set(w["cpus"]) for w in _summary(tmp_path / "pinned")["workers"]]
+    assert cpus[0] and cpus[1] and not cpus[0] & cpus[1]
+
+
+@pytest.mark.slow
+def test_a_failing_worker_stops_the_launch(tmp_path):
+    env_fault = {"DISTTRAIN_FAULT": "1:5"}  # rank 1 dies abruptly at step 5 (fault injection)
+    out = subprocess.run(
+        [sys.executable, "-m", "disttrain.cli", "launch", *SMALL, f"run.output_dir={tmp_path}/fail",
+         "train.steps=1000"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **env_fault},
+    )
+    assert out.returncode == 17, out.stderr
+    assert "local rank 1 exited with code 17; stopped the other workers" in out.stderr
+    assert not (tmp_path / "fail" / "summary.json").exists()
