@@ -26,8 +26,14 @@ class Collectives(Protocol):
     world_size: int
 
     def all_to_all(
-        self, output: torch.Tensor, input: torch.Tensor, output_splits: list[int], input_splits: list[int]
-    ) -> None: ...
+        self,
+        output: torch.Tensor,
+        input: torch.Tensor,
+        output_splits: list[int],
+        input_splits: list[int],
+        *,
+        async_op: bool = False,
+    ) -> Handle: ...
 
     def all_reduce_sum(self, tensor: torch.Tensor, *, async_op: bool = False) -> Handle: ...
 
@@ -42,8 +48,9 @@ class SingleProcess:
     rank = 0
     world_size = 1
 
-    def all_to_all(self, output, input, output_splits, input_splits) -> None:
+    def all_to_all(self, output, input, output_splits, input_splits, *, async_op=False) -> Handle:
         output.copy_(input)
+        return _Done()
 
     def all_reduce_sum(self, tensor, *, async_op=False) -> Handle:
         return _Done()
@@ -66,8 +73,11 @@ class TorchCollectives:
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
 
-    def all_to_all(self, output, input, output_splits, input_splits) -> None:
-        dist.all_to_all_single(output, input, output_splits, input_splits, group=self.group)
+    def all_to_all(self, output, input, output_splits, input_splits, *, async_op=False) -> Handle:
+        work = dist.all_to_all_single(
+            output, input, output_splits, input_splits, group=self.group, async_op=async_op
+        )
+        return work if async_op else _Done()
 
     def all_reduce_sum(self, tensor, *, async_op=False) -> Handle:
         work = dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group, async_op=async_op)

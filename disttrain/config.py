@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,23 @@ from typing import Any
 import yaml
 
 from disttrain.errors import ConfigError
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false, so `launch.allocator=off` stays the string 'off'."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 MODEL_NAMES = ("dlrm",)
 FLAVORS = ("debug", "kaggle", "mlperf")
@@ -55,6 +73,9 @@ class DataConfig:
     multi_hot_max: int = 1
     num_dense: int = 13
     eval_batches: int = 8
+    # 0 = a fresh batch every step; N = generate N training batches once and cycle them (as the peer
+    # benchmark drivers do), which takes data generation out of a throughput measurement.
+    cycle_batches: int = 0
 
 
 @dataclass
@@ -95,6 +116,8 @@ class LaunchConfig:
     threads_per_worker: int = 0
     backend: str = "gloo"
     timeout_s: int = 600
+    # auto | off | jemalloc | tcmalloc | /path/to/lib.so (preloaded into workers by the launcher)
+    allocator: str = "auto"
 
 
 @dataclass
@@ -129,7 +152,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 POSITIVE = ("train.batch_size", "launch.nproc_per_node", "launch.nnodes", "data.multi_hot_max", "data.num_dense")
 NON_NEGATIVE = (
     "train.steps", "train.eval_every", "model.max_rows", "model.embedding_dim", "sharding.num_column_shards",
-    "data.eval_batches", "launch.node_rank", "launch.master_port", "launch.threads_per_worker",
+    "data.eval_batches", "data.cycle_batches", "launch.node_rank", "launch.master_port", "launch.threads_per_worker",
 )
 
 
@@ -184,7 +207,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.batch_size=4096")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.problem})") from None
     if value is None:
@@ -231,7 +254,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = _yaml_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -31,9 +31,10 @@ class Parallelized:
         self.sparse_optimizer.zero_grad()
 
     def step(self) -> None:
+        # Sparse updates first: the last dense-gradient buckets are still being summed meanwhile.
+        self.sparse_optimizer.step()
         self.grads.synchronize()
         self.dense_optimizer.step()
-        self.sparse_optimizer.step()
 
 
 def parallelize(

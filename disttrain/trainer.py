@@ -25,6 +25,7 @@ from disttrain.metrics import evaluate
 from disttrain.models import MODELS
 from disttrain.parallelize import Parallelized, parallelize
 from disttrain.runtime.affinity import Pinning
+from disttrain.runtime.allocator import loaded_allocator
 from disttrain.runtime.env import WorkerEnv
 from disttrain.sharding.planner import plan_sharding
 
@@ -102,10 +103,16 @@ class Trainer:
             multi_hot_max=cfg.data.multi_hot_max,
         )
         self.global_batch = cfg.train.batch_size
+        self._pool: dict[int, Batch] = {}
         steps = cfg.train.steps
         self.warmup = cfg.train.warmup_steps if cfg.train.warmup_steps >= 0 else min(5, steps // 5)
 
     def _batch(self, step: int, split: str = "train") -> Batch:
+        cycle = self.cfg.data.cycle_batches
+        if split == "train" and cycle:
+            if step % cycle not in self._pool:
+                self._pool[step % cycle] = self.data.batch(step % cycle, rank=self.env.rank, world_size=self.env.world_size)
+            return self._pool[step % cycle]
         return self.data.batch(step, rank=self.env.rank, world_size=self.env.world_size, split=split)
 
     def train_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,7 +214,8 @@ class Trainer:
             "cpus": sorted(os.sched_getaffinity(0)),
             "threads": torch.get_num_threads(),
             "interop_threads": torch.get_num_interop_threads(),
-            "env": self.pinning.env,
+            "env": {**self.pinning.env, **_allocator_vars()},
+            "allocator": loaded_allocator(),
             "max_rss_mib": _max_rss_mib(),
         }
 
@@ -246,6 +254,12 @@ class Trainer:
         write_json(Path(self.cfg.run.output_dir) / "summary.json", summary)
         self.log.line(f"summary: {Path(self.cfg.run.output_dir) / 'summary.json'}")
         return summary
+
+
+def _allocator_vars() -> dict[str, str]:
+    """The allocator variables the launcher set for this worker (to report them)."""
+    names = [n for n in os.environ.get("DISTTRAIN_ALLOCATOR_ENV", "").split(",") if n]
+    return {n: os.environ[n] for n in names if n in os.environ}
 
 
 def _injected_fault(rank: int) -> int:

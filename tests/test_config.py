@@ -20,6 +20,11 @@ def test_dotted_overrides_with_lists_and_mappings():
     assert cfg.sharding.tables == {"t0": "row_wise"}
 
 
+def test_yaml_12_booleans_keep_on_off_as_strings():
+    cfg = load_config(None, ["launch.allocator=off", "run.progress=false"])
+    assert cfg.launch.allocator == "off" and cfg.run.progress is False
+
+
 def test_partial_file_keeps_other_defaults(tmp_path):
     path = tmp_path / "cluster.yaml"
     path.write_text("launch:\n  nproc_per_node: 3\n")

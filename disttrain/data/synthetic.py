@@ -32,18 +32,12 @@ class Batch:
     probabilities: torch.Tensor | None = None  # the planted model's click probability (synthetic only)
 
 
-def _splitmix(x: np.ndarray) -> np.ndarray:
-    """A 64-bit mixing hash, vectorised over uint64 (wraps modulo 2**64)."""
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
 def _hash_unit(ids: np.ndarray, salt: int) -> np.ndarray:
-    """A fixed pseudo-random value in [-1, 1) for every (id, salt)."""
-    mixed = _splitmix(ids.astype(np.uint64) * np.uint64(0x100000001B3) + np.uint64(salt))
-    return (mixed >> np.uint64(11)).astype(np.float64) * (2.0 / 2**53) - 1.0
+    """A fixed pseudo-random value in [-1, 1) for every (id, salt): multiply-xorshift-multiply on uint64."""
+    x = ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(salt & (2**64 - 1))
+    x ^= x >> np.uint64(29)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    return (x >> np.uint64(40)).astype(np.float32) * np.float32(2.0 / 2**24) - np.float32(1.0)
 
 
 class SyntheticCTR:
@@ -63,6 +57,10 @@ class SyntheticCTR:
         per_table = 1 if multi_hot_max == 1 else 1 + multi_hot_max
         self.draws = num_dense + 1 + per_table * len(tables)
         self.blocks = -(-self.draws // 4)  # Philox emits 4 values per counter step
+        self._generators = {}
+        for split, index in SPLITS.items():
+            bitgen = np.random.Philox(key=np.array([seed & (2**64 - 1), index], dtype=np.uint64))
+            self._generators[split] = (bitgen, np.random.Generator(bitgen))
         self.dense_weights = _hash_unit(np.arange(num_dense), seed * 7919 + 17) / math.sqrt(max(num_dense, 1))
         self.rows_T = np.array([t.num_rows for t in tables], dtype=np.int64)
         self.primes_T = np.array([self._prime_for(t.num_rows, i) for i, t in enumerate(tables)], dtype=np.int64)
@@ -79,9 +77,17 @@ class SyntheticCTR:
         return 1
 
     def _uniforms(self, split: str, step: int, start: int, count: int) -> np.ndarray:
-        key = np.array([self.seed & (2**64 - 1), (SPLITS[split] << 48) ^ step], dtype=np.uint64)
-        bitgen = np.random.Philox(key=key, counter=start * self.blocks)
-        return np.random.Generator(bitgen).random((count, self.blocks * 4))[:, : self.draws]
+        """Uniforms of global samples [start, start + count) of batch `step`: the Philox counter is the
+        sample's global position, so any rank can draw any rows without drawing the rows before them."""
+        bitgen, generator = self._generators[split]
+        counter = (step * self.global_batch + start) * self.blocks
+        state = bitgen.state
+        state["state"]["counter"] = np.array(
+            [counter & (2**64 - 1), counter >> 64, 0, 0], dtype=np.uint64
+        )
+        state.update(buffer_pos=4, has_uint32=0, uinteger=0)  # drop buffered values of the last draw
+        bitgen.state = state
+        return generator.random((count, self.blocks * 4))[:, : self.draws]
 
     def _ids(self, u_BTM: np.ndarray) -> np.ndarray:
         """Ids for uniforms u [B, T, M], all tables at once."""

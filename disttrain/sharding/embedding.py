@@ -120,6 +120,7 @@ class ShardedEmbeddingCollection(nn.Module):
         self.dp_bases: dict[int, tuple[str, int]] = {}
         self._allocate(seed)
         self.pending: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+        self._in_flight: list = []  # (handle, received gradients, step state) of backward all-to-alls
         self._layouts: dict[int, _Layout] = {}
         self.anchor = torch.zeros((), requires_grad=True)
 
@@ -363,16 +364,27 @@ class ShardedEmbeddingCollection(nn.Module):
         ]
         send_grad = torch.cat(send) if send else torch.zeros(0)
         recv_grad = torch.empty(sum(layout.send_output_splits))
-        self.comm.all_to_all(recv_grad, send_grad, layout.send_output_splits, layout.recv_output_splits)
-        if len(self.group_keys) == 1:
-            per_group = [recv_grad.view(-1, layout.segments[0][2])]
-        else:
-            per_group = self._deinterleave(recv_grad, layout.segments, len(self.group_keys))
-        for key, grad_bags, rows, bag_of_value in zip(
-            self.group_keys, per_group, state.group_rows, state.group_bag_of_value
-        ):
-            self.pending.append((key, rows, _row_grads(grad_bags, bag_of_value, None)))
+        # Asynchronous: the rest of backward (the bottom MLP) runs while the gradients travel; the row
+        # gradients are formed when the optimizer asks for them (`pop_pending`).
+        handle = self.comm.all_to_all(
+            recv_grad, send_grad, layout.send_output_splits, layout.recv_output_splits, async_op=True
+        )
+        self._in_flight.append((handle, recv_grad, state))
         self._backward_replicated(state, grads)
+
+    def _finish_backward(self) -> None:
+        for handle, recv_grad, state in self._in_flight:
+            handle.wait()
+            layout = state.layout
+            if len(self.group_keys) == 1:
+                per_group = [recv_grad.view(-1, layout.segments[0][2])]
+            else:
+                per_group = self._deinterleave(recv_grad, layout.segments, len(self.group_keys))
+            for key, grad_bags, rows, bag_of_value in zip(
+                self.group_keys, per_group, state.group_rows, state.group_bag_of_value
+            ):
+                self.pending.append((key, rows, _row_grads(grad_bags, bag_of_value, None)))
+        self._in_flight = []
 
     def _backward_replicated(self, state: _StepState, grads) -> None:
         by_key: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
@@ -391,6 +403,7 @@ class ShardedEmbeddingCollection(nn.Module):
 
     def pop_pending(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Row gradients accumulated since the last call, per fused weight."""
+        self._finish_backward()
         merged: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         for key, rows, grads in self.pending:
             merged.setdefault(key, ([], []))

@@ -1,0 +1,44 @@
+"""DLRM's dot interaction with a hand-written backward.
+
+out[b] = the strictly-lower-triangular entries of T[b] @ T[b]^T (pairs of vectors).
+Autograd of bmm(T, T^T) then a gather runs two batched GEMMs, a zero-fill and a scatter-add. Here
+dL/dT = dZ @ T + dZ^T @ T is one bmm plus one baddbmm reading dZ transposed (no transposed copy), and dZ
+lives in a buffer that is zeroed once: only the pair positions are ever written, always the same ones.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_GRAD_BUFFERS: dict[tuple, torch.Tensor] = {}
+
+
+def _zeroed_buffer(shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    key = (shape, dtype)
+    if key not in _GRAD_BUFFERS:
+        _GRAD_BUFFERS.clear()  # one live shape at a time (the batch size rarely changes)
+        _GRAD_BUFFERS[key] = torch.zeros(shape, dtype=dtype)
+    return _GRAD_BUFFERS[key]
+
+
+class _DotInteraction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, vectors_BVD: torch.Tensor, pairs_flat: torch.Tensor) -> torch.Tensor:
+        dots_BVV = torch.bmm(vectors_BVD, vectors_BVD.transpose(1, 2))
+        ctx.save_for_backward(vectors_BVD, pairs_flat)
+        return dots_BVV.flatten(1).index_select(1, pairs_flat)
+
+    @staticmethod
+    def backward(ctx, grad_BP: torch.Tensor):
+        vectors_BVD, pairs_flat = ctx.saved_tensors
+        batch, num_vectors, _ = vectors_BVD.shape
+        grad_dots = _zeroed_buffer((batch, num_vectors * num_vectors), grad_BP.dtype)
+        grad_dots.index_copy_(1, pairs_flat, grad_BP)  # off-pair entries stay zero across calls
+        grad_dots_BVV = grad_dots.view(batch, num_vectors, num_vectors)
+        grad_vectors = torch.bmm(grad_dots_BVV, vectors_BVD)
+        return torch.baddbmm(grad_vectors, grad_dots_BVV.transpose(1, 2), vectors_BVD), None
+
+
+def dot_interaction(vectors_BVD: torch.Tensor, pairs_flat: torch.Tensor) -> torch.Tensor:
+    """[B, V, D] -> [B, P]: dot products of the pairs `pairs_flat` (flat indices i * V + j, i > j)."""
+    return _DotInteraction.apply(vectors_BVD, pairs_flat)
