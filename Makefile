@@ -5,7 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast lint bench compare system-deps clean
+
+# Optional system libraries (jemalloc/tcmalloc allocators, numactl). Best effort: skipped without
+# root or apt-get; disttrain falls back to the system allocator when they are absent.
+system-deps:
+	-@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! ls /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1; then \
+		apt-get install -y -q libjemalloc2 google-perftools numactl >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libjemalloc2 google-perftools numactl >/dev/null 2>&1) || true; \
+	fi
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) system-deps
 	$(BIN)/disttrain launch cluster_configs/demo.yaml
 
 test: $(STAMP)
@@ -24,8 +32,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	$(BIN)/disttrain bench
+
+# Side by side with TorchRec and the reference DLRM (install them first: benchmarks/peers/README.md).
+compare: $(STAMP) system-deps
+	$(BIN)/python benchmarks/compare_peers.py --rounds 3 $(if $(TORCHREC_PYTHON),--torchrec-python $(TORCHREC_PYTHON)) $(if $(DLRM_SCRIPT),--dlrm-script $(DLRM_SCRIPT))
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -112,3 +112,45 @@ def test_a_failing_worker_stops_the_launch(tmp_path):
     assert out.returncode == 17, out.stderr
     assert "local rank 1 exited with code 17; stopped the other workers" in out.stderr
     assert not (tmp_path / "fail" / "summary.json").exists()
+
+
+def _two_nodes(tmp_path, launcher: str, extra: list[str]) -> list[subprocess.CompletedProcess]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "disttrain.cli", "launch", *SMALL, f"run.output_dir={tmp_path}/node{node}",
+             f"launch.launcher={launcher}", "launch.nnodes=2", f"launch.node_rank={node}",
+             "launch.nproc_per_node=1", "sharding.strategy=table_wise", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        for node in (0, 1)
+    ]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=240)
+        results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("launcher", "rendezvous"),
+    [("torchrun", "static"), ("torchrun", "c10d"), ("local", "static")],
+)
+def test_two_nodes_on_loopback(tmp_path, launcher, rendezvous):
+    from disttrain.runtime.env import free_port
+
+    port = free_port()
+    extra = [f"launch.rdzv_endpoint=127.0.0.1:{port}"] if rendezvous == "c10d" else [f"launch.master_port={port}"]
+    results = _two_nodes(tmp_path, launcher, extra)
+    for r in results:
+        assert r.returncode == 0, r.stderr[-3000:]
+    # Rank 0 writes the summary. Static: node 0 holds rank 0; c10d rendezvous assigns node ranks in
+    # arrival order, so it may be either node, never both.
+    written = [n for n in ("node0", "node1") if (tmp_path / n / "summary.json").exists()]
+    assert written == ["node0"] if rendezvous == "static" else len(written) == 1
+    summary = _summary(tmp_path / written[0])
+    assert summary["world_size"] == 2 and summary["launcher"] == launcher
+    assert sorted(t["ranks"][0] for t in summary["plan"]["tables"]) == [0, 0, 1, 1]
+    single = disttrain("train", *SMALL, f"run.output_dir={tmp_path}/single", "sharding.strategy=table_wise")
+    assert summary["train_loss"] == pytest.approx(_summary(tmp_path / "single")["train_loss"], abs=1e-5)

@@ -35,6 +35,7 @@ def _cases(world: int) -> list[tuple[list[str], int]]:
     for optimizer in ("sgd", "adagrad", "adam"):
         cases.append((BASE + [mixed, "data.multi_hot_max=3"] + _opt(optimizer), STEPS))
     cases.append((BASE + [mixed, "train.optimizer=adagrad", "data.multi_hot_max=4", "model.pooling=mean"], STEPS))
+    cases.append((BASE + ["model.interaction=cat", "sharding.strategy=auto", "train.optimizer=adagrad"], STEPS))
     if world == 3:
         cases.append((BASE + ["sharding.strategy=column_wise", "sharding.num_column_shards=2"], STEPS))
     return cases
