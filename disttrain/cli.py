@@ -4,12 +4,14 @@
     disttrain launch [CONFIG] [key=value ...]     start workers with launch.launcher (local | torchrun)
     disttrain plan [CONFIG] [key=value ...] --world-size N [--json]
     disttrain bench [key=value ...]               the kaggle DLRM throughput benchmark (2 pinned ranks)
+    disttrain topology [--lscpu FILE] [--nproc-per-node N] [--affinity MODE] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -41,9 +43,15 @@ def cmd_train(args) -> int:
 
 
 def prepare_launch(cfg: config_mod.Config) -> str:
-    """Validate everything that can fail before any process starts; write the resolved config."""
+    """Validate everything that can fail before any process starts (config, plan, pinning); resolve
+    `launch.nproc_per_node=auto`; write the resolved config the workers will read."""
+    from disttrain.runtime.bootstrap import placements_for, resolve_nproc, user_set_variables
+    from disttrain.runtime.topology import detect_topology
     from disttrain.trainer import build_plan
 
+    topology = detect_topology()
+    cfg.launch.nproc_per_node = resolve_nproc(cfg, topology)
+    placements_for(cfg, topology, nproc=cfg.launch.nproc_per_node, user_env=user_set_variables(os.environ))
     world = cfg.launch.nproc_per_node * cfg.launch.nnodes
     build_plan(cfg, world)
     out = Path(cfg.run.output_dir)
@@ -66,10 +74,12 @@ def cmd_launch(args, base: str | None = None) -> int:
 
 
 def cmd_plan(args) -> int:
+    from disttrain.runtime.bootstrap import resolve_nproc
+    from disttrain.runtime.topology import detect_topology
     from disttrain.trainer import build_plan
 
     cfg = _load(args.items)
-    world = args.world_size or cfg.launch.nproc_per_node * cfg.launch.nnodes
+    world = args.world_size or resolve_nproc(cfg, detect_topology()) * cfg.launch.nnodes
     _, plan = build_plan(cfg, world)
     print(json.dumps(plan.to_json(), indent=2) if args.json else plan.describe())
     return 0
@@ -85,6 +95,48 @@ def cmd_bench(args) -> int:
             f"global_batch={summary['global_batch_size']} samples_per_s={summary['samples_per_s']:.0f}"
         )
     return code
+
+
+def cmd_topology(args) -> int:
+    """The machine and each local rank's placement, without starting anything."""
+    from disttrain.runtime.bootstrap import placements_for, resolve_nproc, user_set_variables
+    from disttrain.runtime.topology import detect_topology
+
+    cfg = _load(args.items)
+    if args.affinity:
+        cfg.launch.affinity = args.affinity
+    if args.nproc_per_node:
+        cfg.launch.nproc_per_node = args.nproc_per_node if args.nproc_per_node == "auto" else _positive(args.nproc_per_node)
+    config_mod.validate(cfg)
+    topology = detect_topology(args.lscpu)
+    nproc = resolve_nproc(cfg, topology)
+    placements = placements_for(cfg, topology, nproc=nproc, user_env=user_set_variables(os.environ))
+    if args.json:
+        machine = {
+            "sockets": topology.sockets, "numa_nodes": topology.nodes,
+            "physical_cores": len(topology.physical_cores()), "logical_cpus": len(topology.cpus),
+            "gpus": [{"index": g.index, "numa_node": g.numa_node, "pci_bus": g.pci_bus} for g in topology.gpus],
+        }
+        print(json.dumps({"machine": machine, "affinity": cfg.launch.affinity,
+                          "ranks": [p.to_json() for p in placements]}, indent=2))
+        return 0
+    from disttrain.runtime.topology import format_cpus
+
+    print(topology.describe())
+    print(f"{nproc} local rank(s), affinity {cfg.launch.affinity}:")
+    for p in placements:
+        cpus = format_cpus(p.cpus) if p.cpus is not None else "any"
+        env = " ".join(f"{k}={v}" for k, v in p.env.items())
+        gpu = f" GPU {p.gpu}" if p.gpu is not None else ""
+        print(f"  local rank {p.local_rank}: CPUs {cpus} (NUMA {','.join(map(str, p.numa_nodes))}){gpu}, "
+              f"{p.threads} thread(s){' [shared cores]' if p.shared else ''}  {env}")
+    return 0
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise DisttrainError(f"--nproc-per-node: got {text!r}, expected a positive integer or auto")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-size", type=int, default=0, help="ranks to plan for (default: launch settings)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("topology", help="print the machine and the per-rank pinning plan")
+    p.add_argument("items", nargs="*", metavar="[CONFIG] key=value")
+    p.add_argument("--lscpu", default=None, help="canned `lscpu -p=CPU,CORE,SOCKET,NODE` output to plan for")
+    p.add_argument("--nproc-per-node", default="", help="local ranks (default: the config's; auto allowed)")
+    p.add_argument("--affinity", default="", choices=["", *config_mod.AFFINITIES])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_topology)
     return parser
 
 

@@ -47,7 +47,7 @@ LAUNCHERS = ("local", "torchrun")
 DISTRIBUTIONS = ("uniform", "zipf")
 INTERACTIONS = ("dot", "cat")
 POOLINGS = ("sum", "mean")
-AFFINITIES = ("none", "core")
+AFFINITIES = ("none", "core", "numa", "socket", "explicit")
 
 
 @dataclass
@@ -103,7 +103,8 @@ class ShardingConfig:
 @dataclass
 class LaunchConfig:
     launcher: str = "local"
-    nproc_per_node: int = 2
+    # Ranks on this node, or "auto": one per socket (per NUMA node with affinity numa, per GPU with nccl).
+    nproc_per_node: int | str = 2
     nnodes: int = 1
     node_rank: int = 0
     master_addr: str = "127.0.0.1"
@@ -111,8 +112,15 @@ class LaunchConfig:
     master_port: int = 0
     # torchrun c10d rendezvous endpoint host:port; empty = static master address.
     rdzv_endpoint: str = ""
+    # none | core | numa | socket | explicit (see disttrain.runtime.affinity.AffinityMode)
     affinity: str = "core"
-    # Intra-op threads per worker. 0 = as many as the CPUs it is pinned to.
+    # Hyper-thread siblings are used only when this is true (physical cores first otherwise).
+    use_logical_cores: bool = False
+    # With affinity explicit: one CPU list per local rank, e.g. ["0-3", "4-7"].
+    cpu_lists: list[int | str] = field(default_factory=list)
+    # More ranks than physical cores is an error unless this is true (then ranks share cores).
+    allow_oversubscribe: bool = False
+    # Intra-op threads per worker. 0 = as many as the cores it is pinned to.
     threads_per_worker: int = 0
     backend: str = "gloo"
     timeout_s: int = 600
@@ -149,7 +157,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "launch.affinity": AFFINITIES,
     "launch.backend": ("gloo", "nccl"),
 }
-POSITIVE = ("train.batch_size", "launch.nproc_per_node", "launch.nnodes", "data.multi_hot_max", "data.num_dense")
+POSITIVE = ("train.batch_size", "launch.nnodes", "data.multi_hot_max", "data.num_dense")
 NON_NEGATIVE = (
     "train.steps", "train.eval_every", "model.max_rows", "model.embedding_dim", "sharding.num_column_shards",
     "data.eval_batches", "data.cycle_batches", "launch.node_rank", "launch.master_port", "launch.threads_per_worker",
@@ -174,7 +182,14 @@ def _coerce(path: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{path}: got {value!r}, expected a mapping of {_type_name(key_tp)} to {_type_name(val_tp)}")
         return {_coerce(f"{path}", k, key_tp): _coerce(f"{path}.{k}", v, val_tp) for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
-        raise AssertionError("union types are not used in the config")
+        options = typing.get_args(tp)
+        for option in options:
+            try:
+                return _coerce(path, value, option)
+            except ConfigError:
+                continue
+        names = " or ".join(_type_name(o) for o in options)
+        raise ConfigError(f"{path}: got {value!r} ({type(value).__name__}), expected {names}")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool):
@@ -234,6 +249,11 @@ def validate(cfg: Config) -> Config:
     for path in NON_NEGATIVE:
         if flat[path] < 0:
             raise ConfigError(f"{path}: got {flat[path]!r}, expected an integer >= 0")
+    nproc = cfg.launch.nproc_per_node
+    if nproc != "auto" and (isinstance(nproc, str) or nproc <= 0):
+        raise ConfigError(f"launch.nproc_per_node: got {nproc!r}, expected a positive integer or auto")
+    if cfg.launch.affinity == "explicit" and not cfg.launch.cpu_lists:
+        raise ConfigError("launch.cpu_lists: empty with launch.affinity=explicit; expected one CPU list per local rank")
     if cfg.train.lr <= 0:
         raise ConfigError(f"train.lr: got {cfg.train.lr!r}, expected a positive number")
     for name, strategy in cfg.sharding.tables.items():

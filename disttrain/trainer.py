@@ -24,7 +24,6 @@ from disttrain.errors import ConfigError
 from disttrain.metrics import evaluate
 from disttrain.models import MODELS
 from disttrain.parallelize import Parallelized, parallelize
-from disttrain.runtime.affinity import Pinning
 from disttrain.runtime.allocator import loaded_allocator
 from disttrain.runtime.env import WorkerEnv
 from disttrain.sharding.planner import plan_sharding
@@ -85,8 +84,8 @@ class Logger:
 
 
 class Trainer:
-    def __init__(self, cfg: config_mod.Config, env: WorkerEnv, comm: Collectives, *, launcher: str, pinning: Pinning):
-        self.cfg, self.env, self.comm, self.launcher, self.pinning = cfg, env, comm, launcher, pinning
+    def __init__(self, cfg: config_mod.Config, env: WorkerEnv, comm: Collectives, *, launcher: str, placement: dict):
+        self.cfg, self.env, self.comm, self.launcher, self.placement = cfg, env, comm, launcher, placement
         self.log = Logger(env.rank, progress=cfg.run.progress)
         model, self.plan = build_plan(cfg, env.world_size)
         self.par: Parallelized = parallelize(
@@ -129,6 +128,7 @@ class Trainer:
         self.log.line(f"model {cfg.model.name}/{cfg.model.flavor}: {len(self.model.tables)} tables, "
                       f"world size {self.env.world_size}, launcher {self.launcher}")
         self.log.line(self.plan.describe())
+        self._log_workers(self.comm.all_gather_object(self.worker_info()))
         batches = Prefetcher(self._batch, 0, cfg.train.steps, depth=3)
         fault = _injected_fault(self.env.rank)
         try:
@@ -205,6 +205,15 @@ class Trainer:
                 f"  logloss {metrics['logloss']:.5f}  accuracy {metrics['accuracy']:.4f}  on {metrics['samples']} samples"
             )
 
+    def _log_workers(self, workers: list[dict]) -> None:
+        from disttrain.runtime.topology import format_cpus
+
+        self.log.line(f"{'rank':<5}{'host':<14}{'pid':>8}  {'cpus':<12}{'numa':<6}{'memory':<12}{'threads':>7}  allocator")
+        for w in workers:
+            numa = w["numa_node"] if not isinstance(w["numa_node"], list) else format_cpus(w["numa_node"])
+            self.log.line(f"{w['rank']:<5}{w['host'][:13]:<14}{w['pid']:>8}  {format_cpus(w['cpus']):<12}{numa!s:<6}"
+                          f"{w['memory_policy']:<12}{w['threads']:>7}  {w['allocator']}")
+
     def worker_info(self) -> dict:
         return {
             "rank": self.env.rank,
@@ -212,9 +221,14 @@ class Trainer:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "cpus": sorted(os.sched_getaffinity(0)),
+            "planned_cpus": self.placement["plan"]["cpus"],
+            "numa_node": self.placement["plan"]["numa_node"],
+            "memory_policy": self.placement["memory_policy"],
+            "gpu": self.placement["plan"]["gpu"],
             "threads": torch.get_num_threads(),
             "interop_threads": torch.get_num_interop_threads(),
-            "env": {**self.pinning.env, **_allocator_vars()},
+            "env": self.placement["set_env"],
+            "user_env": self.placement["user_env"],
             "allocator": loaded_allocator(),
             "max_rss_mib": _max_rss_mib(),
         }
@@ -254,12 +268,6 @@ class Trainer:
         write_json(Path(self.cfg.run.output_dir) / "summary.json", summary)
         self.log.line(f"summary: {Path(self.cfg.run.output_dir) / 'summary.json'}")
         return summary
-
-
-def _allocator_vars() -> dict[str, str]:
-    """The allocator variables the launcher set for this worker (to report them)."""
-    names = [n for n in os.environ.get("DISTTRAIN_ALLOCATOR_ENV", "").split(",") if n]
-    return {n: os.environ[n] for n in names if n in os.environ}
 
 
 def _injected_fault(rank: int) -> int:

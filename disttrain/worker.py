@@ -11,7 +11,7 @@ from pathlib import Path
 
 from disttrain import config as config_mod
 from disttrain.errors import DisttrainError
-from disttrain.runtime.affinity import apply_pinning, plan_pinning
+from disttrain.runtime.bootstrap import bootstrap
 from disttrain.runtime.env import worker_env_from
 
 
@@ -24,32 +24,29 @@ def launcher_name(environ: Mapping[str, str]) -> str:
 
 
 def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] = os.environ) -> dict | None:
-    """Pin, join the process group, train; returns the summary on rank 0."""
+    """Place (pin, threads, allocator; may re-execute this process once), join the process group, train;
+    returns the summary on rank 0."""
+    placement = bootstrap(cfg, environ)  # before torch is imported: nothing is lost by a re-exec
+
     import torch.distributed as dist
 
-    from disttrain.trainer import Trainer, make_collectives, write_json  # noqa: F401 (torch import is slow)
+    from disttrain.runtime.affinity import apply_threads
+    from disttrain.trainer import Trainer, make_collectives
 
     env = worker_env_from(environ)
-    pinning = plan_pinning(
-        available=sorted(os.sched_getaffinity(0)),
-        local_rank=env.local_rank,
-        local_world_size=env.local_world_size,
-        mode=cfg.launch.affinity,
-        threads_per_worker=cfg.launch.threads_per_worker,
-        user_env={k: v for k, v in environ.items() if k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
-    )
-    apply_pinning(pinning)
+    apply_threads(placement["threads"])
     if env.rank == 0:
         out = Path(cfg.run.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(config_mod.to_yaml(cfg))
         print("resolved config:\n" + config_mod.to_yaml(cfg), flush=True)
     comm = make_collectives(env, cfg)
-    try:
-        return Trainer(cfg, env, comm, launcher=launcher_name(environ), pinning=pinning).run()
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    summary = Trainer(cfg, env, comm, launcher=launcher_name(environ), placement=placement).run()
+    # Orderly shutdown: nobody tears down its transport while another rank still writes or talks.
+    comm.barrier()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:

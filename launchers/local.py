@@ -14,7 +14,7 @@ import time
 
 from disttrain.config import Config
 from disttrain.errors import ConfigError
-from disttrain.runtime.allocator import worker_allocator_env
+from disttrain.runtime.bootstrap import launcher_env
 from disttrain.runtime.env import WorkerEnv, free_port
 
 
@@ -50,11 +50,11 @@ def launch_local(cfg: Config, config_path: str) -> int:
     if cfg.launch.nnodes > 1 and not cfg.launch.master_port:
         raise ConfigError("launch.master_port: got 0, expected a fixed port shared by all nodes when launch.nnodes > 1")
     port = cfg.launch.master_port or free_port(cfg.launch.master_addr)
-    allocator, allocator_vars = worker_allocator_env(cfg.launch.allocator)
     procs = []
     for env in worker_envs(cfg, master_port=port):
-        child_env = {**os.environ, **allocator_vars, **env.to_environ(), "DISTTRAIN_LAUNCHER": "local",
-                     "DISTTRAIN_ALLOCATOR_ENV": ",".join(sorted(allocator_vars)), "PYTHONUNBUFFERED": "1"}
+        # Pinning, threads and the allocator are the worker's own business (disttrain.runtime.bootstrap).
+        child_env = {**os.environ, **launcher_env(), **env.to_environ(), "DISTTRAIN_LAUNCHER": "local",
+                     "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "disttrain.worker", "--config", config_path]
         procs.append(subprocess.Popen(cmd, env=child_env))
     try:

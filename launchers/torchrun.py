@@ -13,7 +13,7 @@ import sys
 
 from disttrain.config import Config
 from disttrain.errors import ConfigError
-from disttrain.runtime.allocator import worker_allocator_env
+from disttrain.runtime.bootstrap import launcher_env
 
 
 def torchrun_command(cfg: Config, config_path: str, *, run_id: str = "disttrain") -> list[str]:
@@ -35,11 +35,6 @@ def torchrun_command(cfg: Config, config_path: str, *, run_id: str = "disttrain"
 
 
 def launch_torchrun(cfg: Config, config_path: str) -> int:
-    _, allocator_vars = worker_allocator_env(cfg.launch.allocator)
-    env = {**os.environ, **allocator_vars, "DISTTRAIN_LAUNCHER": "torchrun", "PYTHONUNBUFFERED": "1",
-           "DISTTRAIN_ALLOCATOR_ENV": ",".join(sorted(allocator_vars))}
-    # torchrun forces OMP_NUM_THREADS=1 unless set; the worker's own pinning decides instead.
-    if "OMP_NUM_THREADS" not in os.environ:
-        cpus = len(os.sched_getaffinity(0))
-        env["OMP_NUM_THREADS"] = str(cfg.launch.threads_per_worker or max(1, cpus // cfg.launch.nproc_per_node))
+    # torchrun sets OMP_NUM_THREADS=1 for its workers; the recorded user variables let them override it.
+    env = {**os.environ, **launcher_env(), "DISTTRAIN_LAUNCHER": "torchrun", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(torchrun_command(cfg, config_path), env=env).returncode

@@ -97,8 +97,31 @@ def test_local_launcher_pins_workers_to_disjoint_cores(tmp_path):
         pytest.skip("needs 2 CPUs")
     out = disttrain("launch", *SMALL, f"run.output_dir={tmp_path}/pinned", "launch.affinity=core")
     assert out.returncode == 0, out.stderr
-    cpus = [set(w["cpus"]) for w in _summary(tmp_path / "pinned")["workers"]]
+    workers = _summary(tmp_path / "pinned")["workers"]
+    cpus = [set(w["cpus"]) for w in workers]
     assert cpus[0] and cpus[1] and not cpus[0] & cpus[1]
+    plan = json.loads(disttrain("topology", "--nproc-per-node", "2", "--affinity", "core", "--json").stdout)
+    for worker, planned in zip(workers, plan["ranks"]):
+        assert worker["cpus"] == planned["cpus"] == worker["planned_cpus"]  # real affinity == plan
+        assert worker["threads"] == len(planned["cpus"])
+        assert worker["env"]["OMP_NUM_THREADS"] == str(len(planned["cpus"]))
+    # The pinning table is in the log.
+    assert "memory" in out.stdout and "allocator" in out.stdout
+
+
+@pytest.mark.slow
+def test_user_thread_setting_and_allocator_choice_are_honoured(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "disttrain.cli", "launch", *SMALL, f"run.output_dir={tmp_path}/user",
+         "launch.nproc_per_node=1", "launch.allocator=off"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    (worker,) = _summary(tmp_path / "user")["workers"]
+    assert worker["threads"] == 1 and worker["user_env"] == {"OMP_NUM_THREADS": "1"}
+    assert "OMP_NUM_THREADS" not in worker["env"] and worker["allocator"] == "system"
+    assert worker["cpus"] == sorted(os.sched_getaffinity(0))  # one rank gets every core
 
 
 @pytest.mark.slow
@@ -153,4 +176,5 @@ def test_two_nodes_on_loopback(tmp_path, launcher, rendezvous):
     assert summary["world_size"] == 2 and summary["launcher"] == launcher
     assert sorted(t["ranks"][0] for t in summary["plan"]["tables"]) == [0, 0, 1, 1]
     single = disttrain("train", *SMALL, f"run.output_dir={tmp_path}/single", "sharding.strategy=table_wise")
+    assert single.returncode == 0, single.stderr
     assert summary["train_loss"] == pytest.approx(_summary(tmp_path / "single")["train_loss"], abs=1e-5)

@@ -46,3 +46,4 @@ class Prefetcher(Iterator[T]):
 
     def close(self) -> None:
         self._stop.set()
+        self._thread.join(timeout=5.0)

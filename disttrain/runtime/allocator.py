@@ -8,7 +8,6 @@ Variables the user set (LD_PRELOAD, MALLOC_CONF) are never overwritten.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -75,6 +74,3 @@ def loaded_allocator() -> str:
             return name
     return "system"
 
-
-def worker_allocator_env(choice: str) -> tuple[str, dict[str, str]]:
-    return allocator_env(choice, user_env=os.environ)
