@@ -40,8 +40,18 @@ def launch(overrides: list[str], steps: int) -> float:
         return _summary(tmp)
 
 
+def _jemalloc_for_run_cpu() -> None:
+    """run_cpu only finds an unversioned libjemalloc.so in <prefix>/lib or the plain system lib dirs."""
+    target = Path(sys.prefix) / "lib" / "libjemalloc.so"
+    system = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+    if not target.exists() and system.exists():
+        target.symlink_to(system)
+        print(f"linked {target} -> {system} so that run_cpu can preload jemalloc", flush=True)
+
+
 def run_cpu(steps: int) -> float:
     """Two workers started by Intel's launcher; disttrain's bootstrap told to place nothing itself."""
+    _jemalloc_for_run_cpu()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "config.yaml"
         from disttrain.config import load_config, to_yaml

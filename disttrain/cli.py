@@ -182,5 +182,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """Console entry point: `train` ends like a worker (no interpreter teardown after communication)."""
+    code = main()
+    from disttrain.worker import exit_now
+
+    exit_now(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -24,12 +24,11 @@ class DataParallelGrads:
         offset = total
         self.buckets: list[tuple[int, int]] = []
         self.bucket_of: dict[int, int] = {}
-        bucket_end, bucket_params = total, 0
+        bucket_end = total
         for p in reversed(self.params):
             offset -= p.numel()
             p.grad = self.flat[offset : offset + p.numel()].view_as(p)
             self.bucket_of[id(p)] = len(self.buckets)
-            bucket_params += 1
             if (bucket_end - offset) * 4 >= bucket_bytes or offset == 0:
                 self.buckets.append((offset, bucket_end))
                 bucket_end = offset

@@ -46,6 +46,7 @@ def test_plan_text_lists_tables_and_ranks():
         (["plan", "sharding.strategy=column_wise", "sharding.num_column_shards=12", "--world-size", "2"],
          "sharding.num_column_shards: 12 column shards for table t0 of dim 8; expected at most 8"),
         (["launch", "missing.yaml"], "missing.yaml: config file not found"),
+        (["launch", "launch.backend=nccl"], "launch.backend: got 'nccl'; training runs on CPU tensors for now"),
         (["train", "model.table_sizes=[4,x]"], "model.table_sizes[1]: got 'x' (str), expected int"),
     ],
 )

@@ -167,6 +167,17 @@ def test_auto_rank_count():
         load_config(None, ["launch.nproc_per_node=many"])
 
 
+def test_memory_binding_syscall_on_this_machine():
+    """set_mempolicy(MPOL_BIND) to node 0 (valid on any Linux machine), in a child so this one is untouched."""
+    code = (
+        "from disttrain.runtime.affinity import bind_memory; import torch; "
+        "r = bind_memory([0]); torch.ones(1 << 20).sum(); print(r)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "bind:0"
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "disttrain.cli", *args], capture_output=True, text=True, timeout=120,
                           env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"})

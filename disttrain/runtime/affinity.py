@@ -193,7 +193,7 @@ def _gpu_placements(topology, *, nproc, logical, threads, user_env) -> list[Plac
         for rank, (a, b) in zip(ranks, even_split(len(pool), len(ranks))):
             cpus = tuple(sorted(c for unit in pool[a:b] for c in unit))
             n = threads or len(cpus)
-            env = {**thread_env(n, pinned=True, user_env=user_env)}
+            env = thread_env(n, pinned=True, user_env=user_env)
             nodes = tuple(sorted({topology.node_of(c) for c in cpus}))
             placements[rank] = Placement(rank, cpus, nodes, _user_threads(n, user_env), env, gpu=topology.gpus[rank].index)
     return [placements[r] for r in range(nproc)]
