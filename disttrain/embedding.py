@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 INIT_CHUNK_ROWS = 65536
 
@@ -126,8 +125,3 @@ class EmbeddingBagCollection(nn.Module):
             out.append(pooled.view(features.batch_size, spec.bags_per_sample, spec.dim))
         return out
 
-
-def pooled_lookup(weight: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor, mode: str) -> torch.Tensor:
-    """Bag lookup without autograd (the sharded layer computes its own row gradients)."""
-    offsets = torch.cumsum(lengths, 0) - lengths
-    return F.embedding_bag(values, weight, offsets, mode=mode)

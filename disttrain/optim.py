@@ -77,9 +77,6 @@ class SparseRowOptimizer:
         step_size = self.lr * math.sqrt(1 - beta2**self.steps) / (1 - beta1**self.steps)
         weight.index_add_(0, rows, exp_avg / exp_avg_sq.sqrt_().add_(ADAM_EPS) * -step_size)
 
-    def state_dict(self) -> dict:
-        return {"steps": self.steps, "state": self.state}
-
 
 def dense_optimizer(params: list[torch.nn.Parameter], *, kind: str, lr: float) -> torch.optim.Optimizer:
     """The dense (data-parallel) part's optimizer; row-wise Adagrad has no dense form and maps to Adagrad."""

@@ -155,9 +155,6 @@ class ShardedEmbeddingCollection(nn.Module):
     def weight(self, key: str) -> torch.Tensor:
         return getattr(self, f"weight_{key}")
 
-    def weight_keys(self) -> list[str]:
-        return [name.removeprefix("weight_") for name, _ in self.named_buffers() if name.startswith("weight_")]
-
     def local_shards(self) -> list[tuple[TablePlan, Shard, torch.Tensor]]:
         """(table, shard, weight view) for every shard this rank holds, replicated tables included."""
         out = [
