@@ -160,14 +160,19 @@ def plan_placements(
         return [Placement(r, None, tuple(topology.nodes), _user_threads(threads, user_env), env) for r in range(nproc)]
     assignment, shared = _assign(topology, nproc=nproc, mode=mode, logical=use_logical_cores, cpu_lists=cpu_lists,
                                  allow_oversubscribe=allow_oversubscribe)
-    placements = []
-    for rank, units in enumerate(assignment):
-        cpus = tuple(sorted(c for unit in units for c in unit))
-        threads = threads_per_worker or len(cpus)
-        env = thread_env(threads, pinned=True, user_env=user_env)
-        nodes = tuple(sorted({topology.node_of(c) for c in cpus}))
-        placements.append(Placement(rank, cpus, nodes, _user_threads(threads, user_env), env, shared=shared))
-    return placements
+    return [
+        _pinned(topology, rank, units, threads=threads_per_worker, user_env=user_env, shared=shared)
+        for rank, units in enumerate(assignment)
+    ]
+
+
+def _pinned(topology, rank, units, *, threads, user_env, gpu=None, shared=False) -> Placement:
+    """A rank pinned to `units` (lists of CPUs): its NUMA nodes, thread count and variables."""
+    cpus = tuple(sorted(c for unit in units for c in unit))
+    threads = threads or len(cpus)
+    env = thread_env(threads, pinned=True, user_env=user_env)
+    nodes = tuple(sorted({topology.node_of(c) for c in cpus}))
+    return Placement(rank, cpus, nodes, _user_threads(threads, user_env), env, gpu=gpu, shared=shared)
 
 
 def _user_threads(threads: int, user_env: Mapping[str, str]) -> int:
@@ -191,11 +196,8 @@ def _gpu_placements(topology, *, nproc, logical, threads, user_env) -> list[Plac
     for node, ranks in ranks_on.items():
         pool = node_units.get(node, units)  # unknown node (-1): any core
         for rank, (a, b) in zip(ranks, even_split(len(pool), len(ranks))):
-            cpus = tuple(sorted(c for unit in pool[a:b] for c in unit))
-            n = threads or len(cpus)
-            env = thread_env(n, pinned=True, user_env=user_env)
-            nodes = tuple(sorted({topology.node_of(c) for c in cpus}))
-            placements[rank] = Placement(rank, cpus, nodes, _user_threads(n, user_env), env, gpu=topology.gpus[rank].index)
+            placements[rank] = _pinned(topology, rank, pool[a:b], threads=threads, user_env=user_env,
+                                       gpu=topology.gpus[rank].index)
     return [placements[r] for r in range(nproc)]
 
 
