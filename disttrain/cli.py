@@ -45,10 +45,11 @@ def cmd_train(args) -> int:
 def prepare_launch(cfg: config_mod.Config) -> str:
     """Validate everything that can fail before any process starts (config, plan, pinning); resolve
     `launch.nproc_per_node=auto`; write the resolved config the workers will read."""
-    from disttrain.runtime.bootstrap import placements_for, resolve_nproc, user_set_variables
+    from disttrain.runtime.bootstrap import check_backend, placements_for, resolve_nproc, user_set_variables
     from disttrain.runtime.topology import detect_topology
     from disttrain.trainer import build_plan
 
+    check_backend(cfg)
     topology = detect_topology()
     cfg.launch.nproc_per_node = resolve_nproc(cfg, topology)
     placements_for(cfg, topology, nproc=cfg.launch.nproc_per_node, user_env=user_set_variables(os.environ))

@@ -45,11 +45,6 @@ class RunState:
 
 
 def check_world(cfg: config_mod.Config, world_size: int) -> None:
-    if cfg.launch.backend != "gloo":
-        raise ConfigError(
-            f"launch.backend: got {cfg.launch.backend!r}; training runs on CPU tensors for now (GPU training is a "
-            "later issue), expected gloo. `disttrain topology launch.backend=nccl` still plans a GPU node."
-        )
     if cfg.train.batch_size % world_size:
         raise ConfigError(
             f"train.batch_size: got {cfg.train.batch_size}, expected a multiple of the world size {world_size}"

@@ -31,6 +31,12 @@ def test_plan_json_without_processes():
     assert sum(r["weight_bytes"] for r in plan["ranks"]) == sum(t["rows"] * 16 * 4 for t in plan["tables"])
 
 
+def test_plan_accepts_a_gpu_backend():
+    out = disttrain("plan", "launch.backend=nccl", "--world-size", "2", "--json")
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)["tables"]) == 4
+
+
 def test_plan_text_lists_tables_and_ranks():
     out = disttrain("plan", "sharding.strategy=row_wise", "train.batch_size=48", "--world-size", "3")
     assert out.returncode == 0, out.stderr
@@ -47,6 +53,7 @@ def test_plan_text_lists_tables_and_ranks():
          "sharding.num_column_shards: 12 column shards for table t0 of dim 8; expected at most 8"),
         (["launch", "missing.yaml"], "missing.yaml: config file not found"),
         (["launch", "launch.backend=nccl"], "launch.backend: got 'nccl'; training runs on CPU tensors for now"),
+        (["train", "launch.backend=nccl"], "launch.backend: got 'nccl'; training runs on CPU tensors for now"),
         (["train", "model.table_sizes=[4,x]"], "model.table_sizes[1]: got 'x' (str), expected int"),
     ],
 )

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Mapping
 
 from disttrain.config import Config
+from disttrain.errors import ConfigError
 from disttrain.runtime.affinity import THREAD_VARIABLES, Placement, apply_affinity, plan_placements
 from disttrain.runtime.allocator import allocator_env
 from disttrain.runtime.env import worker_env_from
@@ -39,6 +40,15 @@ def user_set_variables(environ: Mapping[str, str]) -> dict[str, str]:
 def launcher_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """What a launcher adds to its workers' environment so they can tell the user's variables apart."""
     return {USER_SET: ",".join(n for n in WATCHED if n in environ)}
+
+
+def check_backend(cfg: Config) -> None:
+    """Training runs on CPU tensors; planning (`plan`, `topology`) accepts any backend."""
+    if cfg.launch.backend != "gloo":
+        raise ConfigError(
+            f"launch.backend: got {cfg.launch.backend!r}; training runs on CPU tensors for now (GPU training is a "
+            "later issue), expected gloo. `disttrain topology launch.backend=nccl` still plans a GPU node."
+        )
 
 
 def resolve_nproc(cfg: Config, topology: Topology) -> int:
@@ -69,6 +79,7 @@ def bootstrap(cfg: Config, environ: Mapping[str, str] = os.environ, *, reexec: b
     """Place this worker; returns the report (after re-executing, in the new process)."""
     if environ.get(DONE) == "1" and REPORT in environ:
         return json.loads(environ[REPORT])
+    check_backend(cfg)
     env = worker_env_from(environ)
     topology = detect_topology()
     user = user_set_variables(environ)
