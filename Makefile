@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench compare system-deps clean
+.PHONY: demo test test-fast lint bench bench-launchers compare system-deps horovod clean
 
 # Optional system libraries (jemalloc/tcmalloc allocators, numactl). Best effort: skipped without
 # root or apt-get; disttrain falls back to the system allocator when they are absent.
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,ray]"
 	touch $(STAMP)
 
 demo: $(STAMP) system-deps
@@ -39,5 +39,13 @@ bench: $(STAMP) system-deps
 compare: $(STAMP) system-deps
 	$(BIN)/python benchmarks/compare_peers.py --rounds 3 $(if $(TORCHREC_PYTHON),--torchrec-python $(TORCHREC_PYTHON)) $(if $(DLRM_SCRIPT),--dlrm-script $(DLRM_SCRIPT))
 
+# Optional: Horovod 0.28.1 built for torch 2.13 (5-11 minutes on 2 cores; the wheel is kept in .wheelhouse/).
+horovod: $(STAMP)
+	bash launchers/build_horovod.sh $(BIN)/python
+
+# The same job under every launcher, one after another (local, torchrun, Ray, Horovod when installed).
+bench-launchers: $(STAMP) system-deps
+	$(BIN)/python benchmarks/launchers.py
+
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build *.egg-info .wheelhouse

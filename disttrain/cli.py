@@ -1,7 +1,7 @@
 """`disttrain` command line: train, launch, plan, bench.
 
     disttrain train [CONFIG] [key=value ...]      run in this process (or as a torchrun worker)
-    disttrain launch [CONFIG] [key=value ...]     start workers with launch.launcher (local | torchrun)
+    disttrain launch [CONFIG] [key=value ...]     start workers with launch.launcher (local | torchrun | ray | horovod)
     disttrain plan [CONFIG] [key=value ...] --world-size N [--json]
     disttrain bench [key=value ...]               the kaggle DLRM throughput benchmark (2 pinned ranks)
     disttrain topology [--lscpu FILE] [--nproc-per-node N] [--affinity MODE] [--json]
@@ -42,18 +42,35 @@ def cmd_train(args) -> int:
     return 0
 
 
+def launch_world(cfg: config_mod.Config) -> tuple[int, int]:
+    """(world size, ranks on this machine; 0 = not known here) for `launch.launcher`; nproc_per_node resolved."""
+    nproc = int(cfg.launch.nproc_per_node)
+    if cfg.launch.launcher == "ray":
+        from disttrain.launchers.ray_cluster import world_size
+
+        return world_size(cfg), 0
+    if cfg.launch.launcher == "horovod":
+        from disttrain.launchers.horovod import parse_hosts
+
+        hosts = parse_hosts(cfg)
+        return sum(slots for _, slots in hosts), max(slots for _, slots in hosts)
+    return nproc * cfg.launch.nnodes, nproc
+
+
 def prepare_launch(cfg: config_mod.Config) -> str:
     """Validate everything that can fail before any process starts (config, plan, pinning); resolve
     `launch.nproc_per_node=auto`; write the resolved config the workers will read."""
-    from disttrain.runtime.bootstrap import check_backend, placements_for, resolve_nproc, user_set_variables
+    from disttrain.runtime.backend import resolve_backend
+    from disttrain.runtime.bootstrap import placements_for, resolve_nproc, user_set_variables
     from disttrain.runtime.topology import detect_topology
     from disttrain.trainer import build_plan
 
-    check_backend(cfg)
+    cfg.launch.backend = resolve_backend(cfg.launch.backend)
     topology = detect_topology()
     cfg.launch.nproc_per_node = resolve_nproc(cfg, topology)
-    placements_for(cfg, topology, nproc=cfg.launch.nproc_per_node, user_env=user_set_variables(os.environ))
-    world = cfg.launch.nproc_per_node * cfg.launch.nnodes
+    world, local = launch_world(cfg)
+    if local:  # Ray workers land on whichever nodes have room and place themselves there
+        placements_for(cfg, topology, nproc=local, user_env=user_set_variables(os.environ))
     build_plan(cfg, world)
     out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,6 +86,15 @@ def cmd_launch(args, base: str | None = None) -> int:
         from disttrain.launchers.torchrun import launch_torchrun
 
         return launch_torchrun(cfg, config_path)
+    if cfg.launch.launcher == "ray":
+        from disttrain.launchers.ray_cluster import launch_ray
+
+        return launch_ray(cfg, config_path)
+    if cfg.launch.launcher == "horovod":
+        from disttrain.launchers.horovod import horovodrun_path, launch_horovod
+
+        horovodrun_path()  # a one-line error before anything starts when Horovod is missing
+        return launch_horovod(cfg, config_path)
     from disttrain.launchers.local import launch_local
 
     return launch_local(cfg, config_path)
@@ -80,7 +106,8 @@ def cmd_plan(args) -> int:
     from disttrain.trainer import build_plan
 
     cfg = _load(args.items)
-    world = args.world_size or resolve_nproc(cfg, detect_topology()) * cfg.launch.nnodes
+    cfg.launch.nproc_per_node = resolve_nproc(cfg, detect_topology())
+    world = args.world_size or launch_world(cfg)[0]
     _, plan = build_plan(cfg, world)
     print(json.dumps(plan.to_json(), indent=2) if args.json else plan.describe())
     return 0

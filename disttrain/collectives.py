@@ -1,7 +1,7 @@
 """The small collectives interface the sharded layer and gradient sync use.
 
 torch.distributed implements it (`TorchCollectives`); a single process needs no communication
-(`SingleProcess`). Other transports (Horovod) implement the same four methods.
+(`SingleProcess`); Horovod's ops implement it under horovodrun (`HorovodCollectives`).
 """
 
 from __future__ import annotations
@@ -95,6 +95,66 @@ class TorchCollectives:
         out: list = [None] * self.world_size
         dist.all_gather_object(out, obj, group=self.group)
         return out
+
+
+class _HorovodWork:
+    """A Horovod async handle; `wait` finishes it (and, for all-to-all, fills the caller's output)."""
+
+    def __init__(self, hvd, handle, output: torch.Tensor | None = None):
+        self.hvd, self.handle, self.output = hvd, handle, output
+
+    def wait(self) -> None:
+        result = self.hvd.synchronize(self.handle)
+        if self.output is not None:
+            received = result[0] if isinstance(result, tuple) else result
+            self.output.copy_(received.view_as(self.output))
+
+
+class HorovodCollectives:
+    """Horovod's own ops (`horovodrun --gloo`, or MPI where built): alltoall with splits, allreduce,
+    allgather, barrier. Ops are matched across ranks by submission order, as with torch.distributed."""
+
+    def __init__(self):
+        try:
+            import horovod.torch as hvd
+        except ImportError:
+            from disttrain.errors import ConfigError
+
+            raise ConfigError(
+                "launch.launcher: horovod needs Horovod built for this torch; run `make horovod` "
+                "(launchers/build_horovod.sh), then `pip install -e .[horovod]`"
+            ) from None
+        hvd.init()
+        self.hvd = hvd
+        self.rank = hvd.rank()
+        self.world_size = hvd.size()
+
+    def all_to_all(self, output, input, output_splits, input_splits, *, async_op=False) -> Handle:
+        splits = torch.tensor(input_splits, dtype=torch.int32)
+        work = _HorovodWork(self.hvd, self.hvd.alltoall_async(input.contiguous(), splits=splits), output)
+        if async_op:
+            return work
+        work.wait()
+        return _Done()
+
+    def all_reduce_sum(self, tensor, *, async_op=False) -> Handle:
+        work = _HorovodWork(self.hvd, self.hvd.allreduce_async_(tensor, op=self.hvd.Sum))
+        if async_op:
+            return work
+        work.wait()
+        return _Done()
+
+    def all_gather(self, tensor) -> list[torch.Tensor]:
+        return list(self.hvd.allgather(tensor.contiguous().unsqueeze(0)).unbind(0))
+
+    def barrier(self) -> None:
+        self.hvd.barrier()
+
+    def all_gather_object(self, obj) -> list:
+        return self.hvd.allgather_object(obj)
+
+    def shutdown(self) -> None:
+        self.hvd.shutdown()
 
 
 def all_gather_rows(comm: Collectives, rows: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

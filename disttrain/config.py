@@ -43,7 +43,8 @@ MODEL_NAMES = ("dlrm",)
 FLAVORS = ("debug", "kaggle", "mlperf")
 STRATEGIES = ("auto", "table_wise", "row_wise", "column_wise", "data_parallel")
 OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
-LAUNCHERS = ("local", "torchrun")
+LAUNCHERS = ("local", "torchrun", "ray", "horovod")
+BACKENDS = ("auto", "gloo", "nccl", "ccl")
 DISTRIBUTIONS = ("uniform", "zipf")
 INTERACTIONS = ("dot", "cat")
 POOLINGS = ("sum", "mean")
@@ -122,8 +123,25 @@ class LaunchConfig:
     allow_oversubscribe: bool = False
     # Intra-op threads per worker. 0 = as many as the cores it is pinned to.
     threads_per_worker: int = 0
-    backend: str = "gloo"
+    # auto | gloo | nccl | ccl (see disttrain.runtime.backend). auto = gloo for CPU training.
+    backend: str = "auto"
+    # Seconds a rendezvous, a Ray cluster or a collective may take before the run fails.
     timeout_s: int = 600
+    # torchrun c10d: whether this node hosts the rendezvous store. auto = node_rank 0 hosts it.
+    rdzv_is_host: bool | str = "auto"
+    # torchrun --local-addr: this node's address as the others reach it (multi-homed hosts, namespaces).
+    local_addr: str = ""
+    # Network interface gloo/nccl use between nodes (GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME). Empty = default.
+    socket_ifname: str = ""
+    # Ray: workers in the job (0 = nproc_per_node x nnodes) and logical CPUs each asks of Ray.
+    num_workers: int = 0
+    cpus_per_worker: int = 1
+    # Ray cluster address (host:port of the GCS, or ray://...). Empty = $RAY_ADDRESS, else a local Ray.
+    ray_address: str = ""
+    # Ray Train storage for reported checkpoints (shared storage on multi-node clusters). Empty = ~/ray_results.
+    ray_storage: str = ""
+    # Horovod: horovodrun -H host:slots[,host:slots]. Empty = localhost:nproc_per_node.
+    hosts: str = ""
     # auto | off | jemalloc | tcmalloc | /path/to/lib.so (preloaded into workers by the launcher)
     allocator: str = "auto"
 
@@ -155,12 +173,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "sharding.strategy": STRATEGIES,
     "launch.launcher": LAUNCHERS,
     "launch.affinity": AFFINITIES,
-    "launch.backend": ("gloo", "nccl"),
+    "launch.backend": BACKENDS,
 }
-POSITIVE = ("train.batch_size", "launch.nnodes", "data.multi_hot_max", "data.num_dense")
+POSITIVE = ("train.batch_size", "launch.nnodes", "data.multi_hot_max", "data.num_dense", "launch.cpus_per_worker",
+            "launch.timeout_s")
 NON_NEGATIVE = (
     "train.steps", "train.eval_every", "model.max_rows", "model.embedding_dim", "sharding.num_column_shards",
     "data.eval_batches", "data.cycle_batches", "launch.node_rank", "launch.master_port", "launch.threads_per_worker",
+    "launch.num_workers",
 )
 
 
@@ -252,6 +272,8 @@ def validate(cfg: Config) -> Config:
     nproc = cfg.launch.nproc_per_node
     if nproc != "auto" and (isinstance(nproc, str) or nproc <= 0):
         raise ConfigError(f"launch.nproc_per_node: got {nproc!r}, expected a positive integer or auto")
+    if cfg.launch.rdzv_is_host not in (True, False, "auto"):
+        raise ConfigError(f"launch.rdzv_is_host: got {cfg.launch.rdzv_is_host!r}, expected true, false or auto")
     if cfg.launch.affinity == "explicit" and not cfg.launch.cpu_lists:
         raise ConfigError("launch.cpu_lists: empty with launch.affinity=explicit; expected one CPU list per local rank")
     if cfg.train.lr <= 0:

@@ -219,6 +219,8 @@ class Trainer:
             "rank": self.env.rank,
             "local_rank": self.env.local_rank,
             "host": socket.gethostname(),
+            "addr": _route_addr(self.env.master_addr) if self.env.distributed else None,
+            "socket_ifname": os.environ.get("GLOO_SOCKET_IFNAME"),
             "pid": os.getpid(),
             "cpus": sorted(os.sched_getaffinity(0)),
             "planned_cpus": self.placement["plan"]["cpus"],
@@ -280,6 +282,16 @@ def _injected_fault(rank: int) -> int:
     return -1
 
 
+def _route_addr(master_addr: str) -> str | None:
+    """This host's address on the route to the master (the one the other ranks see); no packet is sent."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect((master_addr, 9))
+            return sock.getsockname()[0]
+    except OSError:
+        return None
+
+
 def _max_rss_mib() -> float:
     import resource
 
@@ -306,13 +318,22 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def make_collectives(env: WorkerEnv, cfg: config_mod.Config) -> Collectives:
+def make_collectives(env: WorkerEnv, cfg: config_mod.Config, *, launcher: str = "none") -> Collectives:
     if not env.distributed:
         return SingleProcess()
+    if launcher == "horovod":
+        from disttrain.collectives import HorovodCollectives
+
+        return HorovodCollectives()
     from datetime import timedelta
 
+    from disttrain.runtime.backend import CCL_MODULE, resolve_backend
+
+    backend = resolve_backend(cfg.launch.backend)
+    if backend == "ccl":
+        __import__(CCL_MODULE)  # registers the ccl backend with torch.distributed
     dist.init_process_group(
-        backend=cfg.launch.backend,
+        backend=backend,
         init_method="env://",  # MASTER_ADDR/PORT, RANK, WORLD_SIZE; honours torchrun's agent store
         timeout=timedelta(seconds=cfg.launch.timeout_s),
     )

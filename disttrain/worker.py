@@ -20,6 +20,8 @@ def launcher_name(environ: Mapping[str, str]) -> str:
         return environ["DISTTRAIN_LAUNCHER"]
     if "TORCHELASTIC_RUN_ID" in environ:
         return "torchrun"
+    if "HOROVOD_RANK" in environ:
+        return "horovod"
     return "none"
 
 
@@ -40,12 +42,15 @@ def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] = os.environ) 
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(config_mod.to_yaml(cfg))
         print("resolved config:\n" + config_mod.to_yaml(cfg), flush=True)
-    comm = make_collectives(env, cfg)
-    summary = Trainer(cfg, env, comm, launcher=launcher_name(environ), placement=placement).run()
+    launcher = launcher_name(environ)
+    comm = make_collectives(env, cfg, launcher=launcher)
+    summary = Trainer(cfg, env, comm, launcher=launcher, placement=placement).run()
     # Orderly shutdown: nobody tears down its transport while another rank still writes or talks.
     comm.barrier()
     if dist.is_initialized():
         dist.destroy_process_group()
+    if hasattr(comm, "shutdown"):
+        comm.shutdown()
     return summary
 
 

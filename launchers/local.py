@@ -15,7 +15,7 @@ import time
 from disttrain.config import Config
 from disttrain.errors import ConfigError
 from disttrain.runtime.bootstrap import launcher_env
-from disttrain.runtime.env import WorkerEnv, free_port
+from disttrain.runtime.env import WorkerEnv, free_port, transport_env
 
 
 def worker_envs(cfg: Config, *, master_port: int) -> list[WorkerEnv]:
@@ -50,11 +50,14 @@ def launch_local(cfg: Config, config_path: str) -> int:
     if cfg.launch.nnodes > 1 and not cfg.launch.master_port:
         raise ConfigError("launch.master_port: got 0, expected a fixed port shared by all nodes when launch.nnodes > 1")
     port = cfg.launch.master_port or free_port(cfg.launch.master_addr)
+    from disttrain.launchers.torchrun import wait_for_peers
+
+    wait_for_peers(cfg)
     procs = []
     for env in worker_envs(cfg, master_port=port):
         # Pinning, threads and the allocator are the worker's own business (disttrain.runtime.bootstrap).
-        child_env = {**os.environ, **launcher_env(), **env.to_environ(), "DISTTRAIN_LAUNCHER": "local",
-                     "PYTHONUNBUFFERED": "1"}
+        child_env = {**os.environ, **launcher_env(), **transport_env(cfg.launch.socket_ifname), **env.to_environ(),
+                     "DISTTRAIN_LAUNCHER": "local", "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "disttrain.worker", "--config", config_path]
         procs.append(subprocess.Popen(cmd, env=child_env))
     try:

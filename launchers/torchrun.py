@@ -2,7 +2,13 @@
 
 Single node: `--standalone`. Several nodes: c10d rendezvous at `launch.rdzv_endpoint` when set, else a
 static master (`launch.master_addr:launch.master_port`, `launch.node_rank`). Run the same command on every
-node with its own `launch.node_rank`.
+node with its own `launch.node_rank`:
+
+    node 0:  disttrain launch cluster_configs/torchrun_two_node.yaml launch.node_rank=0
+    node 1:  disttrain launch cluster_configs/torchrun_two_node.yaml launch.node_rank=1
+
+A node that does not host the rendezvous first waits up to `launch.timeout_s` for the endpoint to answer and
+fails with one line if it does not.
 """
 
 from __future__ import annotations
@@ -14,6 +20,13 @@ import sys
 from disttrain.config import Config
 from disttrain.errors import ConfigError
 from disttrain.runtime.bootstrap import launcher_env
+from disttrain.runtime.env import split_endpoint, transport_env, wait_for_tcp
+
+
+def _is_host(cfg: Config) -> bool | None:
+    """Whether this node hosts the c10d store: explicit, or None to let torchrun compare addresses."""
+    value = cfg.launch.rdzv_is_host
+    return None if value == "auto" else bool(value)
 
 
 def torchrun_command(cfg: Config, config_path: str, *, run_id: str = "disttrain") -> list[str]:
@@ -21,8 +34,12 @@ def torchrun_command(cfg: Config, config_path: str, *, run_id: str = "disttrain"
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={launch.nproc_per_node}",
            f"--nnodes={launch.nnodes}"]
     if launch.rdzv_endpoint:
+        split_endpoint(launch.rdzv_endpoint, key="launch.rdzv_endpoint")
+        conf = [f"join_timeout={launch.timeout_s}"]
+        if _is_host(cfg) is not None:
+            conf.append(f"is_host={int(_is_host(cfg))}")
         cmd += ["--rdzv-backend=c10d", f"--rdzv-endpoint={launch.rdzv_endpoint}", f"--rdzv-id={run_id}",
-                f"--node-rank={launch.node_rank}"]
+                f"--rdzv-conf={','.join(conf)}"]
     elif launch.nnodes == 1:
         cmd += ["--standalone"]
     else:
@@ -31,10 +48,39 @@ def torchrun_command(cfg: Config, config_path: str, *, run_id: str = "disttrain"
                               "launch.rdzv_endpoint")
         cmd += [f"--node-rank={launch.node_rank}", f"--master-addr={launch.master_addr}",
                 f"--master-port={launch.master_port}"]
+    if launch.local_addr:
+        cmd += [f"--local-addr={launch.local_addr}"]
     return cmd + ["-m", "disttrain.worker", "--config", config_path]
 
 
+def wait_for_peers(cfg: Config) -> None:
+    """A node that joins someone else's rendezvous checks first that it answers, so a wrong address or a
+    node 0 that never started is one line after `launch.timeout_s`, not a hang or a page of tracebacks."""
+    launch = cfg.launch
+    if launch.nnodes == 1:
+        return
+    if launch.rdzv_endpoint:
+        if _is_host(cfg) or (_is_host(cfg) is None and launch.node_rank == 0):
+            return
+        key, (host, port) = "launch.rdzv_endpoint", split_endpoint(launch.rdzv_endpoint, key="launch.rdzv_endpoint")
+    else:
+        if launch.node_rank == 0:
+            return
+        key, host, port = "launch.master_addr", launch.master_addr, launch.master_port
+    if not wait_for_tcp(host, port, launch.timeout_s):
+        raise ConfigError(
+            f"{key}: nothing answers at {host}:{port} within {launch.timeout_s} s (launch.timeout_s); start node 0 "
+            "first, check the address and port, and that the network between the nodes allows the connection"
+        )
+
+
 def launch_torchrun(cfg: Config, config_path: str) -> int:
+    wait_for_peers(cfg)
     # torchrun sets OMP_NUM_THREADS=1 for its workers; the recorded user variables let them override it.
-    env = {**os.environ, **launcher_env(), "DISTTRAIN_LAUNCHER": "torchrun", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(torchrun_command(cfg, config_path), env=env).returncode
+    env = {**os.environ, **launcher_env(), **transport_env(cfg.launch.socket_ifname), "DISTTRAIN_LAUNCHER": "torchrun",
+           "PYTHONUNBUFFERED": "1"}
+    code = subprocess.run(torchrun_command(cfg, config_path), env=env).returncode
+    if code != 0:
+        print(f"disttrain: torchrun exited with code {code} (node_rank {cfg.launch.node_rank}); see the worker "
+              "errors above", file=sys.stderr)
+    return code

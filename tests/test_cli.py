@@ -52,8 +52,16 @@ def test_plan_text_lists_tables_and_ranks():
         (["plan", "sharding.strategy=column_wise", "sharding.num_column_shards=12", "--world-size", "2"],
          "sharding.num_column_shards: 12 column shards for table t0 of dim 8; expected at most 8"),
         (["launch", "missing.yaml"], "missing.yaml: config file not found"),
-        (["launch", "launch.backend=nccl"], "launch.backend: got 'nccl'; training runs on CPU tensors for now"),
-        (["train", "launch.backend=nccl"], "launch.backend: got 'nccl'; training runs on CPU tensors for now"),
+        (["launch", "launch.backend=nccl"], "launch.backend: nccl needs CUDA GPUs and a CUDA build of torch"),
+        (["train", "launch.backend=nccl"], "launch.backend: nccl needs CUDA GPUs and a CUDA build of torch"),
+        (["launch", "launch.backend=ccl"], "launch.backend: ccl needs the oneccl_bindings_for_pytorch package, which is not installed; it is not on PyPI"),
+        (["launch", "launch.backend=mpi"], "launch.backend: got 'mpi', expected one of auto, gloo, nccl, ccl"),
+        (["launch", "launch.launcher=horovod", "launch.hosts=node1"], "launch.hosts: got 'node1', expected host:slots"),
+        (["launch", "launch.launcher=torchrun", "launch.nnodes=2", "launch.rdzv_endpoint=node0"],
+         "launch.rdzv_endpoint: got 'node0', expected host:port"),
+        (["launch", "launch.launcher=ray", "launch.ray_address=http://127.0.0.1:8265"],
+         "launch.ray_address: got 'http://127.0.0.1:8265', a dashboard (job submission) address"),
+        (["launch", "launch.rdzv_is_host=maybe"], "launch.rdzv_is_host: got 'maybe', expected true, false or auto"),
         (["train", "model.table_sizes=[4,x]"], "model.table_sizes[1]: got 'x' (str), expected int"),
     ],
 )
@@ -143,6 +151,24 @@ def test_a_failing_worker_stops_the_launch(tmp_path):
     assert out.returncode == 17, out.stderr
     assert "local rank 1 exited with code 17; stopped the other workers" in out.stderr
     assert not (tmp_path / "fail" / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("launcher", "key"),
+    [("torchrun", "launch.rdzv_endpoint"), ("torchrun", "launch.master_addr"), ("local", "launch.master_addr")],
+)
+def test_a_rendezvous_nobody_answers_fails_in_one_line(launcher, key, tmp_path):
+    """Node 1 of 2, node 0 never started: one line after launch.timeout_s, no hang, no traceback."""
+    from disttrain.runtime.env import free_port
+
+    port = free_port()
+    where = [f"launch.rdzv_endpoint=127.0.0.1:{port}"] if key == "launch.rdzv_endpoint" else [f"launch.master_port={port}"]
+    out = disttrain("launch", *SMALL, f"launch.launcher={launcher}", "launch.nnodes=2", "launch.node_rank=1",
+                    "launch.nproc_per_node=1", "launch.timeout_s=3", *where, f"run.output_dir={tmp_path}/out",
+                    timeout=60)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{key}: nothing answers at 127.0.0.1:{port} within 3 s (launch.timeout_s)" in lines[0]
 
 
 def _two_nodes(tmp_path, launcher: str, extra: list[str]) -> list[subprocess.CompletedProcess]:

@@ -17,7 +17,7 @@ CANNED = Path(__file__).parent / "topologies"
 @pytest.mark.parametrize("path", sorted((ROOT / "cluster_configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_ready_configs_load(path):
     cfg = load_config(path)
-    assert cfg.launch.launcher in ("local", "torchrun")
+    assert cfg.launch.launcher in ("local", "torchrun", "ray", "horovod")
 
 
 @pytest.mark.parametrize(

@@ -14,15 +14,16 @@ import sys
 from collections.abc import Mapping
 
 from disttrain.config import Config
-from disttrain.errors import ConfigError
 from disttrain.runtime.affinity import THREAD_VARIABLES, Placement, apply_affinity, plan_placements
 from disttrain.runtime.allocator import allocator_env
+from disttrain.runtime.backend import resolve_backend
 from disttrain.runtime.env import worker_env_from
 from disttrain.runtime.topology import Topology, detect_topology
 
 DONE = "DISTTRAIN_BOOTSTRAPPED"
 REPORT = "DISTTRAIN_PLACEMENT"
 USER_SET = "DISTTRAIN_USER_SET"  # launchers record which of WATCHED the user had set
+CPU_SLOTS = "DISTTRAIN_CPUS_PER_WORKER"  # Ray: the CPU count the scheduler granted each worker
 WATCHED = (*THREAD_VARIABLES, "OMP_PROC_BIND", "OMP_PLACES", "KMP_AFFINITY", "KMP_BLOCKTIME", "LD_PRELOAD",
            "MALLOC_CONF")
 
@@ -40,15 +41,6 @@ def user_set_variables(environ: Mapping[str, str]) -> dict[str, str]:
 def launcher_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """What a launcher adds to its workers' environment so they can tell the user's variables apart."""
     return {USER_SET: ",".join(n for n in WATCHED if n in environ)}
-
-
-def check_backend(cfg: Config) -> None:
-    """Training runs on CPU tensors; planning (`plan`, `topology`) accepts any backend."""
-    if cfg.launch.backend != "gloo":
-        raise ConfigError(
-            f"launch.backend: got {cfg.launch.backend!r}; training runs on CPU tensors for now (GPU training is a "
-            "later issue), expected gloo. `disttrain topology launch.backend=nccl` still plans a GPU node."
-        )
 
 
 def resolve_nproc(cfg: Config, topology: Topology) -> int:
@@ -75,15 +67,26 @@ def placements_for(cfg: Config, topology: Topology, *, nproc: int, user_env: Map
     )
 
 
+def local_slots(cfg: Config, topology: Topology, local_world_size: int, environ: Mapping[str, str]) -> int:
+    """How many equal slices to cut this node into. Usually one per local rank; under Ray, whose workers may
+    share a node with other jobs, slices of the CPU count each worker was granted (core affinity only)."""
+    granted = int(environ.get(CPU_SLOTS, "0") or 0)
+    if granted <= 0 or cfg.launch.affinity != "core":
+        return local_world_size
+    units = len(topology.cpus) if cfg.launch.use_logical_cores else len(topology.physical_cores())
+    return max(local_world_size, units // granted)
+
+
 def bootstrap(cfg: Config, environ: Mapping[str, str] = os.environ, *, reexec: bool = True) -> dict:
     """Place this worker; returns the report (after re-executing, in the new process)."""
     if environ.get(DONE) == "1" and REPORT in environ:
         return json.loads(environ[REPORT])
-    check_backend(cfg)
+    resolve_backend(cfg.launch.backend)
     env = worker_env_from(environ)
     topology = detect_topology()
     user = user_set_variables(environ)
-    placement = placements_for(cfg, topology, nproc=env.local_world_size, user_env=user)[env.local_rank]
+    placement = placements_for(cfg, topology, nproc=local_slots(cfg, topology, env.local_world_size, environ),
+                               user_env=user)[env.local_rank]
     allocator, allocator_vars = allocator_env(cfg.launch.allocator, user_env=user)
     memory_policy = apply_affinity(placement, multi_node_machine=len(topology.nodes) > 1)
     to_set = {**placement.env, **allocator_vars}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -33,7 +34,14 @@ class WorkerEnv:
 
 
 def worker_env_from(environ: Mapping[str, str] = os.environ) -> WorkerEnv:
-    """Read the torchrun variables; absent ones mean a single process."""
+    """Read the torchrun variables (Horovod's under horovodrun); absent ones mean a single process."""
+    if "RANK" not in environ and "HOROVOD_RANK" in environ:
+        return WorkerEnv(
+            rank=int(environ["HOROVOD_RANK"]),
+            world_size=int(environ["HOROVOD_SIZE"]),
+            local_rank=int(environ["HOROVOD_LOCAL_RANK"]),
+            local_world_size=int(environ["HOROVOD_LOCAL_SIZE"]),
+        )
     world = int(environ.get("WORLD_SIZE", "1"))
     return WorkerEnv(
         rank=int(environ.get("RANK", "0")),
@@ -49,3 +57,35 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def transport_env(socket_ifname: str) -> dict[str, str]:
+    """`launch.socket_ifname`: the interface gloo and nccl use between nodes."""
+    return {"GLOO_SOCKET_IFNAME": socket_ifname, "NCCL_SOCKET_IFNAME": socket_ifname} if socket_ifname else {}
+
+
+def split_endpoint(text: str, *, key: str, default_port: int | None = None) -> tuple[str, int]:
+    """`host:port` -> (host, port); a one-line ConfigError naming `key` otherwise."""
+    from disttrain.errors import ConfigError
+
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, str(default_port or "")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: got {text!r}, expected host:port")
+    return host.strip("[]"), int(port)
+
+
+def wait_for_tcp(host: str, port: int, timeout_s: float) -> bool:
+    """Whether something accepts TCP connections at host:port within `timeout_s` (retrying refusals, since the
+    other side may still be starting)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, min(left, 5.0))):
+                return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))

@@ -1,0 +1,53 @@
+"""`launch.backend`: which collective library a run uses, checked before any process starts.
+
+    auto   gloo: training tensors live on the CPU (GPU training is not built yet, so auto never picks nccl)
+    gloo   torch.distributed's CPU transport (TCP); all-to-all with uneven splits works
+    nccl   GPU collectives; needs CUDA GPUs and a CUDA build of torch
+    ccl    Intel oneCCL for CPUs; needs `oneccl_bindings_for_pytorch`, which is not on PyPI
+
+Horovod (`launch.launcher=horovod`) brings its own transport; there the backend names the one its ops use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from disttrain.errors import ConfigError
+
+CCL_MODULE = "oneccl_bindings_for_pytorch"
+
+
+def resolve_backend(requested: str, *, for_training: bool = True) -> str:
+    """The concrete backend for `requested`; a one-line ConfigError when it cannot run here.
+
+    `for_training=False` (planning, `disttrain topology`) accepts nccl without a GPU: a GPU node can be
+    planned from anywhere."""
+    if requested == "auto":
+        return "gloo"
+    if requested == "gloo":
+        return "gloo"
+    if requested == "ccl":
+        try:
+            importlib.import_module(CCL_MODULE)
+        except ImportError:
+            raise ConfigError(
+                f"launch.backend: ccl needs the {CCL_MODULE} package, which is not installed; it is not on PyPI "
+                "(Intel published it on its own wheel index for matching torch versions and has ended it); "
+                "use launch.backend=gloo (or auto) on CPUs"
+            ) from None
+        return "ccl"
+    if requested == "nccl":
+        if not for_training:
+            return "nccl"
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"launch.backend: nccl needs CUDA GPUs and a CUDA build of torch; this is torch "
+                f"{torch.__version__} with no usable GPU; use launch.backend=gloo (or auto) on CPUs"
+            )
+        raise ConfigError(
+            "launch.backend: nccl: GPU training is not built yet (tables and batches live on the CPU); use "
+            "launch.backend=gloo. `disttrain topology launch.backend=nccl` plans a GPU node's ranks today."
+        )
+    raise ConfigError(f"launch.backend: got {requested!r}, expected one of auto, gloo, nccl, ccl")

@@ -1,0 +1,67 @@
+"""`launch.launcher=horovod`: `horovodrun --gloo` starts the workers; they run `disttrain.worker` and talk
+through Horovod's own ops (`disttrain.collectives.HorovodCollectives`): alltoall for the embedding exchange,
+allreduce for dense gradients.
+
+    launch.hosts   horovodrun -H (host:slots,...); empty = localhost:launch.nproc_per_node
+
+Horovod is optional: `make horovod` builds it for this torch (launchers/build_horovod.sh).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from disttrain.config import Config
+from disttrain.errors import ConfigError
+from disttrain.runtime.bootstrap import launcher_env
+
+INSTALL_HINT = "run `make horovod` (builds Horovod 0.28.1 for torch 2.13 with launchers/build_horovod.sh)"
+
+
+def parse_hosts(cfg: Config) -> list[tuple[str, int]]:
+    text = cfg.launch.hosts or f"localhost:{cfg.launch.nproc_per_node}"
+    hosts = []
+    for item in text.split(","):
+        name, sep, slots = item.strip().rpartition(":")
+        if not sep or not name or not slots.isdigit() or int(slots) <= 0:
+            raise ConfigError(f"launch.hosts: got {text!r}, expected host:slots[,host:slots...] (e.g. node1:2,node2:2)")
+        hosts.append((name, int(slots)))
+    return hosts
+
+
+def horovodrun_path() -> str:
+    if importlib.util.find_spec("horovod") is None or importlib.util.find_spec("horovod.torch") is None:
+        raise ConfigError(f"launch.launcher: horovod is not installed in {sys.prefix}; {INSTALL_HINT}")
+    beside = Path(sys.executable).parent / "horovodrun"
+    found = str(beside) if beside.exists() else shutil.which("horovodrun")
+    if not found:
+        raise ConfigError(f"launch.launcher: horovod is installed but horovodrun is not on PATH; {INSTALL_HINT}")
+    return found
+
+
+def horovod_command(cfg: Config, config_path: str, runner: str = "horovodrun") -> list[str]:
+    hosts = parse_hosts(cfg)
+    np = sum(slots for _, slots in hosts)
+    cmd = [runner, "--gloo", "-np", str(np), "-H", ",".join(f"{h}:{s}" for h, s in hosts),
+           "--start-timeout", str(cfg.launch.timeout_s)]
+    if cfg.launch.socket_ifname:
+        cmd += ["--network-interfaces", cfg.launch.socket_ifname]
+    return cmd + [sys.executable, "-m", "disttrain.worker", "--config", config_path]
+
+
+def world_size(cfg: Config) -> int:
+    return sum(slots for _, slots in parse_hosts(cfg))
+
+
+def launch_horovod(cfg: Config, config_path: str) -> int:
+    cmd = horovod_command(cfg, config_path, horovodrun_path())
+    env = {**os.environ, **launcher_env(), "DISTTRAIN_LAUNCHER": "horovod", "PYTHONUNBUFFERED": "1"}
+    code = subprocess.run(cmd, env=env).returncode
+    if code != 0:
+        print(f"disttrain: horovodrun exited with code {code}; see the worker errors above", file=sys.stderr)
+    return code

@@ -1,0 +1,124 @@
+"""The Ray launcher against a real local Ray head: `ray job submit` of the ready Ray config, results and
+reported metrics, and the same training as the local launcher."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from disttrain.runtime.env import free_port
+from tests.launch_helpers import BIN, PARITY, ROOT, assert_same_training, clean_env, disttrain, summary
+
+pytest.importorskip("ray", reason="Ray is installed by `make test` (the [ray] extra)")
+
+
+def _stop_head(temp_dir: str) -> None:
+    """Stop the Ray processes of this head only (not another Ray on the machine)."""
+    import psutil
+
+    mine = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp_dir in part for part in proc.info["cmdline"] or []):
+                mine.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for proc in mine:
+        proc.terminate()
+    _, alive = psutil.wait_procs(mine, timeout=10)
+    for proc in alive:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A private Ray head on loopback: its own temp dir (short: Ray's socket paths are length-limited) and
+    ports, the dashboard (job submission) bound to 127.0.0.1, no auth tokens."""
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    base = random.randrange(20000, 40000, 100)
+    ports = {"gcs": free_port(), "dashboard": free_port()}
+    env = clean_env(RAY_AUTH_MODE="disabled")
+    cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={ports['gcs']}",
+           "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
+           f"--ray-client-server-port={free_port()}", f"--node-manager-port={free_port()}",
+           f"--object-manager-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+           f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
+           f"--runtime-env-agent-port={free_port()}", f"--min-worker-port={base}", f"--max-worker-port={base + 99}",
+           "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+    started = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+    try:
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        yield {**ports, "temp_dir": temp_dir, "env": env}
+    finally:
+        _stop_head(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_ray_job_submit_trains_like_the_local_launcher(ray_head, local_reference, tmp_path):
+    out = tmp_path / "ray-out"
+    storage = tmp_path / "ray-storage"
+    job = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", f"--address=http://127.0.0.1:{ray_head['dashboard']}",
+         f"--working-dir={ROOT}", "--", "disttrain", "launch", "cluster_configs/ray.yaml", *PARITY,
+         f"run.output_dir={out}", f"launch.ray_storage={storage}", "launch.num_workers=2",
+         "launch.cpus_per_worker=1"],
+        capture_output=True, text=True, env=ray_head["env"], timeout=600, cwd=tmp_path,
+    )
+    logs = job.stdout + job.stderr
+    assert job.returncode == 0, logs[-4000:]
+    assert "succeeded" in logs
+
+    result = summary(out)
+    assert result["launcher"] == "ray" and result["world_size"] == 2
+    assert_same_training(result, local_reference)
+    # Every Ray worker placed itself: its own process, its own CPU slice of the node, threads to match.
+    workers = result["workers"]
+    assert [w["rank"] for w in workers] == [0, 1] and len({w["pid"] for w in workers}) == 2
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert not set(workers[0]["cpus"]) & set(workers[1]["cpus"])
+    assert all(w["threads"] == len(w["cpus"]) for w in workers)
+    # ray.train.report carried the metrics (printed by the driver) and the results as a checkpoint.
+    reported = next(line for line in logs.splitlines() if line.startswith("disttrain: Ray reported"))
+    assert f"train_loss={result['train_loss']:.6g}" in reported and f"eval_auc={result['eval_auc']:.6g}" in reported
+    checkpoints = list(storage.glob("disttrain-*/checkpoint_*/summary.json"))
+    assert len(checkpoints) == 1 and summary(checkpoints[0].parent)["train_loss"] == result["train_loss"]
+
+
+@pytest.mark.slow
+def test_ray_launcher_connects_to_a_given_address(ray_head, tmp_path):
+    """`launch.ray_address` (no job submission): the driver here, the workers on the cluster."""
+    out = tmp_path / "direct"
+    result = disttrain("launch", "cluster_configs/ray.yaml", *PARITY, "train.steps=4", f"run.output_dir={out}",
+                       f"launch.ray_address=127.0.0.1:{ray_head['gcs']}", f"launch.ray_storage={tmp_path}/st",
+                       env=ray_head["env"], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert summary(out)["launcher"] == "ray" and summary(out)["steps"] == 4
+
+
+def test_unreachable_ray_cluster_is_one_line(tmp_path):
+    port = free_port()
+    start = time.monotonic()
+    result = disttrain("launch", "cluster_configs/ray.yaml", f"launch.ray_address=127.0.0.1:{port}",
+                       f"run.output_dir={tmp_path}/out", env=clean_env(RAY_AUTH_MODE="disabled"), timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"launch.ray_address: no Ray cluster answers at 127.0.0.1:{port}" in lines[0]
+    assert "ray start --head" in lines[0]
+    assert time.monotonic() - start < 60
+    assert not Path(tmp_path / "out" / "summary.json").exists()
+
+
+def test_too_few_cpus_on_the_cluster_is_one_line(ray_head, tmp_path):
+    result = disttrain("launch", "cluster_configs/ray.yaml", "launch.num_workers=2", "launch.cpus_per_worker=4",
+                       "train.batch_size=64", f"launch.ray_address=127.0.0.1:{ray_head['gcs']}",
+                       f"run.output_dir={tmp_path}/out", env=ray_head["env"], timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "2 x 4 = 8 CPUs, but the Ray cluster has 2" in result.stderr.strip().splitlines()[-1]
