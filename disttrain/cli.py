@@ -65,7 +65,8 @@ def prepare_launch(cfg: config_mod.Config) -> str:
     from disttrain.runtime.topology import detect_topology
     from disttrain.trainer import build_plan
 
-    cfg.launch.backend = resolve_backend(cfg.launch.backend)
+    # Ray workers may have GPUs the driver lacks: there nccl is checked where the workers run.
+    cfg.launch.backend = resolve_backend(cfg.launch.backend, for_training=cfg.launch.launcher != "ray")
     topology = detect_topology()
     cfg.launch.nproc_per_node = resolve_nproc(cfg, topology)
     world, local = launch_world(cfg)

@@ -161,11 +161,11 @@ def all_gather_rows(comm: Collectives, rows: torch.Tensor, values: torch.Tensor)
     """Gather variable-length (rows [N], values [N, D]) from every rank, in rank order."""
     if comm.world_size == 1:
         return rows, values
-    counts = [int(c) for c in comm.all_gather(torch.tensor([rows.numel()]))]
+    counts = [int(c) for c in comm.all_gather(torch.tensor([rows.numel()], device=rows.device))]
     most = max(counts)
-    padded_rows = torch.zeros(most, dtype=rows.dtype)
+    padded_rows = torch.zeros(most, dtype=rows.dtype, device=rows.device)
     padded_rows[: rows.numel()] = rows
-    padded_values = torch.zeros(most, values.shape[1], dtype=values.dtype)
+    padded_values = torch.zeros(most, values.shape[1], dtype=values.dtype, device=values.device)
     padded_values[: rows.numel()] = values
     all_rows = comm.all_gather(padded_rows)
     all_values = comm.all_gather(padded_values)

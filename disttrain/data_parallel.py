@@ -19,7 +19,7 @@ class DataParallelGrads:
         self.params = [p for p in params if p.requires_grad]
         self.comm = comm
         total = sum(p.numel() for p in self.params)
-        self.flat = torch.zeros(total)
+        self.flat = torch.zeros(total, device=self.params[0].device if self.params else "cpu")
         # Backward produces the last layers' gradients first, so buckets are cut in reverse order.
         offset = total
         self.buckets: list[tuple[int, int]] = []

@@ -42,6 +42,11 @@ class KeyedBags:
     lengths: torch.Tensor
     values: torch.Tensor
 
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> KeyedBags:
+        return KeyedBags(self.keys, self.bags_per_key, self.batch_size,
+                         self.lengths.to(device, non_blocking=non_blocking),
+                         self.values.to(device, non_blocking=non_blocking))
+
     def split(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per key: (lengths [B*bags], values [sum(lengths)])."""
         bag_counts = [self.batch_size * b for b in self.bags_per_key]

@@ -13,11 +13,11 @@ import torch
 _GRAD_BUFFERS: dict[tuple, torch.Tensor] = {}
 
 
-def _zeroed_buffer(shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-    key = (shape, dtype)
+def _zeroed_buffer(shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    key = (shape, dtype, device)
     if key not in _GRAD_BUFFERS:
         _GRAD_BUFFERS.clear()  # one live shape at a time (the batch size rarely changes)
-        _GRAD_BUFFERS[key] = torch.zeros(shape, dtype=dtype)
+        _GRAD_BUFFERS[key] = torch.zeros(shape, dtype=dtype, device=device)
     return _GRAD_BUFFERS[key]
 
 
@@ -32,7 +32,7 @@ class _DotInteraction(torch.autograd.Function):
     def backward(ctx, grad_BP: torch.Tensor):
         vectors_BVD, pairs_flat = ctx.saved_tensors
         batch, num_vectors, _ = vectors_BVD.shape
-        grad_dots = _zeroed_buffer((batch, num_vectors * num_vectors), grad_BP.dtype)
+        grad_dots = _zeroed_buffer((batch, num_vectors * num_vectors), grad_BP.dtype, grad_BP.device)
         grad_dots.index_copy_(1, pairs_flat, grad_BP)  # off-pair entries stay zero across calls
         grad_dots_BVV = grad_dots.view(batch, num_vectors, num_vectors)
         grad_vectors = torch.bmm(grad_dots_BVV, vectors_BVD)

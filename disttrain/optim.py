@@ -21,7 +21,8 @@ ADAM_BETAS = (0.9, 0.999)
 
 def _coalesce(rows: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     unique, inverse = torch.unique(rows, return_inverse=True)
-    summed = torch.zeros(unique.numel(), grads.shape[1], dtype=grads.dtype).index_add_(0, inverse, grads)
+    summed = torch.zeros(unique.numel(), grads.shape[1], dtype=grads.dtype, device=grads.device)
+    summed.index_add_(0, inverse, grads)
     return unique, summed
 
 
@@ -36,7 +37,7 @@ class SparseRowOptimizer:
             if self.kind == "adagrad":
                 self.state[key] = {"sum": torch.zeros_like(weight)}
             elif self.kind == "rowwise_adagrad":
-                self.state[key] = {"sum": torch.zeros(weight.shape[0])}
+                self.state[key] = {"sum": torch.zeros(weight.shape[0], device=weight.device)}
             elif self.kind == "adam":
                 self.state[key] = {"exp_avg": torch.zeros_like(weight), "exp_avg_sq": torch.zeros_like(weight)}
             else:

@@ -38,11 +38,20 @@ class Parallelized:
 
 
 def parallelize(
-    model: torch.nn.Module, *, plan: ShardingPlan, comm: Collectives, optimizer: str, lr: float, seed: int
+    model: torch.nn.Module,
+    *,
+    plan: ShardingPlan,
+    comm: Collectives,
+    optimizer: str,
+    lr: float,
+    seed: int,
+    device: torch.device | str = "cpu",
 ) -> Parallelized:
-    """`model` must expose `tables` (its EmbeddingTableSpec list) and an `embeddings` submodule."""
-    embeddings = ShardedEmbeddingCollection(model.tables, plan, comm, seed=seed)
+    """`model` must expose `tables` (its EmbeddingTableSpec list) and an `embeddings` submodule. Everything
+    (shards, dense parameters, the gradient buffer) lives on `device`."""
+    embeddings = ShardedEmbeddingCollection(model.tables, plan, comm, seed=seed, device=device)
     model.embeddings = embeddings
+    model.to(device)
     dense_params = [p for name, p in model.named_parameters() if not name.startswith("embeddings.")]
     grads = DataParallelGrads(dense_params, comm)
     return Parallelized(

@@ -84,12 +84,23 @@ class Logger:
 
 
 class Trainer:
-    def __init__(self, cfg: config_mod.Config, env: WorkerEnv, comm: Collectives, *, launcher: str, placement: dict):
+    def __init__(
+        self,
+        cfg: config_mod.Config,
+        env: WorkerEnv,
+        comm: Collectives,
+        *,
+        launcher: str,
+        placement: dict,
+        device: torch.device | None = None,
+    ):
         self.cfg, self.env, self.comm, self.launcher, self.placement = cfg, env, comm, launcher, placement
+        self.device = device or torch.device("cpu")
         self.log = Logger(env.rank, progress=cfg.run.progress)
         model, self.plan = build_plan(cfg, env.world_size)
         self.par: Parallelized = parallelize(
-            model, plan=self.plan, comm=comm, optimizer=cfg.train.optimizer, lr=cfg.train.lr, seed=cfg.train.seed
+            model, plan=self.plan, comm=comm, optimizer=cfg.train.optimizer, lr=cfg.train.lr, seed=cfg.train.seed,
+            device=self.device,
         )
         self.model = self.par.model
         self.data = SyntheticCTR(
@@ -110,9 +121,11 @@ class Trainer:
         cycle = self.cfg.data.cycle_batches
         if split == "train" and cycle:
             if step % cycle not in self._pool:
-                self._pool[step % cycle] = self.data.batch(step % cycle, rank=self.env.rank, world_size=self.env.world_size)
+                self._pool[step % cycle] = self.data.batch(
+                    step % cycle, rank=self.env.rank, world_size=self.env.world_size
+                ).to(self.device)
             return self._pool[step % cycle]
-        return self.data.batch(step, rank=self.env.rank, world_size=self.env.world_size, split=split)
+        return self.data.batch(step, rank=self.env.rank, world_size=self.env.world_size, split=split).to(self.device)
 
     def train_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One step; the loss is the local sum over the *global* batch size, so gradients add up across ranks."""
@@ -162,10 +175,10 @@ class Trainer:
 
     def _log_interval(self, state: RunState) -> None:
         steps_in_interval = len(state.interval_preds)
-        totals = torch.tensor([state.interval_loss, state.last_local_loss], dtype=torch.float64)
+        totals = torch.tensor([state.interval_loss, state.last_local_loss], dtype=torch.float64, device=self.device)
         self.comm.all_reduce_sum(totals)
-        preds = torch.cat(self.comm.all_gather(torch.cat(state.interval_preds)))
-        labels = torch.cat(self.comm.all_gather(torch.cat(state.interval_labels)))
+        preds = torch.cat(self.comm.all_gather(torch.cat(state.interval_preds))).cpu()
+        labels = torch.cat(self.comm.all_gather(torch.cat(state.interval_labels))).cpu()
         now = time.perf_counter()
         rate = steps_in_interval * self.global_batch / max(now - state.interval_start, 1e-9)
         # Each rank's loss is its share of the global mean; the sum over ranks is the global mean per step.
@@ -192,7 +205,7 @@ class Trainer:
         self.model.train()
         if not preds:
             return {}
-        gathered = [torch.cat(self.comm.all_gather(torch.cat(x))).numpy() for x in (preds, labels, oracle)]
+        gathered = [torch.cat(self.comm.all_gather(torch.cat(x))).cpu().numpy() for x in (preds, labels, oracle)]
         metrics = evaluate(gathered[1], gathered[0])
         metrics["oracle_auc"] = evaluate(gathered[1], gathered[2])["auc"]
         metrics["samples"] = int(gathered[1].size)
@@ -316,6 +329,19 @@ def write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def training_device(cfg: config_mod.Config, placement: dict) -> torch.device:
+    """CPU, or with nccl this rank's GPU (its placement's; the only visible one where a scheduler such as Ray
+    narrowed CUDA_VISIBLE_DEVICES). Set as the current device before the process group starts."""
+    from disttrain.runtime.backend import resolve_backend
+
+    if resolve_backend(cfg.launch.backend) != "nccl":
+        return torch.device("cpu")
+    gpu = placement.get("plan", {}).get("gpu")
+    index = gpu if gpu is not None and gpu < torch.cuda.device_count() else 0
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def make_collectives(env: WorkerEnv, cfg: config_mod.Config, *, launcher: str = "none") -> Collectives:

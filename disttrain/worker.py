@@ -33,7 +33,7 @@ def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] = os.environ) 
     import torch.distributed as dist
 
     from disttrain.runtime.affinity import apply_threads
-    from disttrain.trainer import Trainer, make_collectives
+    from disttrain.trainer import Trainer, make_collectives, training_device
 
     env = worker_env_from(environ)
     apply_threads(placement["threads"])
@@ -43,8 +43,9 @@ def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] = os.environ) 
         (out / "config.yaml").write_text(config_mod.to_yaml(cfg))
         print("resolved config:\n" + config_mod.to_yaml(cfg), flush=True)
     launcher = launcher_name(environ)
+    device = training_device(cfg, placement)
     comm = make_collectives(env, cfg, launcher=launcher)
-    summary = Trainer(cfg, env, comm, launcher=launcher, placement=placement).run()
+    summary = Trainer(cfg, env, comm, launcher=launcher, placement=placement, device=device).run()
     # Orderly shutdown: nobody tears down its transport while another rank still writes or talks.
     comm.barrier()
     if dist.is_initialized():

@@ -158,7 +158,11 @@ def launch_ray(cfg: Config, config_path: str) -> int:
                 "output_dir": str(out),
             },
             torch_config=TorchConfig(backend="gloo", timeout_s=cfg.launch.timeout_s),
-            scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus}),
+            scaling_config=ScalingConfig(
+                num_workers=workers,
+                use_gpu=cfg.launch.backend == "nccl",
+                resources_per_worker={"CPU": cpus, **({"GPU": 1} if cfg.launch.backend == "nccl" else {})},
+            ),
             run_config=RunConfig(
                 name=f"disttrain-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
                 storage_path=cfg.launch.ray_storage or None,

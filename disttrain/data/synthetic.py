@@ -31,6 +31,13 @@ class Batch:
     sparse: KeyedBags
     probabilities: torch.Tensor | None = None  # the planted model's click probability (synthetic only)
 
+    def to(self, device: torch.device) -> Batch:
+        if device.type == "cpu":
+            return self
+        move = lambda t: t.to(device, non_blocking=True) if t is not None else None  # noqa: E731
+        return Batch(move(self.dense), move(self.labels), self.sparse.to(device, non_blocking=True),
+                     move(self.probabilities))
+
 
 def _hash_unit(ids: np.ndarray, salt: int) -> np.ndarray:
     """A fixed pseudo-random value in [-1, 1) for every (id, salt): multiply-xorshift-multiply on uint64."""

@@ -1,8 +1,9 @@
 """`launch.backend`: which collective library a run uses, checked before any process starts.
 
-    auto   gloo: training tensors live on the CPU (GPU training is not built yet, so auto never picks nccl)
+    auto   nccl where torch sees CUDA GPUs (one rank per GPU, training on them), else gloo (CPU training)
     gloo   torch.distributed's CPU transport (TCP); all-to-all with uneven splits works
-    nccl   GPU collectives; needs CUDA GPUs and a CUDA build of torch
+    nccl   GPU training: shards, batches and exchange buffers on each rank's GPU; needs CUDA GPUs and a
+           CUDA build of torch
     ccl    Intel oneCCL for CPUs; needs `oneccl_bindings_for_pytorch`, which is not on PyPI
 
 Horovod (`launch.launcher=horovod`) brings its own transport; there the backend names the one its ops use.
@@ -23,7 +24,9 @@ def resolve_backend(requested: str, *, for_training: bool = True) -> str:
     `for_training=False` (planning, `disttrain topology`) accepts nccl without a GPU: a GPU node can be
     planned from anywhere."""
     if requested == "auto":
-        return "gloo"
+        import torch
+
+        return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() > 0 else "gloo"
     if requested == "gloo":
         return "gloo"
     if requested == "ccl":
@@ -46,8 +49,5 @@ def resolve_backend(requested: str, *, for_training: bool = True) -> str:
                 f"launch.backend: nccl needs CUDA GPUs and a CUDA build of torch; this is torch "
                 f"{torch.__version__} with no usable GPU; use launch.backend=gloo (or auto) on CPUs"
             )
-        raise ConfigError(
-            "launch.backend: nccl: GPU training is not built yet (tables and batches live on the CPU); use "
-            "launch.backend=gloo. `disttrain topology launch.backend=nccl` plans a GPU node's ranks today."
-        )
+        return "nccl"
     raise ConfigError(f"launch.backend: got {requested!r}, expected one of auto, gloo, nccl, ccl")

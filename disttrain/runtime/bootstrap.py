@@ -81,7 +81,7 @@ def bootstrap(cfg: Config, environ: Mapping[str, str] = os.environ, *, reexec: b
     """Place this worker; returns the report (after re-executing, in the new process)."""
     if environ.get(DONE) == "1" and REPORT in environ:
         return json.loads(environ[REPORT])
-    resolve_backend(cfg.launch.backend)
+    cfg.launch.backend = resolve_backend(cfg.launch.backend)
     env = worker_env_from(environ)
     topology = detect_topology()
     user = user_set_variables(environ)

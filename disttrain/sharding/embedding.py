@@ -76,7 +76,7 @@ def _bag_of_value(lengths: torch.Tensor, num_values: int) -> torch.Tensor | None
     """Index of the bag each id belongs to; None when every bag holds exactly one id (the identity)."""
     if num_values == lengths.numel() and bool((lengths == 1).all()):
         return None
-    return torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
+    return torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
 
 
 def _pool(weight, rows, lengths, bag_scale) -> torch.Tensor:
@@ -108,8 +108,18 @@ class _Exchange(torch.autograd.Function):
 class ShardedEmbeddingCollection(nn.Module):
     """Drop-in for `EmbeddingBagCollection` on each rank; returns the local batch's vectors per feature."""
 
-    def __init__(self, tables: list[EmbeddingTableSpec], plan: ShardingPlan, comm: Collectives, *, seed: int = 0):
+    def __init__(
+        self,
+        tables: list[EmbeddingTableSpec],
+        plan: ShardingPlan,
+        comm: Collectives,
+        *,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ):
+        """`device`: where shards, exchange buffers and the features passed in live (cuda:N with nccl)."""
         super().__init__()
+        self.device = torch.device(device)
         if plan.world_size != comm.world_size:
             raise ValueError(f"plan is for {plan.world_size} ranks, process group has {comm.world_size}")
         self.tables, self.plan, self.comm, self.rank = list(tables), plan, comm, comm.rank
@@ -122,7 +132,7 @@ class ShardedEmbeddingCollection(nn.Module):
         self.pending: list[tuple[str, torch.Tensor, torch.Tensor]] = []
         self._in_flight: list = []  # (handle, received gradients, step state) of backward all-to-alls
         self._layouts: dict[int, _Layout] = {}
-        self.anchor = torch.zeros((), requires_grad=True)
+        self.anchor = torch.zeros((), requires_grad=True, device=self.device)
 
     # ----- construction -------------------------------------------------------------------------------------
     def _slots_of(self, owned: list[tuple[TablePlan, Shard]]) -> list[Slot]:
@@ -150,7 +160,7 @@ class ShardedEmbeddingCollection(nn.Module):
                 init_table_rows(seed=seed, table_index=table.index, spec=spec, rows=(0, spec.num_rows), cols=(0, spec.dim))
             )
         for key, parts in blocks.items():
-            self.register_buffer(f"weight_{key}", torch.cat(parts))
+            self.register_buffer(f"weight_{key}", torch.cat(parts).to(self.device))
 
     def weight(self, key: str) -> torch.Tensor:
         return getattr(self, f"weight_{key}")
@@ -178,10 +188,10 @@ class ShardedEmbeddingCollection(nn.Module):
         for _source in range(world):
             for slot in mine:
                 n = slot.bags(batch)
-                bag_group.append(torch.full((n,), group_index[slot.group]))
-                bag_base.append(torch.full((n,), slot.base))
+                bag_group.append(torch.full((n,), group_index[slot.group], device=self.device))
+                bag_base.append(torch.full((n,), slot.base, device=self.device))
                 segments.append((group_index[slot.group], n, slot.shard.num_cols))
-        cat = lambda parts, dtype: torch.cat(parts) if parts else torch.zeros(0, dtype=dtype)  # noqa: E731
+        cat = lambda parts, dtype: torch.cat(parts) if parts else torch.zeros(0, dtype=dtype, device=self.device)  # noqa: E731
         return _Layout(
             send_length_splits=[sum(s.bags(batch) for s in self.layout_of_rank[d]) for d in range(world)],
             recv_length_splits=[sum(s.bags(batch) for s in mine)] * world,
@@ -226,14 +236,16 @@ class ShardedEmbeddingCollection(nn.Module):
                     lo, hi = slot.shard.rows
                     keep = (values >= lo) & (values < hi)
                     if slot.table.index not in bag_ids:
-                        bag_ids[slot.table.index] = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
+                        bag_ids[slot.table.index] = torch.repeat_interleave(
+                            torch.arange(lengths.numel(), device=lengths.device), lengths
+                        )
                     lengths = torch.bincount(bag_ids[slot.table.index][keep], minlength=lengths.numel())
                     values = values[keep] - lo
                 lengths_out.append(lengths)
                 values_out.append(values)
                 count += values.numel()
             value_splits.append(count)
-        empty = torch.zeros(0, dtype=torch.int64)
+        empty = torch.zeros(0, dtype=torch.int64, device=self.device)
         return (
             torch.cat(lengths_out) if lengths_out else empty,
             torch.cat(values_out) if values_out else empty,
@@ -249,17 +261,18 @@ class ShardedEmbeddingCollection(nn.Module):
 
         # 1. input dist: lengths (fixed sizes), then ids (sizes from the lengths).
         send_lengths, send_values, send_value_splits = self._route(per_feature, batch)
-        recv_lengths = torch.empty(sum(layout.recv_length_splits), dtype=torch.int64)
+        recv_lengths = torch.empty(sum(layout.recv_length_splits), dtype=torch.int64, device=self.device)
         self.comm.all_to_all(recv_lengths, send_lengths, layout.recv_length_splits, layout.send_length_splits)
-        recv_value_splits = [int(part.sum()) for part in torch.split(recv_lengths, layout.recv_length_splits)]
-        recv_values = torch.empty(sum(recv_value_splits), dtype=torch.int64)
+        recv_value_splits = [int(n) for n in torch.stack(
+            [part.sum() for part in torch.split(recv_lengths, layout.recv_length_splits)]).tolist()]
+        recv_values = torch.empty(sum(recv_value_splits), dtype=torch.int64, device=self.device)
         self.comm.all_to_all(recv_values, send_values, recv_value_splits, send_value_splits)
 
         # 2. lookup, one embedding_bag per fused weight.
         send_output = self._lookup(recv_lengths, recv_values, state, keep_state)
 
         # 3. output dist and combine.
-        recv_output = torch.empty(sum(layout.recv_output_splits))
+        recv_output = torch.empty(sum(layout.recv_output_splits), device=self.device)
         self.comm.all_to_all(recv_output, send_output, layout.recv_output_splits, layout.send_output_splits)
         outputs = self._combine(recv_output, layout, batch)
         self._apply_means(per_feature, batch, outputs, state)
@@ -294,7 +307,7 @@ class ShardedEmbeddingCollection(nn.Module):
         if len(pooled) == 1:
             return pooled[0].reshape(-1)
         if not pooled:
-            return torch.zeros(0)
+            return torch.zeros(0, device=self.device)
         return self._interleave(pooled, layout.segments)
 
     @staticmethod
@@ -328,7 +341,7 @@ class ShardedEmbeddingCollection(nn.Module):
                 outputs[index] = piece.clone() if outputs[index] is None else outputs[index].add_(piece)
             else:
                 if outputs[index] is None:
-                    outputs[index] = torch.empty(batch, spec.bags_per_sample, spec.dim)
+                    outputs[index] = torch.empty(batch, spec.bags_per_sample, spec.dim, device=self.device)
                 c0, c1 = slot.shard.cols
                 outputs[index][:, :, c0:c1] = piece
         return outputs
@@ -350,7 +363,7 @@ class ShardedEmbeddingCollection(nn.Module):
     def _backward(self, state: _StepState, grads) -> None:
         layout, batch = state.layout, state.batch
         grads = [
-            g if g is not None else torch.zeros(batch, spec.bags_per_sample, spec.dim)
+            g if g is not None else torch.zeros(batch, spec.bags_per_sample, spec.dim, device=self.device)
             for g, spec in zip(grads, self.tables)
         ]
         for index, scale in state.mean_scale.items():
@@ -359,8 +372,8 @@ class ShardedEmbeddingCollection(nn.Module):
             grads[slot.table.index][:, :, slot.shard.cols[0] : slot.shard.cols[1]].reshape(-1)
             for _, slot in layout.recv_chunks
         ]
-        send_grad = torch.cat(send) if send else torch.zeros(0)
-        recv_grad = torch.empty(sum(layout.send_output_splits))
+        send_grad = torch.cat(send) if send else torch.zeros(0, device=self.device)
+        recv_grad = torch.empty(sum(layout.send_output_splits), device=self.device)
         # Asynchronous: the rest of backward (the bottom MLP) runs while the gradients travel; the row
         # gradients are formed when the optimizer asks for them (`pop_pending`).
         handle = self.comm.all_to_all(
