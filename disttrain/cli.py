@@ -5,6 +5,8 @@
     disttrain plan [CONFIG] [key=value ...] --world-size N [--json]
     disttrain bench [key=value ...]               the kaggle DLRM throughput benchmark (2 pinned ranks)
     disttrain topology [--lscpu FILE] [--nproc-per-node N] [--affinity MODE] [--json]
+    disttrain export CHECKPOINT --out FILE         one unsharded model file (inference)
+    disttrain import REFERENCE.pt --out DIR [key=value ...]   a reference DLRM --save-model file -> checkpoint
 """
 
 from __future__ import annotations
@@ -72,12 +74,45 @@ def prepare_launch(cfg: config_mod.Config) -> str:
     world, local = launch_world(cfg)
     if local:  # Ray workers land on whichever nodes have room and place themselves there
         placements_for(cfg, topology, nproc=local, user_env=user_set_variables(os.environ))
-    build_plan(cfg, world)
+    model, _ = build_plan(cfg, world)
+    if cfg.train.resume and cfg.launch.launcher != "ray":  # Ray workers may see other storage than the driver
+        check_resume(cfg, model)
     out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "config.yaml"
     path.write_text(config_mod.to_yaml(cfg))
     return str(path.resolve())
+
+
+def check_resume(cfg: config_mod.Config, model) -> None:
+    """Before any worker starts: the checkpoint to resume exists, is whole and fits this model."""
+    from disttrain.checkpoint import check_fits, find_checkpoint, verify
+
+    path = find_checkpoint(cfg.train.resume, cfg.checkpoint.dir)
+    if path is None:
+        return
+    meta = verify(path)
+    dense = {n: list(p.shape) for n, p in model.named_parameters() if not n.startswith("embeddings.")}
+    check_fits(meta, path, model=cfg.model.name, tables=model.tables, dense_shapes=dense)
+
+
+def cmd_export(args) -> int:
+    from disttrain.export import export_model
+
+    if args.items:
+        raise DisttrainError(f"export: unexpected arguments {' '.join(args.items)}; expected CHECKPOINT --out FILE")
+    out = export_model(args.checkpoint, args.out)
+    print(f"exported {args.checkpoint} -> {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from disttrain.export import import_reference
+
+    path = import_reference(args.reference, args.out, [*args.items])
+    print(f"imported {args.reference} -> {path}; train or evaluate it sharded with "
+          f"`disttrain launch train.resume={path} ...` (train.steps=0: evaluate only)")
+    return 0
 
 
 def cmd_launch(args, base: str | None = None) -> int:
@@ -184,6 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-size", type=int, default=0, help="ranks to plan for (default: launch settings)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("export", help="write a checkpoint as one unsharded model file for inference")
+    p.add_argument("checkpoint", help="a checkpoint (step_N directory) or a checkpoint.dir (its newest)")
+    p.add_argument("--out", required=True, help="the model file to write")
+    p.add_argument("items", nargs="*", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("import", help="turn a reference dlrm_s_pytorch.py --save-model file into a checkpoint")
+    p.add_argument("reference", help="the reference DLRM checkpoint file")
+    p.add_argument("--out", required=True, help="checkpoint directory to write (a step_00000000 inside)")
+    p.add_argument("items", nargs="*", metavar="key=value", help="config overrides (model.flavor=kaggle, ...)")
+    p.set_defaults(func=cmd_import)
     p = sub.add_parser("topology", help="print the machine and the per-rank pinning plan")
     p.add_argument("items", nargs="*", metavar="[CONFIG] key=value")
     p.add_argument("--lscpu", default=None, help="canned `lscpu -p=CPU,CORE,SOCKET,NODE` output to plan for")

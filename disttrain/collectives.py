@@ -128,6 +128,7 @@ class HorovodCollectives:
         self.hvd = hvd
         self.rank = hvd.rank()
         self.world_size = hvd.size()
+        self._objects = 0
 
     def all_to_all(self, output, input, output_splits, input_splits, *, async_op=False) -> Handle:
         splits = torch.tensor(input_splits, dtype=torch.int32)
@@ -151,7 +152,9 @@ class HorovodCollectives:
         self.hvd.barrier()
 
     def all_gather_object(self, obj) -> list:
-        return self.hvd.allgather_object(obj)
+        # Horovod names the op after type(obj) by default: ranks passing different types would never match.
+        self._objects += 1
+        return self.hvd.allgather_object(obj, name=f"disttrain.object.{self._objects}")
 
     def shutdown(self) -> None:
         self.hvd.shutdown()

@@ -90,6 +90,9 @@ class TrainConfig:
     log_every: int = 10
     # Steps excluded from the samples/s figure (start-up, allocator warm-up). -1 = automatic.
     warmup_steps: int = -1
+    # "" = start fresh; auto = the newest complete checkpoint in checkpoint.dir (fresh if none);
+    # a path = that checkpoint (or the newest in that checkpoint directory). Any world size, any plan.
+    resume: str = ""
 
 
 @dataclass
@@ -133,6 +136,9 @@ class LaunchConfig:
     local_addr: str = ""
     # Network interface gloo/nccl use between nodes (GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME). Empty = default.
     socket_ifname: str = ""
+    # Restart all workers this many times after a failure, resuming from the run's last complete checkpoint
+    # (local, torchrun --max-restarts, Ray FailureConfig.max_failures).
+    max_restarts: int = 0
     # Ray: workers in the job (0 = nproc_per_node x nnodes) and logical CPUs each asks of Ray.
     num_workers: int = 0
     cpus_per_worker: int = 1
@@ -144,6 +150,16 @@ class LaunchConfig:
     hosts: str = ""
     # auto | off | jemalloc | tcmalloc | /path/to/lib.so (preloaded into workers by the launcher)
     allocator: str = "auto"
+
+
+@dataclass
+class CheckpointConfig:
+    # Where checkpoints go (shared storage when ranks span machines). Empty = no checkpoints.
+    dir: str = ""
+    # Save every N steps (0 = only at the end); the last step is always saved when dir is set.
+    every_steps: int = 0
+    # Complete checkpoints kept (0 = all).
+    keep_last: int = 2
 
 
 @dataclass
@@ -159,6 +175,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -180,7 +197,7 @@ POSITIVE = ("train.batch_size", "launch.nnodes", "data.multi_hot_max", "data.num
 NON_NEGATIVE = (
     "train.steps", "train.eval_every", "model.max_rows", "model.embedding_dim", "sharding.num_column_shards",
     "data.eval_batches", "data.cycle_batches", "launch.node_rank", "launch.master_port", "launch.threads_per_worker",
-    "launch.num_workers",
+    "launch.num_workers", "launch.max_restarts", "checkpoint.every_steps", "checkpoint.keep_last",
 )
 
 
@@ -287,6 +304,19 @@ def validate(cfg: Config) -> Config:
         if rows <= 0:
             raise ConfigError(f"model.table_sizes[{i}]: got {rows}, expected a positive number of rows")
     return cfg
+
+
+def config_from_yaml(text: str, overrides: list[str] | None = None, *, source: str = "config") -> Config:
+    """A config saved by disttrain (a checkpoint's, an export's), with overrides on top."""
+    cfg = Config()
+    data = _yaml_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    _merge(cfg, data, "")
+    for item in overrides or []:
+        parts, value = parse_override(item)
+        _merge(cfg, _nest(parts, value), "")
+    return validate(cfg)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
 import sys
 import time
@@ -25,7 +26,7 @@ from disttrain.metrics import evaluate
 from disttrain.models import MODELS
 from disttrain.parallelize import Parallelized, parallelize
 from disttrain.runtime.allocator import loaded_allocator
-from disttrain.runtime.env import WorkerEnv
+from disttrain.runtime.env import RUN_ID, WorkerEnv
 from disttrain.sharding.planner import plan_sharding
 
 
@@ -142,18 +143,20 @@ class Trainer:
                       f"world size {self.env.world_size}, launcher {self.launcher}")
         self.log.line(self.plan.describe())
         self._log_workers(self.comm.all_gather_object(self.worker_info()))
-        batches = Prefetcher(self._batch, 0, cfg.train.steps, depth=3)
-        fault = _injected_fault(self.env.rank)
+        first = self._resume(state)
+        batches = Prefetcher(self._batch, first, cfg.train.steps, depth=3)
+        # Injected faults (tests of restarts) fire in a fresh run only, never after a resume.
+        fault_step, fault_kind = _injected_fault(self.env.rank) if first == 0 else (-1, "")
         try:
-            for step in range(cfg.train.steps):
-                if step == fault:
-                    os._exit(17)  # simulate a crashed worker (tests of the launchers' failure handling)
+            for step in range(first, cfg.train.steps):
+                if step == fault_step and fault_kind != "checkpoint":
+                    _die(fault_kind)
                 start = time.perf_counter()
                 batch = next(batches)
                 loss, logits = self.train_step(batch)
                 elapsed = time.perf_counter() - start
                 state.step = step + 1
-                if step >= self.warmup:
+                if step - first >= self.warmup:
                     state.timed_steps += 1
                     state.timed_seconds += elapsed
                 state.last_local_loss = float(loss)
@@ -167,11 +170,48 @@ class Trainer:
                 if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and state.step != cfg.train.steps:
                     self._log_eval(state, self.evaluate())
                     state.interval_start = time.perf_counter()
+                every = cfg.checkpoint.every_steps
+                if cfg.checkpoint.dir and (state.step == cfg.train.steps or every and state.step % every == 0):
+                    self._save(state, crash=fault_kind == "checkpoint" and state.step == fault_step)
+                    state.interval_start = time.perf_counter()
         finally:
             batches.close()
         final = self.evaluate()
         self._log_eval(state, final)
         return self._summary(state, final)
+
+    def _resume(self, state: RunState) -> int:
+        """Load `train.resume` (or, after a restart, this run's newest checkpoint); returns the first step."""
+        from disttrain.checkpoint import find_checkpoint, load_checkpoint
+
+        cfg = self.cfg
+        target = None
+        if self.env.rank == 0:  # one decision for all ranks, even if a checkpoint lands meanwhile
+            if cfg.train.resume:
+                target = find_checkpoint(cfg.train.resume, cfg.checkpoint.dir)
+            elif cfg.launch.max_restarts and cfg.checkpoint.dir and os.environ.get(RUN_ID):
+                target = find_checkpoint("auto", cfg.checkpoint.dir, run_id=os.environ[RUN_ID])
+        target = self.comm.all_gather_object(str(target) if target else None)[0]
+        if target is None:
+            if cfg.train.resume == "auto":
+                self.log.line(f"resume: no checkpoint in {cfg.checkpoint.dir} yet; starting at step 0")
+            return 0
+        loaded = load_checkpoint(Path(target), par=self.par, comm=self.comm, cfg=cfg)
+        state.step, state.history = loaded.step, list(loaded.history)
+        note = "" if loaded.optimizer_restored else " (optimizer changed: its state starts fresh)"
+        self.log.line(f"resumed from {loaded.path} at step {loaded.step}{note}")
+        return min(loaded.step, cfg.train.steps)
+
+    def _save(self, state: RunState, *, crash: bool = False) -> None:
+        from disttrain.checkpoint import save_checkpoint
+
+        start = time.perf_counter()
+        path = save_checkpoint(
+            self.cfg.checkpoint.dir, step=state.step, par=self.par, comm=self.comm, cfg=self.cfg,
+            history=state.history, run_id=os.environ.get(RUN_ID, ""), keep_last=self.cfg.checkpoint.keep_last,
+            fault_before_commit=crash,
+        )
+        self.log.line(f"checkpoint: {path} ({time.perf_counter() - start:.2f} s)")
 
     def _log_interval(self, state: RunState) -> None:
         steps_in_interval = len(state.interval_preds)
@@ -285,14 +325,20 @@ class Trainer:
         return summary
 
 
-def _injected_fault(rank: int) -> int:
-    """DISTTRAIN_FAULT=RANK:STEP makes that rank die abruptly at that step (exit code 17)."""
-    spec = os.environ.get("DISTTRAIN_FAULT", "")
-    if ":" in spec:
-        fault_rank, step = spec.split(":", 1)
-        if int(fault_rank) == rank:
-            return int(step)
-    return -1
+def _injected_fault(rank: int) -> tuple[int, str]:
+    """DISTTRAIN_FAULT=RANK:STEP[:KIND] makes that rank die at that step: exit (code 17, default), kill
+    (SIGKILL), or checkpoint (rank 0 dies while writing the checkpoint of that step, before it commits)."""
+    parts = os.environ.get("DISTTRAIN_FAULT", "").split(":")
+    if len(parts) >= 2 and int(parts[0]) == rank:
+        return int(parts[1]), parts[2] if len(parts) > 2 else "exit"
+    return -1, ""
+
+
+def _die(kind: str) -> None:
+    sys.stdout.flush()
+    if kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(17)
 
 
 def _route_addr(master_addr: str) -> str | None:

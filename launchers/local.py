@@ -11,11 +11,12 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 from disttrain.config import Config
 from disttrain.errors import ConfigError
 from disttrain.runtime.bootstrap import launcher_env
-from disttrain.runtime.env import WorkerEnv, free_port, transport_env
+from disttrain.runtime.env import RUN_ID, WorkerEnv, free_port, transport_env
 
 
 def worker_envs(cfg: Config, *, master_port: int) -> list[WorkerEnv]:
@@ -47,17 +48,35 @@ def _stop(procs: list[subprocess.Popen], grace_s: float = 5.0) -> None:
 
 
 def launch_local(cfg: Config, config_path: str) -> int:
+    """Run the workers; after a failure, restart them all up to `launch.max_restarts` times (they resume from
+    the run's newest complete checkpoint)."""
     if cfg.launch.nnodes > 1 and not cfg.launch.master_port:
         raise ConfigError("launch.master_port: got 0, expected a fixed port shared by all nodes when launch.nnodes > 1")
-    port = cfg.launch.master_port or free_port(cfg.launch.master_addr)
+    if cfg.launch.nnodes > 1 and cfg.launch.max_restarts:
+        raise ConfigError(f"launch.max_restarts: got {cfg.launch.max_restarts}; restarts across nodes need a launcher "
+                          "that coordinates them (launch.launcher=torchrun or ray); expected 0 with the local launcher")
     from disttrain.launchers.torchrun import wait_for_peers
 
     wait_for_peers(cfg)
+    run_env = {RUN_ID: os.environ.get(RUN_ID) or uuid.uuid4().hex}
+    for attempt in range(cfg.launch.max_restarts + 1):
+        port = cfg.launch.master_port or free_port(cfg.launch.master_addr)
+        code = _run_workers(cfg, config_path, port, {**run_env, "DISTTRAIN_RESTART_COUNT": str(attempt)})
+        if code in (0, 130) or attempt == cfg.launch.max_restarts:
+            return code
+        where = (f"the newest complete checkpoint in {cfg.checkpoint.dir}" if cfg.checkpoint.dir
+                 else "step 0 (checkpoint.dir is empty)")
+        print(f"disttrain: restarting all workers ({attempt + 1}/{cfg.launch.max_restarts}), resuming from {where}",
+              file=sys.stderr, flush=True)
+    return code
+
+
+def _run_workers(cfg: Config, config_path: str, port: int, extra_env: dict[str, str]) -> int:
     procs = []
     for env in worker_envs(cfg, master_port=port):
         # Pinning, threads and the allocator are the worker's own business (disttrain.runtime.bootstrap).
         child_env = {**os.environ, **launcher_env(), **transport_env(cfg.launch.socket_ifname), **env.to_environ(),
-                     "DISTTRAIN_LAUNCHER": "local", "PYTHONUNBUFFERED": "1"}
+                     **extra_env, "DISTTRAIN_LAUNCHER": "local", "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "disttrain.worker", "--config", config_path]
         procs.append(subprocess.Popen(cmd, env=child_env))
     try:

@@ -24,15 +24,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from disttrain import config as config_mod
 from disttrain.config import Config
 from disttrain.errors import ConfigError, DisttrainError
 from disttrain.runtime.bootstrap import CPU_SLOTS, USER_SET, user_set_variables
-from disttrain.runtime.env import WorkerEnv, free_port, split_endpoint, transport_env, wait_for_tcp
+from disttrain.runtime.env import RUN_ID, WorkerEnv, free_port, split_endpoint, transport_env, wait_for_tcp
 
 INSTALL_HINT = "pip install 'ray[default,train]==2.60.0' (or pip install -e '.[ray]')"
+FORWARDED = ("DISTTRAIN_FAULT",)  # test hook: fault injection (disttrain.trainer)
 REPORTED = ("train_loss", "eval_auc", "eval_logloss", "eval_accuracy", "samples_per_s", "steps", "world_size")
 
 
@@ -90,8 +92,8 @@ def _train_loop(loop_config: dict) -> None:
     config_path = workdir / "config.yaml"
     config_path.write_text(loop_config["config_yaml"])
     user_env = loop_config["user_env"]
-    child_env = {**os.environ, **user_env, USER_SET: ",".join(user_env), **loop_config["transport_env"],
-                 **env.to_environ(), CPU_SLOTS: str(loop_config["cpus_per_worker"]),
+    child_env = {**os.environ, **loop_config["driver_env"], **user_env, USER_SET: ",".join(user_env), **loop_config["transport_env"],
+                 **env.to_environ(), CPU_SLOTS: str(loop_config["cpus_per_worker"]), RUN_ID: loop_config["run_id"],
                  "DISTTRAIN_LAUNCHER": "ray", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "disttrain.worker", "--config", str(config_path)],
                             env=child_env, preexec_fn=_die_with_parent)
@@ -156,6 +158,9 @@ def launch_ray(cfg: Config, config_path: str) -> int:
                 "transport_env": transport_env(cfg.launch.socket_ifname),
                 "cpus_per_worker": cpus,
                 "output_dir": str(out),
+                "run_id": os.environ.get(RUN_ID) or uuid.uuid4().hex,
+                # Ray workers do not inherit the driver's environment: carry disttrain's own switches.
+                "driver_env": {k: v for k, v in os.environ.items() if k in FORWARDED},
             },
             torch_config=TorchConfig(backend="gloo", timeout_s=cfg.launch.timeout_s),
             scaling_config=ScalingConfig(
@@ -166,7 +171,8 @@ def launch_ray(cfg: Config, config_path: str) -> int:
             run_config=RunConfig(
                 name=f"disttrain-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
                 storage_path=cfg.launch.ray_storage or None,
-                failure_config=FailureConfig(max_failures=0),
+                # A failed worker group is started again; its workers resume from this run's newest checkpoint.
+                failure_config=FailureConfig(max_failures=cfg.launch.max_restarts),
                 checkpoint_config=CheckpointConfig(num_to_keep=None),
             ),
         )

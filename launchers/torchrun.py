@@ -16,11 +16,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 
 from disttrain.config import Config
 from disttrain.errors import ConfigError
 from disttrain.runtime.bootstrap import launcher_env
-from disttrain.runtime.env import split_endpoint, transport_env, wait_for_tcp
+from disttrain.runtime.env import RUN_ID, split_endpoint, transport_env, wait_for_tcp
 
 
 def _is_host(cfg: Config) -> bool | None:
@@ -50,6 +51,8 @@ def torchrun_command(cfg: Config, config_path: str, *, run_id: str = "disttrain"
                 f"--master-port={launch.master_port}"]
     if launch.local_addr:
         cmd += [f"--local-addr={launch.local_addr}"]
+    if launch.max_restarts:
+        cmd += [f"--max-restarts={launch.max_restarts}"]
     return cmd + ["-m", "disttrain.worker", "--config", config_path]
 
 
@@ -78,7 +81,7 @@ def launch_torchrun(cfg: Config, config_path: str) -> int:
     wait_for_peers(cfg)
     # torchrun sets OMP_NUM_THREADS=1 for its workers; the recorded user variables let them override it.
     env = {**os.environ, **launcher_env(), **transport_env(cfg.launch.socket_ifname), "DISTTRAIN_LAUNCHER": "torchrun",
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", RUN_ID: os.environ.get(RUN_ID) or uuid.uuid4().hex}
     code = subprocess.run(torchrun_command(cfg, config_path), env=env).returncode
     if code != 0:
         print(f"disttrain: torchrun exited with code {code} (node_rank {cfg.launch.node_rank}); see the worker "

@@ -19,7 +19,8 @@ def _have_horovod() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _have_horovod(), reason="Horovod is not installed: `make horovod` builds it (.ci/run does)")
 def test_horovodrun_trains_like_the_local_launcher(local_reference, tmp_path):
-    result = disttrain("launch", "cluster_configs/horovod.yaml", *PARITY, f"run.output_dir={tmp_path}/hvd")
+    result = disttrain("launch", "cluster_configs/horovod.yaml", *PARITY, f"run.output_dir={tmp_path}/hvd",
+                       f"checkpoint.dir={tmp_path}/ck", "checkpoint.every_steps=8", "checkpoint.keep_last=0")
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     got = summary(tmp_path / "hvd")
     assert got["launcher"] == "horovod" and got["world_size"] == 2
@@ -27,6 +28,11 @@ def test_horovodrun_trains_like_the_local_launcher(local_reference, tmp_path):
     workers = got["workers"]
     assert [w["rank"] for w in workers] == [0, 1] and len({w["pid"] for w in workers}) == 2
     assert all(w["cpus"] and w["threads"] == len(w["cpus"]) for w in workers)
+    # Checkpoints written through Horovod's collectives resume under another launcher, same result.
+    resumed = disttrain("launch", *PARITY, f"train.resume={tmp_path}/ck/step_00000008", f"run.output_dir={tmp_path}/res")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "at step 8" in resumed.stdout
+    assert_same_training(summary(tmp_path / "res"), local_reference)
 
 
 def test_missing_horovod_is_one_line(tmp_path):

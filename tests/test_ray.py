@@ -122,3 +122,18 @@ def test_too_few_cpus_on_the_cluster_is_one_line(ray_head, tmp_path):
                        f"run.output_dir={tmp_path}/out", env=ray_head["env"], timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "2 x 4 = 8 CPUs, but the Ray cluster has 2" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_ray_restarts_a_failed_worker_group_from_the_last_checkpoint(ray_head, local_reference, tmp_path):
+    """FailureConfig(max_failures=launch.max_restarts): rank 1 is SIGKILLed at step 12; Ray starts the worker
+    group again, which resumes from step 10 and ends where an uninterrupted run ends."""
+    out = tmp_path / "restarted"
+    env = {**ray_head["env"], "DISTTRAIN_FAULT": "1:12:kill"}
+    result = disttrain("launch", "cluster_configs/ray.yaml", *PARITY, f"run.output_dir={out}",
+                       f"launch.ray_address=127.0.0.1:{ray_head['gcs']}", f"launch.ray_storage={tmp_path}/st",
+                       "launch.max_restarts=1", f"checkpoint.dir={tmp_path}/ck", "checkpoint.every_steps=5",
+                       env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stdout + result.stderr and "at step 10" in result.stdout + result.stderr
+    assert_same_training(summary(out), local_reference)

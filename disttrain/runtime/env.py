@@ -8,6 +8,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+RUN_ID = "DISTTRAIN_RUN_ID"  # set by launchers: one id per launch (per node), kept across restarts
+
 
 @dataclass(frozen=True)
 class WorkerEnv:

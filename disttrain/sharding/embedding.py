@@ -165,6 +165,15 @@ class ShardedEmbeddingCollection(nn.Module):
     def weight(self, key: str) -> torch.Tensor:
         return getattr(self, f"weight_{key}")
 
+    def shard_locations(self) -> list[tuple[TablePlan, Shard, str, int]]:
+        """(table, shard, fused weight key, first row in it) for every shard this rank holds, replicated
+        tables included: where a shard's weight rows and its optimizer state rows live."""
+        out = [(s.table, s.shard, s.group, s.base) for s in self.my_slots]
+        for table in self.dp_tables:
+            key, base = self.dp_bases[table.index]
+            out.append((table, table.shards[self.rank], key, base))
+        return out
+
     def local_shards(self) -> list[tuple[TablePlan, Shard, torch.Tensor]]:
         """(table, shard, weight view) for every shard this rank holds, replicated tables included."""
         out = [

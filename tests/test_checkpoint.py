@@ -1,0 +1,252 @@
+"""Sharded checkpoints: resume == uninterrupted, resharding to other world sizes and plans, restarts after a
+SIGKILL under the local launcher and torchrun, a crash while writing, corrupted input, export, and import of
+Facebook's reference DLRM checkpoint layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from disttrain.export import load_exported, unsharded_state
+from tests.launch_helpers import clean_env, disttrain, summary
+
+BASE = ["model.flavor=debug", "train.batch_size=96", "train.log_every=10", "data.eval_batches=2",
+        "run.progress=false", "data.multi_hot_max=2"]
+
+
+def _launch(tmp_path, name: str, *overrides: str, env: dict | None = None) -> dict:
+    out = tmp_path / name
+    result = disttrain("launch", *BASE, f"run.output_dir={out}", *overrides, env=env)
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
+    return summary(out) | {"_stdout": result.stdout, "_stderr": result.stderr}
+
+
+def _same_state(a, b, tol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], rtol=0, atol=tol), (name, (a[name] - b[name]).abs().max())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("strategy", "optimizer"), [("table_wise", "adagrad"), ("row_wise", "rowwise_adagrad"),
+                                                     ("column_wise", "adam")])
+def test_resume_equals_uninterrupted(tmp_path, strategy, optimizer):
+    common = [f"sharding.strategy={strategy}", f"train.optimizer={optimizer}", "train.lr=0.02", "train.steps=30"]
+    full = _launch(tmp_path, "full", *common, f"checkpoint.dir={tmp_path}/ck", "checkpoint.every_steps=10",
+                   "checkpoint.keep_last=0")
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["step_00000010", "step_00000020", "step_00000030"]
+    resumed = _launch(tmp_path, "resumed", *common, f"train.resume={tmp_path}/ck/step_00000010",
+                      f"checkpoint.dir={tmp_path}/ck2")
+    assert "resumed from" in resumed["_stdout"] and "at step 10" in resumed["_stdout"]
+    for key in ("train_loss", "eval_auc", "eval_logloss"):
+        assert resumed[key] == full[key], key  # bitwise: same shards, same order of operations
+    assert resumed["steps"] == 30 and [h["step"] for h in resumed["history"]] == [10, 20, 30]
+    _same_state(unsharded_state(tmp_path / "ck" / "step_00000030")[1], unsharded_state(tmp_path / "ck2")[1])
+
+
+@pytest.mark.slow
+def test_reshard_to_other_world_sizes_and_plans(tmp_path):
+    """Saved by 2 ranks under one plan, loaded by 1 or 3 ranks under another: the same predictions, and
+    training goes on as it would have (optimizer state moved too)."""
+    train = ["train.optimizer=adagrad", "train.lr=0.02"]
+    sources = {
+        "table_wise": _launch(tmp_path, "src_tw", *train, "train.steps=10", "sharding.strategy=table_wise",
+                              f"checkpoint.dir={tmp_path}/tw"),
+        "column_wise": _launch(tmp_path, "src_cw", *train, "train.steps=10", "sharding.strategy=column_wise",
+                               f"checkpoint.dir={tmp_path}/cw"),
+    }
+    cases = [("table_wise", 1, "table_wise"), ("table_wise", 3, "row_wise"), ("column_wise", 2, "table_wise")]
+    for source, world, strategy in cases:
+        moved = [f"train.resume={tmp_path}/{source[:1]}w", f"launch.nproc_per_node={world}",
+                 f"sharding.strategy={strategy}", "launch.allow_oversubscribe=true", *train]
+        # No training: the loaded model's predictions on the held-out batches are the saved model's.
+        evaluated = _launch(tmp_path, f"eval_{source}_{world}_{strategy}", *moved, "train.steps=10")
+        assert evaluated["eval_logloss"] == pytest.approx(sources[source]["eval_logloss"], abs=1e-6)
+        assert evaluated["eval_auc"] == pytest.approx(sources[source]["eval_auc"], abs=1e-6)
+        assert [t["type"] for t in evaluated["plan"]["tables"]] == [strategy] * 4
+        # Five more steps after the move == five more steps on the original layout.
+        went_on = _launch(tmp_path, f"more_{source}_{world}_{strategy}", *moved, "train.steps=15")
+        stayed = _launch(tmp_path, f"stay_{source}_{world}_{strategy}", *train, "train.steps=15",
+                         f"train.resume={tmp_path}/{source[:1]}w", f"sharding.strategy={source}")
+        assert went_on["train_loss"] == pytest.approx(stayed["train_loss"], abs=1e-5)
+        assert went_on["eval_logloss"] == pytest.approx(stayed["eval_logloss"], abs=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["local", "torchrun"])
+def test_sigkilled_rank_restarts_and_finishes_like_an_uninterrupted_run(tmp_path, launcher):
+    common = ["sharding.strategy=row_wise", "train.optimizer=rowwise_adagrad", "train.lr=0.02", "train.steps=30",
+              "checkpoint.every_steps=10", f"launch.launcher={launcher}"]
+    clean = _launch(tmp_path, "clean", *common, f"checkpoint.dir={tmp_path}/clean")
+    killed = _launch(tmp_path, "killed", *common, f"checkpoint.dir={tmp_path}/killed", "launch.max_restarts=2",
+                     env=clean_env(DISTTRAIN_FAULT="1:25:kill"))  # rank 1: SIGKILL at step 25, first attempt only
+    log = killed["_stdout"] + killed["_stderr"]
+    assert "resumed from" in log and "step_00000020 at step 20" in log
+    if launcher == "local":
+        assert "restarting all workers (1/2)" in killed["_stderr"]
+    assert killed["train_loss"] == clean["train_loss"] and killed["eval_auc"] == clean["eval_auc"]
+    _same_state(unsharded_state(tmp_path / "clean")[1], unsharded_state(tmp_path / "killed")[1])
+
+
+@pytest.mark.slow
+def test_crash_while_writing_keeps_the_previous_checkpoint(tmp_path):
+    common = ["train.optimizer=adam", "train.lr=0.01", "train.steps=30", "checkpoint.every_steps=10",
+              f"checkpoint.dir={tmp_path}/ck"]
+    crashed = disttrain("launch", *BASE, *common, f"run.output_dir={tmp_path}/crashed",
+                        env=clean_env(DISTTRAIN_FAULT="0:20:checkpoint"))
+    assert crashed.returncode == 19, crashed.stderr[-2000:]
+    entries = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    assert "step_00000010" in entries and "step_00000020" not in entries
+    assert any(name.startswith(".tmp-step_00000020") for name in entries)  # the partial one, never listed
+    resumed = _launch(tmp_path, "resumed", *common, "train.resume=auto")
+    assert "at step 10" in resumed["_stdout"]
+    clean = _launch(tmp_path, "clean", "train.optimizer=adam", "train.lr=0.01", "train.steps=30")
+    assert resumed["train_loss"] == clean["train_loss"]
+    assert not any(p.name.startswith(".tmp-") for p in (tmp_path / "ck").iterdir())  # cleaned by the next save
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("saved")
+    result = disttrain("launch", *BASE, "train.steps=5", f"checkpoint.dir={root}/ck", f"run.output_dir={root}/run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return root / "ck" / "step_00000005"
+
+
+def _broken_copy(saved, tmp_path, how: str):
+    copy = tmp_path / "ck" / saved.name
+    shutil.copytree(saved, copy)
+    victim = next((copy / "rank_00001").glob("*.distcp"))
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2] if how == "truncate" else data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("how", "extra", "message"),
+    [
+        ("truncate", [], "rank_00001/__1_0.distcp is truncated or altered"),
+        ("corrupt", [], "rank_00001/__1_0.distcp is corrupted (sha256 differs from manifest.json)"),
+        ("shapes", ["model.table_sizes=[50,101,8,40]"],
+         "does not fit this model: table t2 is 7x8 in the checkpoint, 8x8 here; table t3 is 33x8 in the checkpoint, 40x8 here"),
+        ("missing", [], "train.resume: {tmp}/nowhere: checkpoint directory not found"),
+    ],
+)
+def test_bad_checkpoints_are_one_line_and_change_nothing(saved, tmp_path, how, extra, message):
+    if how in ("truncate", "corrupt"):
+        target = _broken_copy(saved, tmp_path, how)
+    elif how == "shapes":
+        target = saved
+    else:
+        target = tmp_path / "nowhere"
+    before = {p: p.read_bytes() for p in saved.rglob("*") if p.is_file()}
+    result = disttrain("launch", *BASE, "train.steps=8", f"train.resume={target}", *extra,
+                       f"run.output_dir={tmp_path}/out")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    if victim := (message.split(" is ")[0] if how in ("truncate", "corrupt") else None):
+        assert victim.startswith("rank_00001/__")
+        message = message.replace("__1_0", next((target / "rank_00001").glob("*.distcp")).stem)
+    assert len(lines) == 1 and message.format(tmp=tmp_path) in lines[0], result.stderr
+    assert not (tmp_path / "out").exists()  # nothing written, and the saved checkpoint is untouched
+    assert before == {p: p.read_bytes() for p in saved.rglob("*") if p.is_file()}
+
+
+def test_export_gives_the_sharded_models_predictions(saved, tmp_path):
+    result = disttrain("export", str(saved), "--out", str(tmp_path / "model.pt"))
+    assert result.returncode == 0, result.stderr
+    model, cfg = load_exported(tmp_path / "model.pt")
+    _, state, step = unsharded_state(saved)
+    assert step == 5
+    _same_state({k: v for k, v in model.state_dict().items() if k in state}, state)
+    raw = torch.load(tmp_path / "model.pt", weights_only=True)  # plain tensors and strings only
+    assert raw["format"] == "disttrain-export-v1" and raw["step"] == 5
+
+
+# ----- Facebook's reference DLRM checkpoint layout ------------------------------------------------------------
+def _reference_file(path, tables, dim, bottom, top, seed=0):
+    """A `dlrm_s_pytorch.py --save-model` file built from its documented layout: state_dict with emb_l.N.weight,
+    bot_l.2k.weight/bias, top_l.2k.weight/bias (Linear/ReLU Sequentials), plus numpy training metadata."""
+    g = torch.Generator().manual_seed(seed)
+    state = {f"emb_l.{i}.weight": torch.rand(rows, dim, generator=g) * 0.2 - 0.1 for i, rows in enumerate(tables)}
+    for prefix, sizes in (("bot_l", bottom), ("top_l", top)):
+        for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            state[f"{prefix}.{2 * k}.weight"] = torch.randn(n_out, n_in, generator=g) * (2 / (n_in + n_out)) ** 0.5
+            state[f"{prefix}.{2 * k}.bias"] = torch.randn(n_out, generator=g) * 0.1
+    torch.save({"epoch": 0, "nepochs": 1, "nbatches": 100, "nbatches_test": 10, "iter": 100, "state_dict": state,
+                "train_acc": np.float64(0.78), "train_loss": np.float64(0.46), "test_acc": 0.77,
+                "opt_state_dict": {"state": {}, "param_groups": []}}, path)
+    return state
+
+
+def _reference_forward(state, dense, ids, num_tables):
+    """The reference's forward, written from its description: bottom MLP, sum-pooled bags, pairwise dots of
+    [bottom output, embeddings] (i > j, row-major), concatenated with the bottom output, top MLP, sigmoid."""
+    def mlp(prefix, x):
+        layers = sorted({int(k.split(".")[1]) for k in state if k.startswith(prefix)})
+        for n, i in enumerate(layers):
+            x = x @ state[f"{prefix}.{i}.weight"].T + state[f"{prefix}.{i}.bias"]
+            x = torch.relu(x) if n < len(layers) - 1 or prefix == "bot_l" else torch.sigmoid(x)
+        return x
+
+    x = mlp("bot_l", dense)
+    ly = [state[f"emb_l.{t}.weight"][ids[:, t]] for t in range(num_tables)]
+    T = torch.stack([x, *ly], dim=1)
+    Z = T @ T.transpose(1, 2)
+    li = [i for i in range(T.shape[1]) for _ in range(i)]
+    lj = [j for i in range(T.shape[1]) for j in range(i)]
+    return mlp("top_l", torch.cat([x, Z[:, li, lj]], dim=1)).squeeze(1)
+
+
+def test_import_reference_checkpoint_reproduces_its_predictions(tmp_path):
+    from disttrain.embedding import KeyedBags
+
+    tables, dim = [50, 101, 7, 33], 8
+    state = _reference_file(tmp_path / "ref.pt", tables, dim, bottom=[13, 16, 8], top=[8 + 10, 16, 1])
+    result = disttrain("import", str(tmp_path / "ref.pt"), "--out", str(tmp_path / "ck"), "model.flavor=debug")
+    assert result.returncode == 0, result.stderr
+    cfg, ours, _ = unsharded_state(tmp_path / "ck")
+    from disttrain.models import build_dlrm
+
+    model = build_dlrm(cfg).eval()
+    model.load_state_dict(ours, strict=False)
+    g = torch.Generator().manual_seed(1)
+    dense = torch.rand(64, 13, generator=g)
+    ids = torch.stack([torch.randint(0, rows, (64,), generator=g) for rows in tables], dim=1)
+    bags = KeyedBags(tuple(f"t{i}" for i in range(4)), (1, 1, 1, 1), 64, torch.ones(4 * 64, dtype=torch.int64),
+                     ids.T.reshape(-1).contiguous())
+    with torch.no_grad():
+        ours_p = torch.sigmoid(model(dense, bags))
+    ref_p = _reference_forward(state, dense, ids, 4)
+    assert torch.allclose(ours_p, ref_p, atol=1e-6), (ours_p - ref_p).abs().max()
+    meta = json.loads((tmp_path / "ck" / "step_00000000" / "meta.json").read_text())
+    assert meta["history"][0]["train_acc"] == pytest.approx(0.78)
+
+    # ... and it trains sharded from there on 2 ranks.
+    tuned = disttrain("launch", "model.flavor=debug", f"train.resume={tmp_path}/ck", "train.steps=4",
+                      "train.batch_size=64", "run.progress=false", f"run.output_dir={tmp_path}/tuned",
+                      f"model.table_sizes={tables}")
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    assert "resumed from" in tuned.stdout
+
+
+def test_import_refuses_what_is_not_a_reference_checkpoint(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"state_dict": {}, "extra": Evil()}, tmp_path / "evil.pt", _use_new_zipfile_serialization=True)
+    result = disttrain("import", str(tmp_path / "evil.pt"), "--out", str(tmp_path / "ck"))
+    assert result.returncode == 2 and "pwned" not in result.stdout
+    assert "not a loadable reference DLRM checkpoint" in result.stderr.strip().splitlines()[-1]
+    _reference_file(tmp_path / "wide.pt", [10, 20], 8, bottom=[13, 32, 8], top=[8 + 3, 4, 1])
+    result = disttrain("import", str(tmp_path / "wide.pt"), "--out", str(tmp_path / "ck2"), "model.flavor=debug")
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert "does not fit the DLRM debug MLPs" in line and "bottom.0.weight is [32, 13] in the file, [16, 13]" in line
+    assert not (tmp_path / "ck2").exists()
