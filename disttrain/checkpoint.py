@@ -234,25 +234,58 @@ def _read_meta_quiet(path: Path) -> dict:
         return {}
 
 
-def verify(path: Path, *, only: set[str] | None = None) -> dict:
-    """Check files against the manifest (all, or those under the `only` sub-directories); returns meta."""
+VERIFIED = "DISTTRAIN_VERIFIED_CHECKPOINT"  # set by `disttrain launch` after it hashed a checkpoint
+
+
+def read_manifest(path: Path) -> dict:
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError) as exc:
         raise DataError(f"checkpoint {path}: {MANIFEST} is unreadable or corrupted ({exc})") from None
-    if manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"checkpoint {path}: format {manifest.get('format')!r}, expected {FORMAT}")
-    for rel, (size, digest) in manifest["files"].items():
-        if only is not None and rel != META and rel.split("/", 1)[0] not in only:
-            continue
+    return manifest
+
+
+def _problems(path: Path, manifest: dict, files: list[str], *, digest: bool) -> list[str]:
+    out = []
+    for rel in files:
+        size, expected = manifest["files"][rel]
         file = path / rel
         if not file.is_file():
-            raise DataError(f"checkpoint {path}: {rel} is missing")
-        actual = file.stat().st_size
-        if actual != size:
-            raise DataError(f"checkpoint {path}: {rel} is truncated or altered ({actual} bytes, expected {size})")
-        if _sha256(file) != digest:
-            raise DataError(f"checkpoint {path}: {rel} is corrupted (sha256 differs from {MANIFEST})")
+            out.append(f"checkpoint {path}: {rel} is missing")
+        elif file.stat().st_size != size:
+            out.append(f"checkpoint {path}: {rel} is truncated or altered ({file.stat().st_size} bytes, expected {size})")
+        elif digest and _sha256(file) != expected:
+            out.append(f"checkpoint {path}: {rel} is corrupted (sha256 differs from {MANIFEST})")
+    return out
+
+
+def _files_under(manifest: dict, dirs: set[str] | None) -> list[str]:
+    return sorted(rel for rel in manifest["files"] if dirs is None or rel == META or rel.split("/", 1)[0] in dirs)
+
+
+def verify(path: Path, *, only: set[str] | None = None) -> dict:
+    """Check files against the manifest (all, or those under the `only` sub-directories); returns meta."""
+    manifest = read_manifest(path)
+    problems = _problems(path, manifest, _files_under(manifest, only), digest=True)
+    if problems:
+        raise DataError(problems[0])
+    return json.loads((path / META).read_text())
+
+
+def verify_shared(path: Path, comm, dirs: set[str]) -> dict:
+    """Collective `verify`: sizes everywhere, and each file hashed by one rank only (files read by any rank,
+    shared out round-robin); a checkpoint `disttrain launch` has just hashed is not hashed again."""
+    manifest = read_manifest(path)
+    files = _files_under(manifest, set().union(*comm.all_gather_object(sorted(dirs))))
+    hashed = os.environ.get(VERIFIED) != str(path.resolve())
+    mine = _problems(path, manifest, files, digest=False)
+    if hashed:
+        mine += _problems(path, manifest, files[comm.rank :: comm.world_size], digest=True)
+    problems = sorted(p for found in comm.all_gather_object(mine) for p in found)
+    if problems:
+        raise DataError(problems[0])
     return json.loads((path / META).read_text())
 
 
@@ -326,7 +359,7 @@ def load_checkpoint(path: Path, *, par, comm, cfg) -> Loaded:
         for rec in by_table.get(table.name, []):
             if _overlap(shard.rows, tuple(rec["rows"])) and _overlap(shard.cols, tuple(rec["cols"])):
                 needed.add(_rank_dir(rec["rank"]))
-    meta = verify(path, only=needed)
+    meta = verify_shared(path, comm, needed)
     check_fits(meta, path, model=cfg.model.name, tables=collection.tables,
                dense_shapes={n: list(p.shape) for n, p in _dense_parameters(par.model)})
     same_optimizer = meta["optimizer"] == sparse.kind

@@ -86,7 +86,7 @@ def prepare_launch(cfg: config_mod.Config) -> str:
 
 def check_resume(cfg: config_mod.Config, model) -> None:
     """Before any worker starts: the checkpoint to resume exists, is whole and fits this model."""
-    from disttrain.checkpoint import check_fits, find_checkpoint, verify
+    from disttrain.checkpoint import VERIFIED, check_fits, find_checkpoint, verify
 
     path = find_checkpoint(cfg.train.resume, cfg.checkpoint.dir)
     if path is None:
@@ -94,6 +94,7 @@ def check_resume(cfg: config_mod.Config, model) -> None:
     meta = verify(path)
     dense = {n: list(p.shape) for n, p in model.named_parameters() if not n.startswith("embeddings.")}
     check_fits(meta, path, model=cfg.model.name, tables=model.tables, dense_shapes=dense)
+    os.environ[VERIFIED] = str(path.resolve())  # the workers check sizes, not hashes, of what was just hashed
 
 
 def cmd_export(args) -> int:

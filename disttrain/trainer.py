@@ -196,10 +196,12 @@ class Trainer:
             if cfg.train.resume == "auto":
                 self.log.line(f"resume: no checkpoint in {cfg.checkpoint.dir} yet; starting at step 0")
             return 0
+        start = time.perf_counter()
         loaded = load_checkpoint(Path(target), par=self.par, comm=self.comm, cfg=cfg)
+        seconds = max(self.comm.all_gather_object(time.perf_counter() - start))
         state.step, state.history = loaded.step, list(loaded.history)
         note = "" if loaded.optimizer_restored else " (optimizer changed: its state starts fresh)"
-        self.log.line(f"resumed from {loaded.path} at step {loaded.step}{note}")
+        self.log.line(f"resumed from {loaded.path} at step {loaded.step} ({seconds:.2f} s){note}")
         return min(loaded.step, cfg.train.steps)
 
     def _save(self, state: RunState, *, crash: bool = False) -> None:

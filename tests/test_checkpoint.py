@@ -250,3 +250,31 @@ def test_import_refuses_what_is_not_a_reference_checkpoint(tmp_path):
     line = result.stderr.strip().splitlines()[-1]
     assert "does not fit the DLRM debug MLPs" in line and "bottom.0.weight is [32, 13] in the file, [16, 13]" in line
     assert not (tmp_path / "ck2").exists()
+
+
+def _load_on_rank(comm, path: str) -> str:
+    from disttrain.checkpoint import load_checkpoint
+    from disttrain.config import load_config
+    from disttrain.errors import DataError
+    from disttrain.parallelize import parallelize
+    from disttrain.trainer import build_plan
+
+    cfg = load_config(None, [*BASE, "sharding.strategy=row_wise"])
+    model, plan = build_plan(cfg, comm.world_size)
+    par = parallelize(model, plan=plan, comm=comm, optimizer=cfg.train.optimizer, lr=cfg.train.lr, seed=0)
+    try:
+        load_checkpoint(__import__("pathlib").Path(path), par=par, comm=comm, cfg=cfg)
+    except DataError as exc:
+        return str(exc)
+    return "loaded"
+
+
+def test_ranks_share_the_hashing_and_agree_on_a_corrupted_file(saved, tmp_path):
+    """Without the launcher's pre-flight (torchrun by hand), the ranks hash the files between them; a file
+    only one rank hashed still stops every rank with the same message."""
+    from tests.dist_helpers import run_ranks
+
+    assert run_ranks(2, _load_on_rank, str(saved)) == ["loaded", "loaded"]
+    broken = _broken_copy(saved, tmp_path, "corrupt")
+    messages = run_ranks(2, _load_on_rank, str(broken))
+    assert messages[0] == messages[1] and "is corrupted (sha256 differs from manifest.json)" in messages[0]
