@@ -406,9 +406,19 @@ def make_collectives(env: WorkerEnv, cfg: config_mod.Config, *, launcher: str = 
     backend = resolve_backend(cfg.launch.backend)
     if backend == "ccl":
         __import__(CCL_MODULE)  # registers the ccl backend with torch.distributed
-    dist.init_process_group(
-        backend=backend,
-        init_method="env://",  # MASTER_ADDR/PORT, RANK, WORLD_SIZE; honours torchrun's agent store
-        timeout=timedelta(seconds=cfg.launch.timeout_s),
-    )
+    timeout = timedelta(seconds=cfg.launch.timeout_s)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and attempt != "0":
+        # A restarted torchrun worker: the agent's store may still hold the previous attempt's gloo
+        # addresses (dead ports), and a peer that reads one waits for a connection that never comes. Keys of
+        # this attempt go under their own prefix.
+        store = dist.TCPStore(env.master_addr, env.master_port, env.world_size, is_master=False, timeout=timeout)
+        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"disttrain/attempt_{attempt}", store),
+                                rank=env.rank, world_size=env.world_size, timeout=timeout)
+    else:
+        dist.init_process_group(
+            backend=backend,
+            init_method="env://",  # MASTER_ADDR/PORT, RANK, WORLD_SIZE; honours torchrun's agent store
+            timeout=timeout,
+        )
     return TorchCollectives()
