@@ -37,14 +37,9 @@ def _stop_head(temp_dir: str) -> None:
         proc.kill()
 
 
-@pytest.fixture(scope="module")
-def ray_head():
-    """A private Ray head on loopback: its own temp dir (short: Ray's socket paths are length-limited) and
-    ports, the dashboard (job submission) bound to 127.0.0.1, no auth tokens."""
-    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+def _start_head(temp_dir: str, env: dict) -> tuple[dict, subprocess.CompletedProcess]:
     base = random.randrange(20000, 40000, 100)
     ports = {"gcs": free_port(), "dashboard": free_port()}
-    env = clean_env(RAY_AUTH_MODE="disabled")
     cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={ports['gcs']}",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
            f"--ray-client-server-port={free_port()}", f"--node-manager-port={free_port()}",
@@ -52,9 +47,27 @@ def ray_head():
            f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
            f"--runtime-env-agent-port={free_port()}", f"--min-worker-port={base}", f"--max-worker-port={base + 99}",
            "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
-    started = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+    return ports, subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A private Ray head on loopback: its own temp dir (short: Ray's socket paths are length-limited) and
+    ports, the dashboard (job submission) bound to 127.0.0.1, no auth tokens. A start that fails (a port
+    taken meanwhile) is cleaned up and tried again with other ports, twice at most."""
+    env = clean_env(RAY_AUTH_MODE="disabled")
+    failures = []
+    for _ in range(3):
+        temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+        ports, started = _start_head(temp_dir, env)
+        if started.returncode == 0:
+            break
+        failures.append(started.stdout[-1500:] + started.stderr[-1500:])
+        _stop_head(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    else:
+        pytest.fail("ray start --head failed 3 times:\n" + "\n---\n".join(failures))
     try:
-        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
         yield {**ports, "temp_dir": temp_dir, "env": env}
     finally:
         _stop_head(temp_dir)
