@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import traceback
 from collections.abc import Callable
@@ -26,23 +27,38 @@ def _entry(rank: int, world: int, port: int, out_dir: str, fn: Callable, args: t
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}")
+    ok = False
     try:
         result = fn(TorchCollectives(), *args)
         torch.save({"ok": True, "result": result}, os.path.join(out_dir, f"rank{rank}.pt"))
+        ok = True
     except BaseException:
         torch.save({"ok": False, "error": traceback.format_exc()}, os.path.join(out_dir, f"rank{rank}.pt"))
-        raise
     finally:
         dist.destroy_process_group()
+    # Leave like the real workers do, without interpreter teardown: tearing down C++ statics while gloo
+    # threads exist can abort ("terminate called without an active exception") after the work is done.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0 if ok else 1)
 
 
 def run_ranks(world: int, fn: Callable, *args) -> list:
     """Run `fn(comm, *args)` on `world` real processes joined by gloo; return each rank's result."""
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.start_processes(_entry, args=(world, free_port(), out_dir, fn, args), nprocs=world, start_method="spawn")
-        results = [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(world)]
-    for r, res in enumerate(results):
-        assert res["ok"], f"rank {r} failed:\n{res['error']}"
+        try:
+            mp.start_processes(_entry, args=(world, free_port(), out_dir, fn, args), nprocs=world,
+                               start_method="spawn")
+        except mp.ProcessExitedException:
+            pass  # each rank's file says what happened
+        results = []
+        for r in range(world):
+            path = os.path.join(out_dir, f"rank{r}.pt")
+            results.append(torch.load(path, weights_only=False) if os.path.exists(path)
+                           else {"ok": False, "error": "wrote no result (killed, or stopped after another rank failed)"})
+    failed = sorted(((r, res["error"]) for r, res in enumerate(results) if not res["ok"]),
+                    key=lambda item: item[1].startswith("wrote no result"))  # real tracebacks first
+    assert not failed, "\n".join(f"rank {r} failed:\n{error}" for r, error in failed)
     return [res["result"] for res in results]
 
 
