@@ -306,21 +306,25 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def config_from_yaml(text: str, overrides: list[str] | None = None, *, source: str = "config") -> Config:
-    """A config saved by disttrain (a checkpoint's, an export's), with overrides on top."""
+def _build(data: Any, overrides: list[str] | None, *, source: str) -> Config:
+    """Parsed YAML sections (from `source`) plus dotted overrides -> a validated Config."""
     cfg = Config()
-    data = _yaml_load(text) or {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(data).__name__}")
     _merge(cfg, data, "")
-    for item in overrides or []:
-        parts, value = parse_override(item)
+    for text in overrides or []:
+        parts, value = parse_override(text)
         _merge(cfg, _nest(parts, value), "")
     return validate(cfg)
 
 
+def config_from_yaml(text: str, overrides: list[str] | None = None, *, source: str = "config") -> Config:
+    """A config saved by disttrain (a checkpoint's, an export's), with overrides on top."""
+    return _build(_yaml_load(text) or {}, overrides, source=source)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    cfg = Config()
+    data: Any = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -331,13 +335,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             mark = getattr(exc, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark else str(path)
             raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
-        _merge(cfg, data, "")
-    for text in overrides or []:
-        parts, value = parse_override(text)
-        _merge(cfg, _nest(parts, value), "")
-    return validate(cfg)
+    return _build(data, overrides, source=str(path))
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
