@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench bench-launchers compare system-deps horovod clean
+.PHONY: demo test test-fast lint bench bench-launchers bench-data quality compare system-deps horovod clean
 
 # Optional system libraries (jemalloc/tcmalloc allocators, numactl). Best effort: skipped without
 # root or apt-get; disttrain falls back to the system allocator when they are absent.
@@ -46,6 +46,18 @@ horovod: $(STAMP)
 # The same job under every launcher, one after another (local, torchrun, Ray, Horovod when installed).
 bench-launchers: $(STAMP) system-deps
 	$(BIN)/python benchmarks/launchers.py
+
+# DLRM on real Criteo rows (../shared/data/criteo-kaggle-8k) beside scikit-learn logistic regression.
+QUALITY_DATA ?= ../shared/data/criteo-kaggle-8k
+quality: $(STAMP)
+	$(BIN)/pip install -q -e ".[quality]"
+	$(BIN)/python benchmarks/quality_criteo.py --data $(QUALITY_DATA)
+
+# Criteo preprocessing rows/s beside the reference DLRM's, and the loader against training (DLRM_DIR: a
+# facebookresearch/dlrm checkout; see benchmarks/peers/README.md).
+DLRM_DIR ?= /work/peers/dlrm
+bench-data: $(STAMP) system-deps
+	$(BIN)/python benchmarks/criteo_data.py --dlrm-dir $(DLRM_DIR)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info .wheelhouse

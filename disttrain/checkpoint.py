@@ -96,7 +96,7 @@ def _fsync_dir(path: Path) -> None:
 
 # ----- save ----------------------------------------------------------------------------------------------------
 def save_checkpoint(root: str | Path, *, step: int, par, comm, cfg, history: list[dict], run_id: str,
-                    keep_last: int, fault_before_commit: bool = False) -> Path:
+                    keep_last: int, fault_before_commit: bool = False, data: dict | None = None) -> Path:
     """Collective: every rank calls it after the same step. Returns the committed directory."""
     import torch.distributed.checkpoint as dcp
 
@@ -161,6 +161,7 @@ def save_checkpoint(root: str | Path, *, step: int, par, comm, cfg, history: lis
             "plan": par.plan.to_json(),
             "shards": [r for g in gathered for r in g["records"]],
             "history": history,
+            "data": data or {"source": cfg.data.source},  # where the reader stands (batches are a function of step)
             "config": config_mod.to_yaml(cfg),
         }
         _write_json(tmp / META, meta)
@@ -319,6 +320,7 @@ class Loaded:
     history: list[dict]
     path: Path
     optimizer_restored: bool
+    data: dict | None = None
 
 
 class _Reader:
@@ -398,7 +400,7 @@ def load_checkpoint(path: Path, *, par, comm, cfg) -> Loaded:
     if meta["world_size"] == comm.world_size:
         torch.set_rng_state(reader_rng(path, comm.rank))
     return Loaded(step=meta["step"], history=meta["history"], path=path,
-                  optimizer_restored=same_optimizer and dense_restored)
+                  optimizer_restored=same_optimizer and dense_restored, data=meta.get("data"))
 
 
 def reader_rng(path: Path, rank: int) -> torch.Tensor:

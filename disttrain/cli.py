@@ -7,6 +7,8 @@
     disttrain topology [--lscpu FILE] [--nproc-per-node N] [--affinity MODE] [--json]
     disttrain export CHECKPOINT --out FILE         one unsharded model file (inference)
     disttrain import REFERENCE.pt --out DIR [key=value ...]   a reference DLRM --save-model file -> checkpoint
+    disttrain data criteo RAW... --out DIR [options]   raw Criteo TSV/CSV (.gz too) -> memory-mapped columns
+    disttrain data verify DIR                      check a processed directory against its meta.json
 """
 
 from __future__ import annotations
@@ -75,6 +77,10 @@ def prepare_launch(cfg: config_mod.Config) -> str:
     if local:  # Ray workers land on whichever nodes have room and place themselves there
         placements_for(cfg, topology, nproc=local, user_env=user_set_variables(os.environ))
     model, _ = build_plan(cfg, world)
+    if cfg.data.source == "criteo" and cfg.launch.launcher != "ray":  # Ray workers may see other storage
+        from disttrain.data.criteo import verify_for_launch
+
+        verify_for_launch(cfg.data.path, cfg.data.verify)
     if cfg.train.resume and cfg.launch.launcher != "ray":  # Ray workers may see other storage than the driver
         check_resume(cfg, model)
     out = Path(cfg.run.output_dir)
@@ -198,6 +204,47 @@ def cmd_topology(args) -> int:
     return 0
 
 
+def cmd_data_criteo(args) -> int:
+    from disttrain.data.criteo_prep import PrepOptions, prepare
+
+    if args.items:
+        raise DisttrainError(f"data criteo: unexpected arguments {' '.join(args.items)}; expected RAW... --out DIR")
+    opts = PrepOptions(
+        out=Path(args.out), vocab_threshold=args.vocab_threshold, hash_rows=args.hash_rows, split=args.split,
+        delimiter=args.delimiter, header=args.header, label_column=args.label_column,
+        dense_columns=args.dense_columns, sparse_columns=args.sparse_columns, skip_bad_rows=args.skip_bad_rows,
+        workers=args.workers, force=args.force, progress=not args.quiet,
+    )
+    meta = prepare(args.raw, opts)
+    seconds = meta["seconds"]["total"]
+    bad = sum(s["bad_rows"] for s in meta["sources"])
+    print(f"wrote {args.out}: {meta['rows']:,} rows in {seconds:.1f} s ({meta['rows'] / max(seconds, 1e-9):,.0f} rows/s; "
+          f"parse {meta['seconds']['parse']:.1f} s, ids {meta['seconds']['ids']:.1f} s)")
+    for s in meta["sources"]:
+        print(f"  {s['path']}: {s['rows']:,} rows" + (f", {s['bad_rows']:,} bad rows skipped" if s["bad_rows"] else ""))
+        for example in s["bad_examples"]:
+            print(f"    skipped {example}")
+    if bad:
+        print(f"  {bad:,} bad rows skipped in all")
+    splits = meta["splits"]
+    print("  splits: " + ", ".join(f"{k} rows [{lo:,}, {hi:,})" for k, (lo, hi) in splits.items()))
+    mode = meta["options"]["mode"]
+    rule = (f"ids of values seen >= {meta['options']['vocab_threshold']} times in train, 0 = other"
+            if mode == "vocabulary" else f"hash modulo {meta['options']['hash_rows']}, numbered densely")
+    print(f"  tables ({mode}: {rule}): " + " ".join(f"{t['name']}={t['rows']:,}" for t in meta["tables"]))
+    print(f"train on it: disttrain launch data.source=criteo data.path={args.out} ...")
+    return 0
+
+
+def cmd_data_verify(args) -> int:
+    from disttrain.data.criteo import open_dataset
+
+    info = open_dataset(args.dir, verify="checksum")
+    print(f"{args.dir}: ok ({info.rows:,} rows, {len(info.table_rows)} tables, {len(info.meta['files'])} files "
+          f"match their sha256; fingerprint {info.fingerprint})")
+    return 0
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) <= 0:
         raise DisttrainError(f"--nproc-per-node: got {text!r}, expected a positive integer or auto")
@@ -237,6 +284,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--affinity", default="", choices=["", *config_mod.AFFINITIES])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_topology)
+    data = sub.add_parser("data", help="prepare datasets").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("criteo", help="raw Criteo logs (Kaggle train.txt, Terabyte day_N, .gz, CSV) -> DIR",
+                        description="Parse raw Criteo rows on every core, map categoricals to contiguous ids, "
+                                    "transform dense features with log(1+x), write memory-mappable columns.")
+    p.add_argument("raw", nargs="+", help="raw files in order (Kaggle: train.txt; Terabyte: day_0 ... day_23)")
+    p.add_argument("--out", required=True, help="directory to write (appears only once complete)")
+    p.add_argument("--vocab-threshold", type=int, default=1,
+                   help="ids for values seen at least this often in the train split; others share id 0 (default 1)")
+    p.add_argument("--hash-rows", "--max-ind-range", dest="hash_rows", type=int, default=0,
+                   help="instead of a vocabulary: hash modulo N and number the results densely (the reference)")
+    p.add_argument("--split", default="auto",
+                   help="kaggle (7 days, last -> test/val halves), days (last file -> test/val), files "
+                        "(train[, val], test files), none, ratio:A,B,C; auto: kaggle for one file, days for more")
+    p.add_argument("--delimiter", default="auto", help="tab, comma or auto (default)")
+    p.add_argument("--header", default="auto", choices=["auto", "yes", "no"], help="first line is a header")
+    p.add_argument("--label-column", default="", help="column of the label (name with a header, or index)")
+    p.add_argument("--dense-columns", default="", help="integer feature columns, e.g. I1,I2 or 1-13")
+    p.add_argument("--sparse-columns", default="", help="categorical columns, e.g. C1,C2 or 14-39")
+    p.add_argument("--skip-bad-rows", action="store_true", help="skip, count and report malformed rows")
+    p.add_argument("--workers", type=int, default=0, help="processes (default: every core)")
+    p.add_argument("--force", action="store_true", help="replace an existing processed directory")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("items", nargs="*", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_data_criteo)
+    p = data.add_parser("verify", help="check a processed directory's files against its meta.json (sha256)")
+    p.add_argument("dir")
+    p.add_argument("items", nargs="*", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_data_verify)
     return parser
 
 
@@ -255,11 +330,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `disttrain ... | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def entry() -> None:
     """Console entry point: `train` ends like a worker (no interpreter teardown after communication)."""
     code = main()
+    if "torch" not in sys.modules:  # commands that never touched torch (data, plan checks) exit normally
+        sys.exit(code)
     from disttrain.worker import exit_now
 
     exit_now(code)

@@ -73,7 +73,17 @@ class DataConfig:
     # Ids per bag: 1 = one-hot. With multi_hot_max > 1 each bag holds 1..multi_hot_max ids.
     multi_hot_max: int = 1
     num_dense: int = 13
-    eval_batches: int = 8
+    # Global batches of held-out data per evaluation. -1 = the source's default (synthetic: 8; criteo: the
+    # whole validation or test split); 0 = no evaluation.
+    eval_batches: int = -1
+    # data.source=criteo: the directory written by `disttrain data criteo`.
+    path: str = ""
+    # criteo: shuffle the training rows by train.seed each epoch, within windows of this many rows.
+    shuffle: bool = True
+    shuffle_window: int = 262144
+    # criteo: check the files against meta.json before training: checksum (sha256, once, by the launcher or
+    # rank 0) or size.
+    verify: str = "checksum"
     # 0 = a fresh batch every step; N = generate N training batches once and cycle them (as the peer
     # benchmark drivers do), which takes data generation out of a throughput measurement.
     cycle_batches: int = 0
@@ -93,6 +103,10 @@ class TrainConfig:
     # "" = start fresh; auto = the newest complete checkpoint in checkpoint.dir (fresh if none);
     # a path = that checkpoint (or the newest in that checkpoint directory). Any world size, any plan.
     resume: str = ""
+    # > 0: train this many passes over the training split (data.source=criteo), instead of train.steps.
+    epochs: float = 0.0
+    # > 0: MLPerf-style stop as soon as an evaluation of the validation split reaches this AUC.
+    target_auc: float = 0.0
 
 
 @dataclass
@@ -184,7 +198,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.flavor": FLAVORS,
     "model.interaction": INTERACTIONS,
     "model.pooling": POOLINGS,
-    "data.source": ("synthetic",),
+    "data.source": ("synthetic", "criteo"),
+    "data.verify": ("checksum", "size"),
     "data.distribution": DISTRIBUTIONS,
     "train.optimizer": OPTIMIZERS,
     "sharding.strategy": STRATEGIES,
@@ -196,7 +211,7 @@ POSITIVE = ("train.batch_size", "launch.nnodes", "data.multi_hot_max", "data.num
             "launch.timeout_s")
 NON_NEGATIVE = (
     "train.steps", "train.eval_every", "model.max_rows", "model.embedding_dim", "sharding.num_column_shards",
-    "data.eval_batches", "data.cycle_batches", "launch.node_rank", "launch.master_port", "launch.threads_per_worker",
+    "data.cycle_batches", "launch.node_rank", "launch.master_port", "launch.threads_per_worker",
     "launch.num_workers", "launch.max_restarts", "checkpoint.every_steps", "checkpoint.keep_last",
 )
 
@@ -293,6 +308,20 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"launch.rdzv_is_host: got {cfg.launch.rdzv_is_host!r}, expected true, false or auto")
     if cfg.launch.affinity == "explicit" and not cfg.launch.cpu_lists:
         raise ConfigError("launch.cpu_lists: empty with launch.affinity=explicit; expected one CPU list per local rank")
+    if cfg.data.eval_batches < -1:
+        raise ConfigError(f"data.eval_batches: got {cfg.data.eval_batches}, expected -1 (source default), 0 or more")
+    if cfg.data.source == "criteo" and not cfg.data.path:
+        raise ConfigError("data.path: empty with data.source=criteo; expected the directory written by "
+                          "`disttrain data criteo RAW... --out DIR`")
+    if cfg.data.source != "criteo" and cfg.train.epochs:
+        raise ConfigError(f"train.epochs: got {cfg.train.epochs}, but data.source={cfg.data.source} has no epochs; "
+                          "expected train.steps (or data.source=criteo)")
+    if cfg.train.epochs < 0 or not 0 <= cfg.train.target_auc < 1:
+        bad = ("train.epochs", cfg.train.epochs, "a number >= 0") if cfg.train.epochs < 0 else \
+            ("train.target_auc", cfg.train.target_auc, "an AUC in [0, 1); 0 = no target")
+        raise ConfigError(f"{bad[0]}: got {bad[1]}, expected {bad[2]}")
+    if cfg.data.shuffle_window <= 0:
+        raise ConfigError(f"data.shuffle_window: got {cfg.data.shuffle_window}, expected a positive number of rows")
     if cfg.train.lr <= 0:
         raise ConfigError(f"train.lr: got {cfg.train.lr!r}, expected a positive number")
     for name, strategy in cfg.sharding.tables.items():

@@ -20,7 +20,8 @@ from torch.nn import functional as F
 from disttrain import config as config_mod
 from disttrain.collectives import Collectives, SingleProcess, TorchCollectives
 from disttrain.data.prefetch import Prefetcher
-from disttrain.data.synthetic import Batch, SyntheticCTR
+from disttrain.data.sources import apply_data_shapes, eval_batches, eval_splits, make_source
+from disttrain.data.synthetic import Batch
 from disttrain.errors import ConfigError
 from disttrain.metrics import evaluate
 from disttrain.models import MODELS
@@ -43,6 +44,8 @@ class RunState:
     history: list[dict] = field(default_factory=list)
     last_loss: float = float("nan")
     last_local_loss: float = 0.0
+    reached_target_at: int | None = None
+    final_val: dict = field(default_factory=dict)
 
 
 def check_world(cfg: config_mod.Config, world_size: int) -> None:
@@ -55,6 +58,7 @@ def check_world(cfg: config_mod.Config, world_size: int) -> None:
 def build_plan(cfg: config_mod.Config, world_size: int):
     """The plan for this config and world size, without building the model's weights."""
     check_world(cfg, world_size)
+    apply_data_shapes(cfg)
     model = MODELS[cfg.model.name](cfg, embedding_device="meta")
     plan = plan_sharding(
         model.tables,
@@ -104,15 +108,11 @@ class Trainer:
             device=self.device,
         )
         self.model = self.par.model
-        self.data = SyntheticCTR(
-            model.tables,
-            num_dense=cfg.data.num_dense,
-            global_batch=cfg.train.batch_size,
-            seed=cfg.train.seed,
-            distribution=cfg.data.distribution,
-            zipf_exponent=cfg.data.zipf_exponent,
-            multi_hot_max=cfg.data.multi_hot_max,
-        )
+        self.data = make_source(cfg, model.tables, comm=comm, rank=env.rank)
+        self.val_split, self.test_split = eval_splits(cfg)
+        self.eval_every = cfg.train.eval_every
+        if cfg.train.target_auc and not self.eval_every:  # a target needs evaluations: once per epoch
+            self.eval_every = getattr(self.data, "steps_per_epoch", 0) or cfg.train.log_every
         self.global_batch = cfg.train.batch_size
         self._pool: dict[int, Batch] = {}
         steps = cfg.train.steps
@@ -167,18 +167,39 @@ class Trainer:
                 self.log.bar(state.step, cfg.train.steps)
                 if state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps:
                     self._log_interval(state)
-                if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and state.step != cfg.train.steps:
-                    self._log_eval(state, self.evaluate())
+                reached = False
+                if self.eval_every and state.step % self.eval_every == 0 and state.step != cfg.train.steps:
+                    metrics = self.evaluate(self.val_split)
+                    self._log_eval(state, metrics, self.val_split)
+                    reached = self._check_target(state, metrics)
                     state.interval_start = time.perf_counter()
                 every = cfg.checkpoint.every_steps
-                if cfg.checkpoint.dir and (state.step == cfg.train.steps or every and state.step % every == 0):
+                if cfg.checkpoint.dir and (state.step == cfg.train.steps or reached or every and state.step % every == 0):
                     self._save(state, crash=fault_kind == "checkpoint" and state.step == fault_step)
                     state.interval_start = time.perf_counter()
+                if reached:
+                    break
         finally:
             batches.close()
-        final = self.evaluate()
-        self._log_eval(state, final)
+        if self.val_split != self.test_split:
+            state.final_val = self.evaluate(self.val_split)
+            self._log_eval(state, state.final_val, self.val_split)
+        final = self.evaluate(self.test_split)
+        self._log_eval(state, final, self.test_split)
         return self._summary(state, final)
+
+    def _check_target(self, state: RunState, metrics: dict[str, float]) -> bool:
+        """MLPerf-style: stop at the first evaluation whose AUC reaches train.target_auc."""
+        target = self.cfg.train.target_auc
+        if metrics:
+            state.history.append({"step": state.step, "split": self.val_split,
+                                  **{k: metrics[k] for k in ("auc", "logloss", "accuracy")}})
+        if target and metrics and metrics["auc"] >= target:
+            state.reached_target_at = state.step
+            self.log.line(f"target AUC {target} reached at step {state.step} ({self.val_split} AUC "
+                          f"{metrics['auc']:.4f}): stopping")
+            return True
+        return False
 
     def _resume(self, state: RunState) -> int:
         """Load `train.resume` (or, after a restart, this run's newest checkpoint); returns the first step."""
@@ -200,6 +221,12 @@ class Trainer:
         loaded = load_checkpoint(Path(target), par=self.par, comm=self.comm, cfg=cfg)
         seconds = max(self.comm.all_gather_object(time.perf_counter() - start))
         state.step, state.history = loaded.step, list(loaded.history)
+        saved, now = loaded.data or {}, self._data_position(loaded.step)
+        if saved.get("fingerprint") != now.get("fingerprint") or saved.get("source") != now.get("source"):
+            self.log.line(f"resume: the checkpoint was trained on {saved.get('path') or saved.get('source')} "
+                          f"(fingerprint {saved.get('fingerprint')}); this run reads {now.get('path') or now.get('source')} "
+                          f"(fingerprint {now.get('fingerprint')}) from its epoch {now.get('epoch', 0)}, "
+                          f"batch {now.get('batch_in_epoch', loaded.step)}")
         note = "" if loaded.optimizer_restored else " (optimizer changed: its state starts fresh)"
         self.log.line(f"resumed from {loaded.path} at step {loaded.step} ({seconds:.2f} s){note}")
         return min(loaded.step, cfg.train.steps)
@@ -211,9 +238,15 @@ class Trainer:
         path = save_checkpoint(
             self.cfg.checkpoint.dir, step=state.step, par=self.par, comm=self.comm, cfg=self.cfg,
             history=state.history, run_id=os.environ.get(RUN_ID, ""), keep_last=self.cfg.checkpoint.keep_last,
-            fault_before_commit=crash,
+            fault_before_commit=crash, data=self._data_position(state.step),
         )
         self.log.line(f"checkpoint: {path} ({time.perf_counter() - start:.2f} s)")
+
+    def _data_position(self, step: int) -> dict:
+        if hasattr(self.data, "position"):
+            return self.data.position(step)
+        return {"source": "synthetic", "seed": self.cfg.train.seed, "batches_consumed": step,
+                "rows_consumed": step * self.global_batch}
 
     def _log_interval(self, state: RunState) -> None:
         steps_in_interval = len(state.interval_preds)
@@ -236,27 +269,36 @@ class Trainer:
         state.interval_start = time.perf_counter()
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, split: str) -> dict[str, float]:
+        """AUC, log loss and accuracy over `split` (every rank its part of each global batch; padding of a last
+        partial batch masked out); with synthetic data also the planted model's (oracle) AUC."""
         self.model.eval()
-        preds, labels, oracle = [], [], []
-        for i in range(self.cfg.data.eval_batches):
-            batch = self._batch(i, split="eval")
+        preds, labels, oracle, valid = [], [], [], []
+        for i in range(eval_batches(self.cfg, self.data, split)):
+            batch = self._batch(i, split=split)
             preds.append(torch.sigmoid(self.model(batch.dense, batch.sparse)))
             labels.append(batch.labels)
-            oracle.append(batch.probabilities)
+            if batch.probabilities is not None:
+                oracle.append(batch.probabilities)
+            # As float: Horovod's allgather has no bool tensors.
+            valid.append(batch.valid.float() if batch.valid is not None else torch.ones_like(batch.labels))
         self.model.train()
         if not preds:
             return {}
-        gathered = [torch.cat(self.comm.all_gather(torch.cat(x))).cpu().numpy() for x in (preds, labels, oracle)]
-        metrics = evaluate(gathered[1], gathered[0])
-        metrics["oracle_auc"] = evaluate(gathered[1], gathered[2])["auc"]
-        metrics["samples"] = int(gathered[1].size)
+        parts = [preds, labels, valid] + ([oracle] if oracle else [])
+        gathered = [torch.cat(self.comm.all_gather(torch.cat(x))).cpu().numpy() for x in parts]
+        keep = gathered[2] > 0.5
+        metrics = evaluate(gathered[1][keep], gathered[0][keep])
+        if oracle:
+            metrics["oracle_auc"] = evaluate(gathered[1][keep], gathered[3][keep])["auc"]
+        metrics["samples"] = int(keep.sum())
         return metrics
 
-    def _log_eval(self, state: RunState, metrics: dict[str, float]) -> None:
+    def _log_eval(self, state: RunState, metrics: dict[str, float], split: str) -> None:
         if metrics:
+            oracle = f" (planted-model oracle {metrics['oracle_auc']:.4f})" if "oracle_auc" in metrics else ""
             self.log.line(
-                f"eval @ step {state.step}: auc {metrics['auc']:.4f} (planted-model oracle {metrics['oracle_auc']:.4f})"
+                f"{split} @ step {state.step}: auc {metrics['auc']:.4f}{oracle}"
                 f"  logloss {metrics['logloss']:.5f}  accuracy {metrics['accuracy']:.4f}  on {metrics['samples']} samples"
             )
 
@@ -311,6 +353,14 @@ class Trainer:
             "eval_logloss": final.get("logloss", float("nan")),
             "eval_accuracy": final.get("accuracy", float("nan")),
             "oracle_auc": final.get("oracle_auc", float("nan")),
+            "eval_split": self.test_split,
+            "val_auc": state.final_val.get("auc"),
+            "val_logloss": state.final_val.get("logloss"),
+            "val_accuracy": state.final_val.get("accuracy"),
+            "eval_samples": final.get("samples", 0),
+            "target_auc": self.cfg.train.target_auc or None,
+            "reached_target_at_step": state.reached_target_at,
+            "data": self._data_position(state.step),
             "plan": {"tables": [{k: t[k] for k in ("name", "type", "ranks", "rows", "dim", "shards")} for t in plan["tables"]],
                      "ranks": plan["ranks"]},
             "workers": workers,
@@ -319,8 +369,9 @@ class Trainer:
         }
         self.log.line(
             f"done: {state.step} steps, {rate:,.0f} samples/s (global batch {self.global_batch}, "
-            f"{self.env.world_size} ranks), eval AUC {summary['eval_auc']:.4f} "
-            f"(oracle {summary['oracle_auc']:.4f}), train loss {state.last_loss:.5f}"
+            f"{self.env.world_size} ranks), {self.test_split} AUC {summary['eval_auc']:.4f} "
+            + (f"(oracle {summary['oracle_auc']:.4f}), " if "oracle_auc" in final else ", ")
+            + f"train loss {state.last_loss:.5f}"
         )
         write_json(Path(self.cfg.run.output_dir) / "summary.json", summary)
         self.log.line(f"summary: {Path(self.cfg.run.output_dir) / 'summary.json'}")

@@ -30,13 +30,14 @@ class Batch:
     labels: torch.Tensor  # [B] float32
     sparse: KeyedBags
     probabilities: torch.Tensor | None = None  # the planted model's click probability (synthetic only)
+    valid: torch.Tensor | None = None  # [B] bool: False for padding rows of a last, partial eval batch
 
     def to(self, device: torch.device) -> Batch:
         if device.type == "cpu":
             return self
         move = lambda t: t.to(device, non_blocking=True) if t is not None else None  # noqa: E731
         return Batch(move(self.dense), move(self.labels), self.sparse.to(device, non_blocking=True),
-                     move(self.probabilities))
+                     move(self.probabilities), move(self.valid))
 
 
 def _hash_unit(ids: np.ndarray, salt: int) -> np.ndarray:

@@ -1,0 +1,108 @@
+"""Quality on real Criteo rows: DLRM (sharded over 2 ranks) against scikit-learn logistic regression.
+
+    python benchmarks/quality_criteo.py [--data ../shared/data/criteo-kaggle-8k] [--out runs/quality]
+
+The sample's train/dev/test files go through `disttrain data criteo --split files`; both models read the same
+processed ids (LR: the dense features standardised plus a one-hot column per id). DLRM trains one epoch for
+several seeds; the gate is its mean test AUC against the logistic regression with scikit-learn's defaults
+(C=1). The LR with C chosen on the validation split is printed too. Exit 1 if DLRM is worse than the gate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DLRM = ["model.flavor=debug", "model.embedding_dim=16", "train.optimizer=adagrad", "train.lr=0.05",
+        "train.batch_size=128", "train.epochs=1", "launch.nproc_per_node=2", "run.progress=false",
+        "train.log_every=1000"]
+SEEDS = (0, 1, 2)
+
+
+def disttrain(*args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "disttrain.cli", *args], capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"disttrain {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def logistic_regression(data: Path) -> dict[str, float]:
+    from scipy import sparse
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    meta = json.loads((data / "meta.json").read_text())
+    n = meta["rows"]
+    labels = np.fromfile(data / "labels.u8", dtype=np.uint8)
+    dense = np.fromfile(data / "dense.f32", dtype=np.float32).reshape(n, meta["num_dense"])
+    ids = np.fromfile(data / "sparse.i32", dtype=np.int32).reshape(len(meta["tables"]), n)
+    offsets = np.cumsum([0] + [t["rows"] for t in meta["tables"]])
+    cols = (ids + offsets[:-1, None]).T
+    onehot = sparse.csr_matrix((np.ones(cols.size), cols.ravel(), np.arange(0, cols.size + 1, cols.shape[1])),
+                               shape=(n, int(offsets[-1])))
+    split = {k: slice(*v) for k, v in meta["splits"].items()}
+    train = dense[split["train"]]
+    features = sparse.hstack([sparse.csr_matrix((dense - train.mean(0)) / (train.std(0) + 1e-6)), onehot]).tocsr()
+
+    def fit(c: float):
+        model = LogisticRegression(C=c, max_iter=5000).fit(features[split["train"]], labels[split["train"]])
+        return {s: model.predict_proba(features[split[s]])[:, 1] for s in ("val", "test")}
+
+    out = {}
+    default = fit(1.0)
+    out["default_test_auc"] = roc_auc_score(labels[split["test"]], default["test"])
+    out["default_test_logloss"] = log_loss(labels[split["test"]], default["test"])
+    tuned = {c: fit(c) for c in (0.01, 0.03, 0.1, 0.3, 1.0)}
+    best = max(tuned, key=lambda c: roc_auc_score(labels[split["val"]], tuned[c]["val"]))
+    out["tuned_c"] = best
+    out["tuned_test_auc"] = roc_auc_score(labels[split["test"]], tuned[best]["test"])
+    out["test_rows"] = int(split["test"].stop - split["test"].start)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "criteo-kaggle-8k"))
+    parser.add_argument("--out", default=str(ROOT / "runs" / "quality"))
+    args = parser.parse_args()
+    src, out = Path(args.data), Path(args.out)
+    raws = [src / f for f in ("train.csv", "dev.csv", "test.csv")]
+    if not all(p.is_file() for p in raws):
+        sys.exit(f"{src}: expected train.csv, dev.csv and test.csv (Criteo Kaggle rows)")
+    data = out / "criteo-kaggle-8k"
+    print(disttrain("data", "criteo", *map(str, raws), "--split", "files", "--out", str(data), "--force", "--quiet"))
+    runs = []
+    for seed in SEEDS:
+        run_dir = out / f"dlrm_seed{seed}"
+        disttrain("launch", "data.source=criteo", f"data.path={data}", *DLRM, f"train.seed={seed}",
+                  f"run.output_dir={run_dir}")
+        runs.append(json.loads((run_dir / "summary.json").read_text()))
+    lr = logistic_regression(data)
+    aucs = [r["eval_auc"] for r in runs]
+    mean = float(np.mean(aucs))
+    print(f"Criteo Kaggle sample ({src}): test split of {lr['test_rows']} rows\n")
+    print(f"{'model':<58}{'test AUC':>10}{'test logloss':>14}")
+    for seed, r in zip(SEEDS, runs):
+        name = f"DLRM, 2 ranks sharded, seed {seed} (val AUC {r['val_auc']:.4f})"
+        print(f"{name:<58}"
+              f"{r['eval_auc']:>10.4f}{r['eval_logloss']:>14.4f}")
+    print(f"{'DLRM, mean of the seeds':<58}{mean:>10.4f}")
+    print(f"{'logistic regression, scikit-learn defaults (C=1) [gate]':<58}{lr['default_test_auc']:>10.4f}"
+          f"{lr['default_test_logloss']:>14.4f}")
+    name = f"logistic regression, C={lr['tuned_c']} chosen on validation"
+    print(f"{name:<58}{lr['tuned_test_auc']:>10.4f}")
+    verdict = mean >= lr["default_test_auc"]
+    print(f"\nQUALITY {'PASS' if verdict else 'FAIL'}: DLRM mean test AUC {mean:.4f} "
+          f"{'>=' if verdict else '<'} logistic regression {lr['default_test_auc']:.4f}")
+    (out / "quality.json").write_text(json.dumps({"dlrm_test_auc": aucs, "dlrm_mean": mean, **lr}, indent=2) + "\n")
+    return 0 if verdict else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

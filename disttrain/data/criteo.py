@@ -1,0 +1,249 @@
+"""Training from a directory written by `disttrain data criteo`: memory-mapped, sharded by rank, shuffled by seed.
+
+Nothing is loaded into RAM: each rank maps the columns and gathers only the rows of its part of each global
+batch, so a dataset larger than memory works (the page cache holds what is hot).
+
+Order of the training rows in epoch e: the rows are cut into blocks of `BLOCK_ROWS` consecutive rows, the blocks
+are permuted (seed, e), and the permuted sequence is cut into windows of `shuffle_window` rows whose rows are
+permuted again (seed, e, window). A batch therefore reads from one or two windows of nearby blocks (friendly to
+the page cache and to readahead), while consecutive batches cover the whole dataset. Global batch b of epoch e is
+positions [b*B, (b+1)*B) of that order, and rank r of W reads positions [b*B + r*B/W, b*B + (r+1)*B/W): 1 rank and
+N ranks see exactly the same global batches. Validation and test are read in file order; the last global batch
+is padded (the padding is masked out of the metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from disttrain.data.criteo_prep import FORMAT, FORMAT_VERSION, DataError, sha256_file
+from disttrain.data.synthetic import Batch
+from disttrain.embedding import EmbeddingTableSpec, KeyedBags
+
+BLOCK_ROWS = 4096
+SPLITS = ("train", "val", "test")
+VERIFIED_ENV = "DISTTRAIN_VERIFIED_DATA"  # set by the launcher after it checked every checksum
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    path: Path
+    meta: dict
+
+    @property
+    def rows(self) -> int:
+        return int(self.meta["rows"])
+
+    @property
+    def num_dense(self) -> int:
+        return int(self.meta["num_dense"])
+
+    @property
+    def table_rows(self) -> list[int]:
+        return [int(t["rows"]) for t in self.meta["tables"]]
+
+    def split(self, name: str) -> tuple[int, int]:
+        lo, hi = self.meta["splits"][name]
+        return int(lo), int(hi)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the processed data: the digest of its files' digests."""
+        import hashlib
+
+        files = self.meta["files"]
+        return hashlib.sha256("".join(files[f]["sha256"] for f in sorted(files)).encode()).hexdigest()[:16]
+
+
+def open_dataset(path: str | Path, *, verify: str = "size") -> DatasetInfo:
+    """Read and check `meta.json` against the files: sizes always, sha256 with verify="checksum"."""
+    path = Path(path)
+    meta_path = path / "meta.json"
+    partial = any(path.parent.glob(f".tmp-{path.name}-*"))
+    hint = (" (an interrupted `disttrain data criteo` left only its partial .tmp- directory; run it again)"
+            if partial else "")
+    if not path.is_dir():
+        raise DataError(f"data.path: {path} is not a directory; expected the --out of `disttrain data criteo`{hint}")
+    if not meta_path.is_file():
+        raise DataError(f"data.path: {path} has no meta.json; expected a directory written by "
+                        f"`disttrain data criteo`{hint}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{meta_path}: unreadable metadata ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise DataError(f"{meta_path}: format {meta.get('format') if isinstance(meta, dict) else None!r}, "
+                        f"expected {FORMAT!r}")
+    if meta.get("version") != FORMAT_VERSION:
+        raise DataError(f"{meta_path}: format version {meta.get('version')!r}, expected {FORMAT_VERSION} "
+                        "(re-run `disttrain data criteo`)")
+    try:
+        rows, num_dense, tables, splits = meta["rows"], meta["num_dense"], meta["tables"], meta["splits"]
+        expected = {
+            "labels.u8": rows,
+            "dense.f32": 4 * rows * num_dense,
+            "sparse.i32": 4 * rows * len(tables),
+        }
+        for t in tables:
+            expected[f"vocab/{t['name']}.u32"] = 4 * (t["rows"] - (1 if t["reserved_default"] else 0))
+        for name in SPLITS:
+            lo, hi = splits[name]
+            if not 0 <= lo <= hi <= rows:
+                raise DataError(f"{meta_path}: split {name} [{lo}, {hi}) is outside the {rows} rows")
+        files = meta["files"]
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"{meta_path}: incomplete metadata (missing {exc})") from None
+    for name, size in expected.items():
+        f = path / name
+        if name not in files:
+            raise DataError(f"{meta_path}: no entry for {name}")
+        if not f.is_file():
+            raise DataError(f"{f}: missing (listed in {meta_path})")
+        actual = f.stat().st_size
+        if actual != size or files[name]["bytes"] != size:
+            raise DataError(f"{f}: {actual} bytes, expected {size} from {meta_path} "
+                            f"({rows} rows); the directory is damaged or was changed")
+    if verify == "checksum":
+        for name in expected:
+            digest = sha256_file(path / name)
+            if digest != files[name]["sha256"]:
+                raise DataError(f"{path / name}: sha256 {digest[:16]}..., expected {files[name]['sha256'][:16]}... "
+                                f"from {meta_path}; the file was changed or damaged")
+    return DatasetInfo(path, meta)
+
+
+class CriteoData:
+    """Batches from a processed directory; the same interface as `SyntheticCTR`."""
+
+    def __init__(
+        self,
+        info: DatasetInfo,
+        tables: list[EmbeddingTableSpec],
+        *,
+        global_batch: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        shuffle_window: int = 1 << 18,
+    ):
+        self.info, self.tables, self.global_batch, self.seed = info, tables, global_batch, seed
+        self.shuffle = shuffle
+        self.window = max(BLOCK_ROWS, shuffle_window // BLOCK_ROWS * BLOCK_ROWS)
+        if len(tables) != len(info.table_rows):
+            raise DataError(f"{info.path}: {len(info.table_rows)} categorical columns, but the model has "
+                            f"{len(tables)} tables")
+        rows, path = info.rows, info.path
+        self.labels = np.memmap(path / "labels.u8", dtype=np.uint8, mode="r", shape=(rows,))
+        self.dense = np.memmap(path / "dense.f32", dtype="<f4", mode="r", shape=(rows, info.num_dense))
+        self.sparse = np.memmap(path / "sparse.i32", dtype="<i4", mode="r", shape=(len(tables), rows))
+        # Ids past a table's rows (the model caps tables with model.max_rows) are folded by modulo.
+        self.fold = np.array([t.num_rows for t in tables], dtype=np.int64)
+        self.needs_fold = any(t.num_rows < r for t, r in zip(tables, info.table_rows))
+        self.train_lo, self.train_hi = info.split("train")
+        self.steps_per_epoch = (self.train_hi - self.train_lo) // global_batch
+        self._windows: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._block_orders: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    # ---- the training order ---------------------------------------------------------------------------------
+
+    def _block_order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._block_orders:
+            n_blocks = -(-(self.train_hi - self.train_lo) // BLOCK_ROWS)
+            rng = np.random.Generator(np.random.Philox(key=[self.seed & (2**64 - 1), 0x5EED0000 + epoch]))
+            self._block_orders[epoch] = rng.permutation(n_blocks)
+            while len(self._block_orders) > 2:
+                self._block_orders.popitem(last=False)
+        return self._block_orders[epoch]
+
+    def _window_rows(self, epoch: int, w: int) -> np.ndarray:
+        key = (epoch, w)
+        if key not in self._windows:
+            n = self.train_hi - self.train_lo
+            order = self._block_order(epoch)
+            per = self.window // BLOCK_ROWS
+            blocks = order[w * per : (w + 1) * per]
+            starts = self.train_lo + blocks * BLOCK_ROWS
+            stops = np.minimum(starts + BLOCK_ROWS, self.train_lo + n)
+            lengths = stops - starts
+            rows = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+            rng = np.random.Generator(np.random.Philox(key=[self.seed & (2**64 - 1), (epoch << 32) + w + 1]))
+            self._windows[key] = rows[rng.permutation(rows.size)]
+            while len(self._windows) > 4:
+                self._windows.popitem(last=False)
+        return self._windows[key]
+
+    def train_rows(self, step: int, start: int, count: int) -> np.ndarray:
+        """Row numbers of positions [start, start + count) of global batch `step`."""
+        if self.steps_per_epoch == 0:
+            raise DataError(f"{self.info.path}: the train split has {self.train_hi - self.train_lo} rows, fewer than "
+                            f"one global batch of {self.global_batch} (lower train.batch_size)")
+        epoch, b = divmod(step, self.steps_per_epoch)
+        first = b * self.global_batch + start
+        if not self.shuffle:
+            return np.arange(self.train_lo + first, self.train_lo + first + count)
+        out = []
+        pos, end = first, first + count
+        while pos < end:
+            w, off = divmod(pos, self.window)
+            rows = self._window_rows(epoch, w)
+            take = min(end - pos, rows.size - off)
+            out.append(rows[off : off + take])
+            pos += take
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+    def position(self, step: int) -> dict:
+        """Where the reader stands after `step` global batches (saved in checkpoints)."""
+        epoch, b = divmod(step, max(self.steps_per_epoch, 1))
+        return {"source": "criteo", "path": str(self.info.path), "fingerprint": self.info.fingerprint,
+                "epoch": epoch, "batch_in_epoch": b, "steps_per_epoch": self.steps_per_epoch,
+                "rows_consumed": step * self.global_batch, "seed": self.seed, "shuffle": self.shuffle,
+                "shuffle_window": self.window}
+
+    # ---- batches --------------------------------------------------------------------------------------------
+
+    def eval_batches(self, split: str) -> int:
+        lo, hi = self.info.split(split)
+        return -(-(hi - lo) // self.global_batch)
+
+    def _read(self, rows: np.ndarray, valid: np.ndarray | None) -> Batch:
+        order = np.argsort(rows, kind="stable")  # read in file order, hand back in batch order
+        sorted_rows = rows[order]
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(order.size)
+        labels = self.labels[sorted_rows][inverse].astype(np.float32)
+        dense = self.dense[sorted_rows][inverse]
+        ids = self.sparse[:, sorted_rows][:, inverse].astype(np.int64)
+        if self.needs_fold:
+            ids %= self.fold[:, None]
+        local = rows.size
+        sparse = KeyedBags(
+            keys=tuple(t.name for t in self.tables),
+            bags_per_key=tuple(1 for _ in self.tables),
+            batch_size=local,
+            lengths=torch.ones(local * len(self.tables), dtype=torch.int64),
+            values=torch.from_numpy(ids.reshape(-1)),
+        )
+        return Batch(dense=torch.from_numpy(np.ascontiguousarray(dense)), labels=torch.from_numpy(labels),
+                     sparse=sparse, valid=None if valid is None else torch.from_numpy(valid))
+
+    def batch(self, step: int, *, rank: int = 0, world_size: int = 1, split: str = "train") -> Batch:
+        local = self.global_batch // world_size
+        if split == "train":
+            return self._read(self.train_rows(step, rank * local, local), None)
+        lo, hi = self.info.split(split)
+        pos = lo + step * self.global_batch + rank * local + np.arange(local)
+        valid = pos < hi
+        return self._read(np.where(valid, pos, lo), valid)
+
+
+def verify_for_launch(path: str, verify: str) -> None:
+    """Launcher pre-flight: the full check once, before any worker starts; workers then check sizes only."""
+    open_dataset(path, verify=verify)
+    if verify == "checksum":
+        os.environ[VERIFIED_ENV] = str(Path(path).resolve())

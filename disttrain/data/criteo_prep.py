@@ -1,0 +1,608 @@
+"""`disttrain data criteo`: raw Criteo logs -> a directory of memory-mappable columns.
+
+Output directory (all little-endian, no headers; shapes and splits in `meta.json`):
+
+    labels.u8     [rows]               click labels
+    dense.f32     [rows, num_dense]    log(1 + max(x, 0)) of the integer features
+    sparse.i32    [num_sparse, rows]   one contiguous id column per table (column-major)
+    vocab/C<k>.u32                     raw hash of each id (id 0 is the reserved default in vocabulary mode)
+    meta.json                          rows, tables, splits, options, sources, sha256 of every file
+
+Two passes, both on every core. Pass 1 parses byte ranges of the inputs in worker processes (`criteo_parse`) while
+the main process appends the results in input order. Pass 2 takes one table per task: sort the table's raw hashes
+once, count them, build the vocabulary, then write the ids. Everything goes to a hidden `.tmp-` sibling that is
+renamed into place after `meta.json` is written, so an interrupted run never leaves a directory that looks
+complete.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from disttrain.data.criteo_parse import (
+    DENSE_NAMES,
+    NUM_DENSE,
+    NUM_SPARSE,
+    SPARSE_NAMES,
+    BadRow,
+    Layout,
+    Parsed,
+    ParseError,
+    parse_block,
+)
+from disttrain.errors import ConfigError
+
+FORMAT = "disttrain-criteo"
+FORMAT_VERSION = 1
+CHUNK_BYTES = 16 << 20  # one task of pass 1
+BLOCK_BYTES = 2 << 20  # one parse_block call: small enough that its temporaries stay in cache
+SPLIT_MODES = ("auto", "kaggle", "days", "files", "none")
+KAGGLE_DAYS = 7
+
+
+class DataError(ConfigError):
+    """Bad raw input or a processed directory that does not match its metadata (one line, exit 2)."""
+
+
+@dataclass
+class PrepOptions:
+    out: Path
+    vocab_threshold: int = 1
+    hash_rows: int = 0  # > 0: hash ids modulo this (the reference's --max-ind-range) instead of a vocabulary
+    split: str = "auto"
+    delimiter: str = "auto"  # tab, comma, auto (from the first line)
+    header: str = "auto"  # auto, yes, no
+    label_column: str = ""
+    dense_columns: str = ""
+    sparse_columns: str = ""
+    skip_bad_rows: bool = False
+    workers: int = 0
+    force: bool = False
+    progress: bool = True
+
+
+@dataclass
+class Source:
+    path: Path
+    layout: Layout
+    header_lines: int
+    bytes: int
+    compressed: bool
+    rows: int = 0
+    lines: int = 0
+    bad_rows: int = 0
+    bad_examples: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs: delimiter, header and column mapping
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def _first_line(path: Path) -> bytes:
+    with _open(path) as f:
+        return f.readline(1 << 20).rstrip(b"\r\n")
+
+
+def _parse_column_list(spec: str, names: list[str] | None, what: str) -> list[int]:
+    """'3', 'I1', '1-13', 'I1,I2,...' -> 0-based column indices (names need a header)."""
+    out: list[int] = []
+    lowered = [n.lower() for n in names] if names else None
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        if "-" in item and all(p.strip().isdigit() for p in item.split("-", 1)):
+            lo, hi = (int(p) for p in item.split("-", 1))
+            out.extend(range(lo, hi + 1))
+        elif item.isdigit():
+            out.append(int(item))
+        elif lowered is not None and item.lower() in lowered:
+            out.append(lowered.index(item.lower()))
+        else:
+            where = f"the header columns {names[:8]}..." if names else "a 0-based column index (the file has no header)"
+            raise DataError(f"--{what}: column {item!r} not found; expected {where}")
+    return out
+
+
+def resolve_layout(path: Path, opts: PrepOptions) -> tuple[Layout, int]:
+    """The layout of one input file and how many header lines it has."""
+    try:
+        first = _first_line(path).decode("utf-8", "replace")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except (gzip.BadGzipFile, EOFError) as exc:
+        raise DataError(f"{path}: not a valid gzip file ({exc})") from exc
+    if opts.delimiter in ("tab", "\t"):
+        delimiter = "\t"
+    elif opts.delimiter in ("comma", ","):
+        delimiter = ","
+    elif opts.delimiter == "auto":
+        delimiter = "\t" if first.count("\t") >= first.count(",") else ","
+    else:
+        raise DataError(f"--delimiter: got {opts.delimiter!r}, expected tab, comma or auto")
+    fields = first.split(delimiter)
+    label_text = fields[0].strip() if fields else ""
+    if opts.header == "auto":
+        has_header = not _is_number(label_text) and bool(label_text)
+    elif opts.header in ("yes", "no"):
+        has_header = opts.header == "yes"
+    else:
+        raise DataError(f"--header: got {opts.header!r}, expected auto, yes or no")
+    names = [f.strip() for f in fields] if has_header else None
+    n = len(fields)
+    if names and not (opts.label_column or opts.dense_columns or opts.sparse_columns):
+        lowered = [x.lower() for x in names]
+        wanted = ["label", *[x.lower() for x in DENSE_NAMES], *[x.lower() for x in SPARSE_NAMES]]
+        if all(w in lowered for w in wanted):  # the model zoos' header: label, I1..I13, C1..C26 in any order
+            label, dense, sparse = lowered.index("label"), [lowered.index(w) for w in wanted[1:14]], \
+                [lowered.index(w) for w in wanted[14:]]
+        else:
+            label, dense, sparse = 0, list(range(1, 1 + NUM_DENSE)), list(range(1 + NUM_DENSE, n))
+    else:
+        label = _parse_column_list(opts.label_column, names, "label-column")[0] if opts.label_column else 0
+        dense = (_parse_column_list(opts.dense_columns, names, "dense-columns") if opts.dense_columns
+                 else list(range(1, 1 + NUM_DENSE)))
+        sparse = (_parse_column_list(opts.sparse_columns, names, "sparse-columns") if opts.sparse_columns
+                  else list(range(1 + NUM_DENSE, n)))
+    used = [label, *dense, *sparse]
+    if max(used) >= n:
+        raise DataError(f"{path}:1: {n} fields separated by {delimiter!r}, but the column mapping uses column "
+                        f"{max(used)} (label {label}, dense {_ranges(dense)}, sparse {_ranges(sparse)})")
+    if not sparse:
+        raise DataError(f"{path}: no categorical columns (expected at least one; see --sparse-columns)")
+    if len(set(used)) != len(used):
+        raise DataError(f"{path}: the column mapping uses a column twice (label {label}, dense {_ranges(dense)}, "
+                        f"sparse {_ranges(sparse)})")
+    if names:
+        col_names = tuple(names)
+    else:
+        generated = [f"col{k}" for k in range(n)]
+        generated[label] = "label"
+        for i, c in enumerate(dense):
+            generated[c] = f"I{i + 1}"
+        for i, c in enumerate(sparse):
+            generated[c] = f"C{i + 1}"
+        col_names = tuple(generated)
+    layout = Layout(num_fields=n, delimiter=delimiter, label=label, dense=tuple(dense), sparse=tuple(sparse),
+                    names=col_names)
+    return layout, int(has_header)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _ranges(cols: list[int]) -> str:
+    if cols and cols == list(range(cols[0], cols[-1] + 1)):
+        return f"{cols[0]}-{cols[-1]}"
+    return ",".join(map(str, cols))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pass 1: parse
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _byte_ranges(path: Path, start: int, size: int, chunk: int) -> list[tuple[int, int]]:
+    """[start, size) cut into ~chunk-byte ranges that end at line ends."""
+    cuts = [start]
+    with open(path, "rb") as f:
+        pos = start + chunk
+        while pos < size:
+            f.seek(pos)
+            tail = f.read(1 << 20)
+            nl = tail.find(b"\n")
+            if nl < 0:
+                break
+            cuts.append(pos + nl + 1)
+            pos = cuts[-1] + chunk
+    if cuts[-1] < size:
+        cuts.append(size)
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def _parse_task(task) -> tuple[Parsed, int]:
+    """Worker: parse one range (a file slice, or bytes handed over for compressed input)."""
+    kind, payload, layout, skip_bad_rows = task
+    if kind == "range":
+        path, start, stop = payload
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read(stop - start)
+    else:
+        data = payload
+    parsed = _parse_bytes(data, layout, skip_bad_rows)
+    parsed.sparse = np.ascontiguousarray(parsed.sparse.T)  # column-major: the main process appends per table
+    return parsed, len(data)
+
+
+def _parse_bytes(data: bytes, layout: Layout, skip_bad_rows: bool) -> Parsed:
+    parts: list[Parsed] = []
+    lines = 0
+    pos = 0
+    while pos < len(data):
+        end = data.rfind(b"\n", pos, pos + BLOCK_BYTES) + 1 if pos + BLOCK_BYTES < len(data) else len(data)
+        if end <= pos:  # a line longer than a block
+            end = data.find(b"\n", pos + BLOCK_BYTES) + 1 or len(data)
+        try:
+            part = parse_block(data[pos:end], layout, skip_bad_rows=skip_bad_rows)
+        except ParseError as exc:
+            raise ParseError(BadRow(exc.bad.line + lines, exc.bad.reason)) from None
+        for b in part.bad:
+            b.line += lines
+        lines += part.lines
+        parts.append(part)
+        pos = end
+    if not parts:
+        return Parsed(np.zeros(0, np.uint8), np.zeros((0, len(layout.dense)), np.float32),
+                      np.zeros((0, len(layout.sparse)), np.uint32), 0)
+    return Parsed(
+        labels=np.concatenate([p.labels for p in parts]),
+        dense=np.concatenate([p.dense for p in parts]),
+        sparse=np.concatenate([p.sparse for p in parts]),
+        lines=lines,
+        bad=[b for p in parts for b in p.bad],
+        bad_count=sum(p.bad_count for p in parts),
+    )
+
+
+def _tasks(source: Source, skip_bad_rows: bool) -> Iterator[tuple]:
+    if not source.compressed:
+        start = 0
+        if source.header_lines:
+            with open(source.path, "rb") as f:
+                f.readline()
+                start = f.tell()
+        for a, b in _byte_ranges(source.path, start, source.bytes, CHUNK_BYTES):
+            yield ("range", (str(source.path), a, b), source.layout, skip_bad_rows)
+        return
+    with _open(source.path) as f:
+        if source.header_lines:
+            f.readline()
+        rest = b""
+        while True:
+            data = f.read(CHUNK_BYTES)
+            if not data:
+                break
+            data = rest + data
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                rest = data
+                continue
+            rest = data[cut:]
+            yield ("bytes", data[:cut], source.layout, skip_bad_rows)
+        if rest:
+            yield ("bytes", rest, source.layout, skip_bad_rows)
+
+
+class _Progress:
+    def __init__(self, enabled: bool, total_bytes: int):
+        self.enabled, self.total, self.done, self.rows = enabled, total_bytes, 0, 0
+        self.start = self.last = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+
+    def update(self, nbytes: int, rows: int, force: bool = False) -> None:
+        self.done += nbytes
+        self.rows += rows
+        now = time.perf_counter()
+        if not self.enabled or (now - self.last < (0.5 if self.tty else 5.0) and not force):
+            return
+        self.last = now
+        pct = 100.0 * self.done / max(self.total, 1)
+        rate = self.rows / max(now - self.start, 1e-9)
+        line = f"parse: {self.rows:,} rows, {pct:5.1f}% of input, {rate:,.0f} rows/s"
+        print(("\r\x1b[K" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        if self.enabled and self.tty:
+            print(file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pass 2: ids per table
+# ---------------------------------------------------------------------------------------------------------------
+
+GROUP_ROWS = 1 << 26  # rows sorted at once in pass 2 (row numbers are packed into 32 bits)
+
+
+def _group(values: np.ndarray):
+    """Sort once: distinct values, and for each sorted position its row and its distinct value's index."""
+    n = values.size
+    packed = (values.astype(np.uint64) << np.uint64(32)) | np.arange(n, dtype=np.uint64)
+    packed.sort()
+    sorted_values = (packed >> np.uint64(32)).astype(np.uint32)
+    rows = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    del packed
+    new = np.empty(n, dtype=bool)
+    new[:1] = True
+    np.not_equal(sorted_values[1:], sorted_values[:-1], out=new[1:])
+    group = np.cumsum(new) - 1
+    return sorted_values[new], group, rows
+
+
+def _table_task(task) -> dict:
+    """Worker: one table's vocabulary (or hash ids) and its id column in sparse.i32."""
+    tmp, t, name, rows, train_rows, threshold, hash_rows = task
+    tmp = Path(tmp)
+    raw = np.memmap(tmp / f"raw_{t}.u32", dtype=np.uint32, mode="r", shape=(rows,))
+    out = np.memmap(tmp / "sparse.i32", dtype=np.int32, mode="r+", offset=4 * t * rows, shape=(rows,))
+    # Count every distinct value: over the training rows (vocabulary) or over all rows (hashing).
+    counted = rows if hash_rows else train_rows
+    keys: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
+    cache = None
+    for lo in range(0, rows, GROUP_ROWS):
+        hi = min(rows, lo + GROUP_ROWS)
+        values = np.asarray(raw[lo:hi])
+        if hash_rows:
+            values = values % np.uint32(hash_rows)
+        uniq, group, order = _group(values)
+        in_count = order < (counted - lo)
+        keys.append(uniq)
+        counts.append(np.bincount(group[in_count], minlength=uniq.size))
+        if rows <= GROUP_ROWS:
+            cache = (uniq, group, order)
+    if len(keys) == 1:
+        merged, total = keys[0], counts[0]
+    else:
+        merged, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+        total = np.bincount(inverse, weights=np.concatenate(counts), minlength=merged.size).astype(np.int64)
+    if hash_rows:  # the reference: the distinct hashed values, numbered in order
+        vocab = merged[total > 0]
+        reserved = 0
+    else:  # values seen at least `threshold` times in training, most frequent first; 0 = everything else
+        keep = total >= max(threshold, 1)
+        order_by_freq = np.lexsort((merged[keep], -total[keep]))
+        vocab = merged[keep][order_by_freq]
+        reserved = 1
+    # Lookup: sorted keys -> ids.
+    lookup_keys_order = np.argsort(vocab, kind="stable")
+    lookup_keys = vocab[lookup_keys_order]
+    lookup_ids = (lookup_keys_order + reserved).astype(np.int32)
+    for lo in range(0, rows, GROUP_ROWS):
+        hi = min(rows, lo + GROUP_ROWS)
+        if cache is not None:
+            uniq, group, order = cache
+        else:
+            values = np.asarray(raw[lo:hi])
+            if hash_rows:
+                values = values % np.uint32(hash_rows)
+            uniq, group, order = _group(values)
+        pos = np.searchsorted(lookup_keys, uniq)
+        pos_c = np.minimum(pos, max(lookup_keys.size - 1, 0))
+        found = (pos < lookup_keys.size) & (lookup_keys[pos_c] == uniq) if lookup_keys.size else np.zeros(uniq.size, bool)
+        ids_of_uniq = np.where(found, lookup_ids[pos_c] if lookup_keys.size else 0, 0).astype(np.int32)
+        block = np.empty(hi - lo, dtype=np.int32)
+        block[order] = ids_of_uniq[group]
+        out[lo:hi] = block
+    out.flush()
+    (tmp / "vocab").mkdir(exist_ok=True)
+    vocab.astype(np.uint32).tofile(tmp / "vocab" / f"{name}.u32")
+    return {"name": name, "rows": int(vocab.size + reserved), "distinct_train": int((total > 0).sum()),
+            "reserved_default": bool(reserved)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Splits
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _halves(start: int, stop: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The reference's split of the last day: test = the first half (the larger one), validation = the rest."""
+    mid = start + (stop - start + 1) // 2
+    return (start, mid), (mid, stop)
+
+
+def compute_splits(mode: str, file_rows: list[int]) -> dict[str, list[int]]:
+    total = sum(file_rows)
+    offsets = np.cumsum([0, *file_rows]).tolist()
+    if mode == "auto":
+        mode = "kaggle" if len(file_rows) == 1 else "days"
+    if mode == "none":
+        return {"train": [0, total], "val": [total, total], "test": [total, total]}
+    if mode == "kaggle":  # the reference: 7 equal "days" (the first get the remainder); last day -> test, val
+        per_day, _ = divmod(total, KAGGLE_DAYS)
+        last_day = total - per_day  # the first days take the remainder, the last day never does
+        test, val = _halves(last_day, total)
+        return {"train": [0, last_day], "val": list(val), "test": list(test)}
+    if mode == "days":
+        if len(file_rows) < 2:
+            raise DataError("--split days: expected two or more day files (the last one is split into test and "
+                            f"validation), got {len(file_rows)}")
+        test, val = _halves(offsets[-2], total)
+        return {"train": [0, offsets[-2]], "val": list(val), "test": list(test)}
+    if mode == "files":
+        if len(file_rows) not in (2, 3):
+            raise DataError(f"--split files: expected 2 files (train, test) or 3 (train, validation, test), "
+                            f"got {len(file_rows)}")
+        if len(file_rows) == 2:
+            return {"train": [0, offsets[1]], "val": [offsets[1], total], "test": [offsets[1], total]}
+        return {"train": [0, offsets[1]], "val": [offsets[1], offsets[2]], "test": [offsets[2], total]}
+    if mode.startswith("ratio:"):
+        try:
+            parts = [float(x) for x in mode[6:].split(",")]
+            assert len(parts) == 3 and all(p >= 0 for p in parts) and sum(parts) > 0
+        except (ValueError, AssertionError):
+            raise DataError(f"--split: got {mode!r}, expected ratio:TRAIN,VAL,TEST (three non-negative numbers)") from None
+        a = int(round(total * parts[0] / sum(parts)))
+        b = int(round(total * (parts[0] + parts[1]) / sum(parts)))
+        return {"train": [0, a], "val": [a, b], "test": [b, total]}
+    raise DataError(f"--split: got {mode!r}, expected one of {', '.join(SPLIT_MODES)} or ratio:TRAIN,VAL,TEST")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def prepare(raw_paths: list[str], opts: PrepOptions) -> dict:
+    """Run both passes; returns the metadata written to OUT/meta.json."""
+    started = time.perf_counter()
+    if not raw_paths:
+        raise DataError("disttrain data criteo: no input files given")
+    if opts.vocab_threshold < 1:
+        raise DataError(f"--vocab-threshold: got {opts.vocab_threshold}, expected 1 or more")
+    if opts.hash_rows < 0 or opts.hash_rows > 2**31 - 1:
+        raise DataError(f"--hash-rows: got {opts.hash_rows}, expected 0 (vocabulary) or 1..2147483647")
+    out = Path(opts.out)
+    if (out / "meta.json").exists() and not opts.force:
+        raise DataError(f"--out {out}: already holds a processed dataset (remove it or pass --force)")
+    if out.exists() and not (out / "meta.json").exists() and any(out.iterdir()):
+        raise DataError(f"--out {out}: exists and is not a processed dataset; choose an empty or new directory")
+    sources = []
+    for p in raw_paths:
+        path = Path(p)
+        if not path.is_file():
+            raise DataError(f"{path}: no such file")
+        layout, header = resolve_layout(path, opts)
+        sources.append(Source(path, layout, header, path.stat().st_size, _is_gzip(path)))
+    first = sources[0].layout
+    for s in sources[1:]:
+        if (len(s.layout.dense), len(s.layout.sparse)) != (len(first.dense), len(first.sparse)):
+            raise DataError(f"{s.path}: {len(s.layout.dense)} dense and {len(s.layout.sparse)} categorical columns, "
+                            f"but {sources[0].path} has {len(first.dense)} and {len(first.sparse)}")
+    num_dense, num_sparse = len(first.dense), len(first.sparse)
+    sparse_names = [SPARSE_NAMES[i] if i < NUM_SPARSE else f"C{i + 1}" for i in range(num_sparse)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(out)
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    workers = opts.workers or os.cpu_count() or 1
+    ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    try:
+        progress = _Progress(opts.progress, sum(s.bytes for s in sources))
+        with ctx.Pool(workers) as pool:
+            with open(tmp / "labels.u8", "wb") as f_labels, open(tmp / "dense.f32", "wb") as f_dense:
+                raw_files = [open(tmp / f"raw_{t}.u32", "wb") for t in range(num_sparse)]
+                try:
+                    for source in sources:
+                        _parse_source(pool, source, opts, f_labels, f_dense, raw_files, progress)
+                finally:
+                    for f in raw_files:
+                        f.close()
+            progress.update(0, 0, force=True)
+            progress.finish()
+            parse_seconds = time.perf_counter() - started
+            rows = sum(s.rows for s in sources)
+            if rows == 0:
+                raise DataError(f"{', '.join(str(s.path) for s in sources)}: no rows")
+            splits = compute_splits(opts.split, [s.rows for s in sources])
+            train_rows = splits["train"][1]
+            with open(tmp / "sparse.i32", "wb") as f:
+                f.truncate(4 * rows * num_sparse)
+            table_tasks = [(str(tmp), t, sparse_names[t], rows, train_rows, opts.vocab_threshold, opts.hash_rows)
+                           for t in range(num_sparse)]
+            tables = list(pool.imap_unordered(_table_task, table_tasks))
+            tables.sort(key=lambda d: sparse_names.index(d["name"]))
+            for t in range(num_sparse):
+                os.unlink(tmp / f"raw_{t}.u32")
+            map_seconds = time.perf_counter() - started - parse_seconds
+            files = ["labels.u8", "dense.f32", "sparse.i32"] + [f"vocab/{n}.u32" for n in sparse_names]
+            digests = pool.map(sha256_file, [str(tmp / f) for f in files])
+        meta = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "rows": rows,
+            "num_dense": num_dense,
+            "dense_names": [first.names[c] for c in first.dense],
+            "tables": tables,
+            "splits": splits,
+            "options": {
+                "mode": "hash" if opts.hash_rows else "vocabulary",
+                "vocab_threshold": opts.vocab_threshold,
+                "hash_rows": opts.hash_rows,
+                "split": opts.split,
+                "skip_bad_rows": opts.skip_bad_rows,
+                "dense_transform": "log(1 + max(x, 0))",
+                "missing": "empty integer -> 0; empty categorical -> hash 0",
+            },
+            "sources": [
+                {"path": str(s.path.resolve()), "bytes": s.bytes, "compressed": s.compressed, "lines": s.lines,
+                 "rows": s.rows, "bad_rows": s.bad_rows, "bad_examples": s.bad_examples, "header": bool(s.header_lines),
+                 "layout": s.layout.to_json()}
+                for s in sources
+            ],
+            "files": {f: {"bytes": os.path.getsize(tmp / f), "sha256": d} for f, d in zip(files, digests)},
+            "seconds": {"parse": round(parse_seconds, 3), "ids": round(map_seconds, 3),
+                        "total": round(time.perf_counter() - started, 3)},
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if out.exists():
+            old = out.parent / f".old-{out.name}-{os.getpid()}"
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+        return meta
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _parse_source(pool, source: Source, opts: PrepOptions, f_labels, f_dense, raw_files, progress) -> None:
+    """Pass 1 for one input: workers parse its chunks, results are appended here in input order."""
+    line_base = source.header_lines
+    try:
+        for parsed, nbytes in pool.imap(_parse_task, _tasks(source, opts.skip_bad_rows)):
+            for b in parsed.bad:
+                if len(source.bad_examples) < 5:
+                    source.bad_examples.append(f"{source.path}:{line_base + b.line}: {b.reason}")
+            source.bad_rows += parsed.bad_count
+            line_base += parsed.lines
+            source.lines += parsed.lines
+            source.rows += parsed.labels.size
+            f_labels.write(memoryview(parsed.labels))
+            f_dense.write(memoryview(np.ascontiguousarray(parsed.dense, dtype="<f4")))
+            for t, f in enumerate(raw_files):  # parsed.sparse is [tables, rows] here
+                f.write(memoryview(parsed.sparse[t]))
+            progress.update(nbytes, parsed.labels.size)
+    except ParseError as exc:
+        raise DataError(f"{source.path}:{line_base + exc.bad.line}: {exc.bad.reason} "
+                        "(--skip-bad-rows skips and counts such rows)") from None
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise DataError(f"{source.path}: read failed after line {line_base} ({exc})") from None
+
+
+def _remove_stale_tmp(out: Path) -> None:
+    """Partial outputs of runs that were killed (their process is gone)."""
+    for p in out.parent.glob(f".tmp-{out.name}-*"):
+        try:
+            pid = int(p.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(p, ignore_errors=True)
