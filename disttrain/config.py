@@ -39,8 +39,10 @@ _Loader.add_implicit_resolver(
 def _yaml_load(text: str):
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
-MODEL_NAMES = ("dlrm",)
-FLAVORS = ("debug", "kaggle", "mlperf")
+MODEL_NAMES = ("dlrm", "wide_deep")
+# Per model (the models package holds their definitions; this file stays free of torch).
+MODEL_FLAVORS = {"dlrm": ("debug", "kaggle", "mlperf"), "wide_deep": ("debug", "intel")}
+FLAVORS = tuple(dict.fromkeys(f for flavors in MODEL_FLAVORS.values() for f in flavors))
 STRATEGIES = ("auto", "table_wise", "row_wise", "column_wise", "data_parallel")
 OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
 LAUNCHERS = ("local", "torchrun", "ray", "horovod")
@@ -308,6 +310,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"launch.rdzv_is_host: got {cfg.launch.rdzv_is_host!r}, expected true, false or auto")
     if cfg.launch.affinity == "explicit" and not cfg.launch.cpu_lists:
         raise ConfigError("launch.cpu_lists: empty with launch.affinity=explicit; expected one CPU list per local rank")
+    if cfg.model.flavor not in MODEL_FLAVORS[cfg.model.name]:
+        raise ConfigError(f"model.flavor: got {cfg.model.flavor!r}, expected one of "
+                          f"{', '.join(MODEL_FLAVORS[cfg.model.name])} for model.name={cfg.model.name}")
     if cfg.data.eval_batches < -1:
         raise ConfigError(f"data.eval_batches: got {cfg.data.eval_batches}, expected -1 (source default), 0 or more")
     if cfg.data.source == "criteo" and not cfg.data.path:

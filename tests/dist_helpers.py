@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from disttrain.models.dlrm import build_dlrm
+from disttrain.models import MODELS
 from torch.nn import functional as F
 
 from disttrain.collectives import TorchCollectives
@@ -102,7 +102,7 @@ def make_data(cfg, tables):
 def reference_run(overrides: list[str], steps: int):
     """Logits of batch 0 before training, then parameters after `steps` steps, on one process."""
     cfg = load_config(None, overrides)
-    model = build_dlrm(cfg)
+    model = MODELS[cfg.model.name](cfg)
     data = make_data(cfg, model.tables)
     optimizers = reference_optimizers(model, cfg.train.optimizer, cfg.train.lr)
     with torch.no_grad():
@@ -166,4 +166,4 @@ def compare_with_reference(comm, cases: list[tuple[list[str], int]]) -> list[dic
 
 def _initial_tables(overrides):
     cfg = load_config(None, overrides)
-    return [bag.weight.detach() for bag in build_dlrm(cfg).embeddings.bags]
+    return [bag.weight.detach() for bag in MODELS[cfg.model.name](cfg).embeddings.bags]

@@ -57,3 +57,15 @@ def test_sharded_matches_unsharded(world):
     plans = {tuple(row["plan"]) for row in reports[0]}
     used = {t for plan in plans for t in plan}
     assert used == {"table_wise", "row_wise", "column_wise", "data_parallel"}
+
+
+@pytest.mark.parametrize("model", ["wide_deep"])
+def test_other_models_sharded_match_unsharded(model):
+    """Every model trains sharded exactly like one process: table-wise, row-wise and column-wise."""
+    cases = [([f"model.name={model}", *BASE[:1], *BASE[1:], f"sharding.strategy={s}", "train.optimizer=adagrad"], STEPS)
+             for s in ("table_wise", "row_wise", "column_wise")]
+    for rank, report in enumerate(run_ranks(2, compare_with_reference, cases)):
+        for row in report:
+            what = f"rank {rank}, {row['overrides']}, plan {row['plan']}"
+            assert row["logits"] < TOL and row["dense"] < TOL and row["embeddings"] < TOL, what
+            assert row["tables_moved"] > 1e-4, what
