@@ -33,6 +33,17 @@ def disttrain(*args: str) -> str:
     return result.stdout
 
 
+def train_seeds(data: Path, out: Path, name: str, overrides: list[str]) -> list[dict]:
+    """One sharded training run per seed; their summaries."""
+    summaries = []
+    for seed in SEEDS:
+        run_dir = out / f"{name}_seed{seed}"
+        disttrain("launch", "data.source=criteo", f"data.path={data}", *overrides, f"train.seed={seed}",
+                  f"run.output_dir={run_dir}")
+        summaries.append(json.loads((run_dir / "summary.json").read_text()))
+    return summaries
+
+
 def logistic_regression(data: Path) -> dict[str, float]:
     from scipy import sparse
     from sklearn.linear_model import LogisticRegression
@@ -78,18 +89,8 @@ def main() -> int:
         sys.exit(f"{src}: expected train.csv, dev.csv and test.csv (Criteo Kaggle rows)")
     data = out / "criteo-kaggle-8k"
     print(disttrain("data", "criteo", *map(str, raws), "--split", "files", "--out", str(data), "--force", "--quiet"))
-    runs = []
-    for seed in SEEDS:
-        run_dir = out / f"dlrm_seed{seed}"
-        disttrain("launch", "data.source=criteo", f"data.path={data}", *DLRM, f"train.seed={seed}",
-                  f"run.output_dir={run_dir}")
-        runs.append(json.loads((run_dir / "summary.json").read_text()))
-    wide_deep = []
-    for seed in SEEDS:
-        run_dir = out / f"wide_deep_seed{seed}"
-        disttrain("launch", "data.source=criteo", f"data.path={data}", *WIDE_DEEP, f"train.seed={seed}",
-                  f"run.output_dir={run_dir}")
-        wide_deep.append(json.loads((run_dir / "summary.json").read_text()))
+    runs = train_seeds(data, out, "dlrm", DLRM)
+    wide_deep = train_seeds(data, out, "wide_deep", WIDE_DEEP)
     lr = logistic_regression(data)
     aucs = [r["eval_auc"] for r in runs]
     mean = float(np.mean(aucs))
