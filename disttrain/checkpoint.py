@@ -23,7 +23,6 @@ new shard is a union of old ones).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from pathlib import Path
 import torch
 
 from disttrain.errors import ConfigError, DataError
+from disttrain.fileio import sha256_file
 
 FORMAT = "disttrain-checkpoint-v1"
 MANIFEST = "manifest.json"
@@ -64,17 +64,9 @@ def _shard_key(table: str, rows: tuple[int, int], cols: tuple[int, int]) -> str:
     return f"tables/{table}/r{rows[0]}-{rows[1]}/c{cols[0]}-{cols[1]}"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _file_table(root: Path, sub: Path) -> dict[str, list]:
     return {
-        str(p.relative_to(root)): [p.stat().st_size, _sha256(p)]
+        str(p.relative_to(root)): [p.stat().st_size, sha256_file(p)]
         for p in sorted(sub.rglob("*")) if p.is_file()
     }
 
@@ -166,7 +158,7 @@ def save_checkpoint(root: str | Path, *, step: int, par, comm, cfg, history: lis
         }
         _write_json(tmp / META, meta)
         all_files = {k: v for g in gathered for k, v in g["files"].items()}
-        all_files[META] = [(tmp / META).stat().st_size, _sha256(tmp / META)]
+        all_files[META] = [(tmp / META).stat().st_size, sha256_file(tmp / META)]
         _write_json(tmp / MANIFEST, {"format": FORMAT, "step": step, "files": all_files})
         _fsync_dir(tmp)
         old = None
@@ -257,7 +249,7 @@ def _problems(path: Path, manifest: dict, files: list[str], *, digest: bool) -> 
             out.append(f"checkpoint {path}: {rel} is missing")
         elif file.stat().st_size != size:
             out.append(f"checkpoint {path}: {rel} is truncated or altered ({file.stat().st_size} bytes, expected {size})")
-        elif digest and _sha256(file) != expected:
+        elif digest and sha256_file(file) != expected:
             out.append(f"checkpoint {path}: {rel} is corrupted (sha256 differs from {MANIFEST})")
     return out
 

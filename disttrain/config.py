@@ -321,10 +321,10 @@ def validate(cfg: Config) -> Config:
     if cfg.data.source != "criteo" and cfg.train.epochs:
         raise ConfigError(f"train.epochs: got {cfg.train.epochs}, but data.source={cfg.data.source} has no epochs; "
                           "expected train.steps (or data.source=criteo)")
-    if cfg.train.epochs < 0 or not 0 <= cfg.train.target_auc < 1:
-        bad = ("train.epochs", cfg.train.epochs, "a number >= 0") if cfg.train.epochs < 0 else \
-            ("train.target_auc", cfg.train.target_auc, "an AUC in [0, 1); 0 = no target")
-        raise ConfigError(f"{bad[0]}: got {bad[1]}, expected {bad[2]}")
+    if cfg.train.epochs < 0:
+        raise ConfigError(f"train.epochs: got {cfg.train.epochs}, expected a number >= 0")
+    if not 0 <= cfg.train.target_auc < 1:
+        raise ConfigError(f"train.target_auc: got {cfg.train.target_auc}, expected an AUC in [0, 1); 0 = no target")
     if cfg.data.shuffle_window <= 0:
         raise ConfigError(f"data.shuffle_window: got {cfg.data.shuffle_window}, expected a positive number of rows")
     if cfg.train.lr <= 0:

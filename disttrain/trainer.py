@@ -171,7 +171,7 @@ class Trainer:
                 if self.eval_every and state.step % self.eval_every == 0 and state.step != cfg.train.steps:
                     metrics = self.evaluate(self.val_split)
                     self._log_eval(state, metrics, self.val_split)
-                    reached = self._check_target(state, metrics)
+                    reached = self._record_eval(state, metrics)
                     state.interval_start = time.perf_counter()
                 every = cfg.checkpoint.every_steps
                 if cfg.checkpoint.dir and (state.step == cfg.train.steps or reached or every and state.step % every == 0):
@@ -188,8 +188,8 @@ class Trainer:
         self._log_eval(state, final, self.test_split)
         return self._summary(state, final)
 
-    def _check_target(self, state: RunState, metrics: dict[str, float]) -> bool:
-        """MLPerf-style: stop at the first evaluation whose AUC reaches train.target_auc."""
+    def _record_eval(self, state: RunState, metrics: dict[str, float]) -> bool:
+        """Put a validation pass into the history; True when it reaches train.target_auc (MLPerf-style stop)."""
         target = self.cfg.train.target_auc
         if metrics:
             state.history.append({"step": state.step, "split": self.val_split,
@@ -221,7 +221,7 @@ class Trainer:
         loaded = load_checkpoint(Path(target), par=self.par, comm=self.comm, cfg=cfg)
         seconds = max(self.comm.all_gather_object(time.perf_counter() - start))
         state.step, state.history = loaded.step, list(loaded.history)
-        saved, now = loaded.data or {}, self._data_position(loaded.step)
+        saved, now = loaded.data or {}, self.data.position(loaded.step)
         if saved.get("fingerprint") != now.get("fingerprint") or saved.get("source") != now.get("source"):
             self.log.line(f"resume: the checkpoint was trained on {saved.get('path') or saved.get('source')} "
                           f"(fingerprint {saved.get('fingerprint')}); this run reads {now.get('path') or now.get('source')} "
@@ -238,15 +238,9 @@ class Trainer:
         path = save_checkpoint(
             self.cfg.checkpoint.dir, step=state.step, par=self.par, comm=self.comm, cfg=self.cfg,
             history=state.history, run_id=os.environ.get(RUN_ID, ""), keep_last=self.cfg.checkpoint.keep_last,
-            fault_before_commit=crash, data=self._data_position(state.step),
+            fault_before_commit=crash, data=self.data.position(state.step),
         )
         self.log.line(f"checkpoint: {path} ({time.perf_counter() - start:.2f} s)")
-
-    def _data_position(self, step: int) -> dict:
-        if hasattr(self.data, "position"):
-            return self.data.position(step)
-        return {"source": "synthetic", "seed": self.cfg.train.seed, "batches_consumed": step,
-                "rows_consumed": step * self.global_batch}
 
     def _log_interval(self, state: RunState) -> None:
         steps_in_interval = len(state.interval_preds)
@@ -360,7 +354,7 @@ class Trainer:
             "eval_samples": final.get("samples", 0),
             "target_auc": self.cfg.train.target_auc or None,
             "reached_target_at_step": state.reached_target_at,
-            "data": self._data_position(state.step),
+            "data": self.data.position(state.step),
             "plan": {"tables": [{k: t[k] for k in ("name", "type", "ranks", "rows", "dim", "shards")} for t in plan["tables"]],
                      "ranks": plan["ranks"]},
             "workers": workers,

@@ -98,27 +98,21 @@ class DLRM(nn.Module):
         return self.top(self.interact(dense_BD, self.embeddings(sparse))).squeeze(1)
 
 
-def dlrm_tables(
-    *, flavor: str, table_sizes: list[int], max_rows: int, embedding_dim: int, pooling: str
-) -> list[EmbeddingTableSpec]:
-    base = DLRM_FLAVORS[flavor]
-    rows = list(table_sizes) or list(base.table_rows)
-    if max_rows:
-        rows = [min(r, max_rows) for r in rows]
-    dim = embedding_dim or base.embedding_dim
-    return [EmbeddingTableSpec(f"t{i}", r, dim, pooling=pooling) for i, r in enumerate(rows)]
+def config_tables(cfg, flavor, *, extra_cols: int = 0) -> list[EmbeddingTableSpec]:
+    """Tables t0.. of a flavor (anything with `table_rows` and `embedding_dim`) as the config adjusts them:
+    `model.table_sizes` replaces the rows, `model.max_rows` caps them, `model.embedding_dim` replaces the dim;
+    `extra_cols` columns are appended to every table (fused per-id weights)."""
+    rows = list(cfg.model.table_sizes) or list(flavor.table_rows)
+    if cfg.model.max_rows:
+        rows = [min(r, cfg.model.max_rows) for r in rows]
+    dim = (cfg.model.embedding_dim or flavor.embedding_dim) + extra_cols
+    return [EmbeddingTableSpec(f"t{i}", r, dim, pooling=cfg.model.pooling) for i, r in enumerate(rows)]
 
 
 def build_dlrm(cfg, *, embedding_device: str = "cpu") -> DLRM:
     """Build from a `disttrain.config.Config`; `embedding_device="meta"` when the tables will be sharded."""
     base = DLRM_FLAVORS[cfg.model.flavor]
-    tables = dlrm_tables(
-        flavor=cfg.model.flavor,
-        table_sizes=cfg.model.table_sizes,
-        max_rows=cfg.model.max_rows,
-        embedding_dim=cfg.model.embedding_dim,
-        pooling=cfg.model.pooling,
-    )
+    tables = config_tables(cfg, base)
     dim = tables[0].dim
     bottom = base.bottom[:-1] + (dim,)
     return DLRM(

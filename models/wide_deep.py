@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from disttrain.models.dlrm import mlp
+from disttrain.models.dlrm import config_tables, mlp
 from torch import nn
 
 from disttrain.embedding import EmbeddingBagCollection, EmbeddingTableSpec, KeyedBags
@@ -57,10 +57,6 @@ class WideDeep(nn.Module):
 
 def build_wide_deep(cfg, *, embedding_device: str = "cpu") -> WideDeep:
     base = WIDE_DEEP_FLAVORS[cfg.model.flavor]
-    rows = list(cfg.model.table_sizes) or list(base.table_rows)
-    if cfg.model.max_rows:
-        rows = [min(r, cfg.model.max_rows) for r in rows]
-    dim = cfg.model.embedding_dim or base.embedding_dim
-    tables = [EmbeddingTableSpec(f"t{i}", r, dim + 1, pooling=cfg.model.pooling) for i, r in enumerate(rows)]
+    tables = config_tables(cfg, base, extra_cols=1)  # the extra column: each id's wide weight
     return WideDeep(num_dense=cfg.data.num_dense, tables=tables, hidden=base.hidden, seed=cfg.train.seed,
                     embedding_device=embedding_device)

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from disttrain.data.criteo import CriteoData, open_dataset
-from disttrain.data.criteo_prep import DataError, PrepOptions, compute_splits, prepare
+from disttrain.data.criteo_prep import PrepOptions, compute_splits, prepare
 from disttrain.embedding import EmbeddingTableSpec
+from disttrain.errors import DataError
 from tests.criteo_helpers import HEADER, python_parse, python_vocab_ids, raw_rows, read_processed, write_raw
 from tests.launch_helpers import clean_env, disttrain, summary
 

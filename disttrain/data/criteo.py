@@ -23,9 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from disttrain.data.criteo_prep import FORMAT, FORMAT_VERSION, DataError, sha256_file
+from disttrain.data.criteo_prep import FORMAT, FORMAT_VERSION
 from disttrain.data.synthetic import Batch
 from disttrain.embedding import EmbeddingTableSpec, KeyedBags
+from disttrain.errors import DataError
+from disttrain.fileio import sha256_file
 
 BLOCK_ROWS = 4096
 SPLITS = ("train", "val", "test")

@@ -18,7 +18,6 @@ complete.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import multiprocessing
 import os
@@ -42,7 +41,8 @@ from disttrain.data.criteo_parse import (
     ParseError,
     parse_block,
 )
-from disttrain.errors import ConfigError
+from disttrain.errors import DataError
+from disttrain.fileio import sha256_file
 
 FORMAT = "disttrain-criteo"
 FORMAT_VERSION = 1
@@ -50,10 +50,6 @@ CHUNK_BYTES = 16 << 20  # one task of pass 1
 BLOCK_BYTES = 2 << 20  # one parse_block call: small enough that its temporaries stay in cache
 SPLIT_MODES = ("auto", "kaggle", "days", "files", "none")
 KAGGLE_DAYS = 7
-
-
-class DataError(ConfigError):
-    """Bad raw input or a processed directory that does not match its metadata (one line, exit 2)."""
 
 
 @dataclass
@@ -351,15 +347,16 @@ def _table_task(task) -> dict:
     out = np.memmap(tmp / "sparse.i32", dtype=np.int32, mode="r+", offset=4 * t * rows, shape=(rows,))
     # Count every distinct value: over the training rows (vocabulary) or over all rows (hashing).
     counted = rows if hash_rows else train_rows
+
+    def grouped(lo: int, hi: int):
+        values = np.asarray(raw[lo:hi])
+        return _group(values % np.uint32(hash_rows) if hash_rows else values)
+
     keys: list[np.ndarray] = []
     counts: list[np.ndarray] = []
     cache = None
     for lo in range(0, rows, GROUP_ROWS):
-        hi = min(rows, lo + GROUP_ROWS)
-        values = np.asarray(raw[lo:hi])
-        if hash_rows:
-            values = values % np.uint32(hash_rows)
-        uniq, group, order = _group(values)
+        uniq, group, order = grouped(lo, min(rows, lo + GROUP_ROWS))
         in_count = order < (counted - lo)
         keys.append(uniq)
         counts.append(np.bincount(group[in_count], minlength=uniq.size))
@@ -384,13 +381,7 @@ def _table_task(task) -> dict:
     lookup_ids = (lookup_keys_order + reserved).astype(np.int32)
     for lo in range(0, rows, GROUP_ROWS):
         hi = min(rows, lo + GROUP_ROWS)
-        if cache is not None:
-            uniq, group, order = cache
-        else:
-            values = np.asarray(raw[lo:hi])
-            if hash_rows:
-                values = values % np.uint32(hash_rows)
-            uniq, group, order = _group(values)
+        uniq, group, order = cache if cache is not None else grouped(lo, hi)
         pos = np.searchsorted(lookup_keys, uniq)
         pos_c = np.minimum(pos, max(lookup_keys.size - 1, 0))
         found = (pos < lookup_keys.size) & (lookup_keys[pos_c] == uniq) if lookup_keys.size else np.zeros(uniq.size, bool)
@@ -456,14 +447,6 @@ def compute_splits(mode: str, file_rows: list[int]) -> dict[str, list[int]]:
 # ---------------------------------------------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def prepare(raw_paths: list[str], opts: PrepOptions) -> dict:

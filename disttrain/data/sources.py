@@ -52,7 +52,7 @@ def make_source(cfg: config_mod.Config, tables: list[EmbeddingTableSpec], *, com
             multi_hot_max=cfg.data.multi_hot_max,
         )
     from disttrain.data.criteo import VERIFIED_ENV, CriteoData, open_dataset
-    from disttrain.data.criteo_prep import DataError
+    from disttrain.errors import DataError
 
     path = Path(cfg.data.path)
     # The full check once: by the launcher (which says so in the environment) or here by rank 0 for all.

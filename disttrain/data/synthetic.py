@@ -110,6 +110,12 @@ class SyntheticCTR:
         ids = np.clip(x.astype(np.int64) - 1, 0, rows - 1)
         return (ids * self.primes_T[None, :, None] + self.offsets_T[None, :, None]) % rows
 
+    def position(self, step: int) -> dict:
+        """Where the reader stands after `step` global batches (saved in checkpoints): batches are a function
+        of (seed, step), so the step is the whole position."""
+        return {"source": "synthetic", "seed": self.seed, "batches_consumed": step,
+                "rows_consumed": step * self.global_batch}
+
     def batch(self, step: int, *, rank: int = 0, world_size: int = 1, split: str = "train") -> Batch:
         """This rank's slice (samples [rank*B/W, (rank+1)*B/W)) of the global batch number `step`."""
         local = self.global_batch // world_size
