@@ -47,6 +47,7 @@ TMP_PREFIX = ".tmp-"
 SPARSE_STATE = {
     "sgd": {},
     "adagrad": {"sum": True},
+    "adagraddecay": {"sum": True},
     "rowwise_adagrad": {"sum": False},
     "adam": {"exp_avg": True, "exp_avg_sq": True},
 }

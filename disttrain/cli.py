@@ -9,6 +9,7 @@
     disttrain import REFERENCE.pt --out DIR [key=value ...]   a reference DLRM --save-model file -> checkpoint
     disttrain data criteo RAW... --out DIR [options]   raw Criteo TSV/CSV (.gz too) -> memory-mapped columns
     disttrain data verify DIR                      check a processed directory against its meta.json
+    disttrain data dien-synthetic --out DIR [--samples N]   DIEN files with a planted sequential signal
 """
 
 from __future__ import annotations
@@ -236,6 +237,36 @@ def cmd_data_criteo(args) -> int:
     return 0
 
 
+def cmd_data_dien_synthetic(args) -> int:
+    import shutil
+
+    from disttrain.data.dien import generate, write_files
+
+    if args.items:
+        raise DisttrainError(f"data dien-synthetic: unexpected arguments {' '.join(args.items)}; expected --out DIR")
+    for name, flag in (("samples", "samples"), ("users", "users"), ("num_items", "items"), ("cats", "cats"),
+                       ("max_history", "max-history")):
+        if getattr(args, name) <= (1 if flag in ("items", "cats") else 0):
+            raise DisttrainError(f"--{flag}: got {getattr(args, name)}, expected a larger positive number (items "
+                                 "and categories reserve id 0 for the default)")
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise DisttrainError(f"--out: {out} exists; expected a new directory (or --force to replace it)")
+    data = generate(users=args.users, items=args.num_items, cats=args.cats, train_samples=args.samples, seed=args.seed,
+                    max_history=args.max_history)
+    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_files(data, tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    print(f"wrote {out}: {len(data.train):,} train / {len(data.test):,} test samples, tables "
+          f"uid={args.users:,} mid={args.num_items:,} cat={args.cats:,}, mean history "
+          f"{data.train.history_lengths.mean():.1f}")
+    print(f"train on it: disttrain launch model.name=dien data.source=dien data.path={out} ...")
+    return 0
+
+
 def cmd_data_verify(args) -> int:
     from disttrain.data.criteo import open_dataset
 
@@ -308,6 +339,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("items", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_data_criteo)
+    p = data.add_parser("dien-synthetic", help="DIEN samples with a planted sequential signal, in the benchmark's files",
+                        description="Write local_train_splitByUser, local_test_splitByUser, the three vocabulary "
+                                    "pickles, item-info and reviews-info, as DIEN_TF2 reads them.")
+    p.add_argument("--out", required=True, help="directory to write (appears only once complete)")
+    p.add_argument("--samples", type=int, default=100000, help="training samples (the test split is a tenth)")
+    p.add_argument("--users", type=int, default=543060, help="uid vocabulary size (Amazon Books: 543,060)")
+    p.add_argument("--items", dest="num_items", type=int, default=367983,
+                   help="mid vocabulary size (Amazon Books: 367,983)")
+    p.add_argument("--cats", type=int, default=1601, help="cat vocabulary size (Amazon Books: 1,601)")
+    p.add_argument("--max-history", type=int, default=100, help="longest history generated")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace an existing directory")
+    p.add_argument("items", nargs="*", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_data_dien_synthetic)
     p = data.add_parser("verify", help="check a processed directory's files against its meta.json (sha256)")
     p.add_argument("dir")
     p.add_argument("items", nargs="*", help=argparse.SUPPRESS)

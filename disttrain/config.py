@@ -39,12 +39,13 @@ _Loader.add_implicit_resolver(
 def _yaml_load(text: str):
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
-MODEL_NAMES = ("dlrm", "wide_deep")
+MODEL_NAMES = ("dlrm", "wide_deep", "deepfm", "dien")
 # Per model (the models package holds their definitions; this file stays free of torch).
-MODEL_FLAVORS = {"dlrm": ("debug", "kaggle", "mlperf"), "wide_deep": ("debug", "intel")}
+MODEL_FLAVORS = {"dlrm": ("debug", "kaggle", "mlperf"), "wide_deep": ("debug", "intel"),
+                 "deepfm": ("debug", "deeprec"), "dien": ("debug", "ai_matrix")}
 FLAVORS = tuple(dict.fromkeys(f for flavors in MODEL_FLAVORS.values() for f in flavors))
 STRATEGIES = ("auto", "table_wise", "row_wise", "column_wise", "data_parallel")
-OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
+OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam", "adagraddecay")
 LAUNCHERS = ("local", "torchrun", "ray", "horovod")
 BACKENDS = ("auto", "gloo", "nccl", "ccl")
 DISTRIBUTIONS = ("uniform", "zipf")
@@ -78,8 +79,16 @@ class DataConfig:
     # Global batches of held-out data per evaluation. -1 = the source's default (synthetic: 8; criteo: the
     # whole validation or test split); 0 = no evaluation.
     eval_batches: int = -1
-    # data.source=criteo: the directory written by `disttrain data criteo`.
+    # data.source=criteo: the directory written by `disttrain data criteo`; data.source=dien: the directory
+    # holding the DIEN benchmark's files (local_train_splitByUser, local_test_splitByUser, uid_voc.pkl,
+    # mid_voc.pkl, cat_voc.pkl, reviews-info, item-info).
     path: str = ""
+    # DIEN: behaviours kept per sample (the last ones). 0 = the flavor's (100 for ai_matrix).
+    max_history: int = 0
+    # DIEN: false feeds every sample with its history removed (the no-history baseline).
+    use_history: bool = True
+    # DIEN with data.source=synthetic: generated training samples (the test split is a tenth of it).
+    synthetic_samples: int = 100000
     # criteo: shuffle the training rows by train.seed each epoch, within windows of this many rows.
     shuffle: bool = True
     shuffle_window: int = 262144
@@ -200,7 +209,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.flavor": FLAVORS,
     "model.interaction": INTERACTIONS,
     "model.pooling": POOLINGS,
-    "data.source": ("synthetic", "criteo"),
+    "data.source": ("synthetic", "criteo", "dien"),
     "data.verify": ("checksum", "size"),
     "data.distribution": DISTRIBUTIONS,
     "train.optimizer": OPTIMIZERS,
@@ -210,10 +219,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "launch.backend": BACKENDS,
 }
 POSITIVE = ("train.batch_size", "launch.nnodes", "data.multi_hot_max", "data.num_dense", "launch.cpus_per_worker",
-            "launch.timeout_s")
+            "launch.timeout_s", "data.synthetic_samples")
 NON_NEGATIVE = (
     "train.steps", "train.eval_every", "model.max_rows", "model.embedding_dim", "sharding.num_column_shards",
-    "data.cycle_batches", "launch.node_rank", "launch.master_port", "launch.threads_per_worker",
+    "data.cycle_batches", "data.max_history", "launch.node_rank", "launch.master_port", "launch.threads_per_worker",
     "launch.num_workers", "launch.max_restarts", "checkpoint.every_steps", "checkpoint.keep_last",
 )
 
@@ -318,9 +327,15 @@ def validate(cfg: Config) -> Config:
     if cfg.data.source == "criteo" and not cfg.data.path:
         raise ConfigError("data.path: empty with data.source=criteo; expected the directory written by "
                           "`disttrain data criteo RAW... --out DIR`")
-    if cfg.data.source != "criteo" and cfg.train.epochs:
+    if cfg.data.source == "dien" and not cfg.data.path:
+        raise ConfigError("data.path: empty with data.source=dien; expected the directory of the DIEN benchmark's "
+                          "files (or `disttrain data dien-synthetic --out DIR`)")
+    if (cfg.data.source == "dien") != (cfg.model.name == "dien") and cfg.data.source != "synthetic":
+        raise ConfigError(f"data.source: got {cfg.data.source!r} with model.name={cfg.model.name}; expected "
+                          + ("dien or synthetic for DIEN" if cfg.model.name == "dien" else "synthetic or criteo"))
+    if cfg.data.source == "synthetic" and cfg.model.name != "dien" and cfg.train.epochs:
         raise ConfigError(f"train.epochs: got {cfg.train.epochs}, but data.source={cfg.data.source} has no epochs; "
-                          "expected train.steps (or data.source=criteo)")
+                          "expected train.steps (or data.source=criteo or dien)")
     if cfg.train.epochs < 0:
         raise ConfigError(f"train.epochs: got {cfg.train.epochs}, expected a number >= 0")
     if not 0 <= cfg.train.target_auc < 1:

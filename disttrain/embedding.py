@@ -122,11 +122,12 @@ class EmbeddingBagCollection(nn.Module):
             )
 
     def forward(self, features: KeyedBags) -> list[torch.Tensor]:
-        """Per table: [batch, bags_per_sample, dim]."""
+        """Per table: [batch, bags, dim] with `features.bags_per_key` bags (a sequence may be shorter than
+        its table's `bags_per_sample`)."""
         out = []
-        for spec, bag, (lengths, values) in zip(self.tables, self.bags, features.split()):
+        for spec, bag, bags, (lengths, values) in zip(self.tables, self.bags, features.bags_per_key, features.split()):
             offsets = torch.cumsum(lengths, 0) - lengths
             pooled = bag(values, offsets)
-            out.append(pooled.view(features.batch_size, spec.bags_per_sample, spec.dim))
+            out.append(pooled.view(features.batch_size, bags, spec.dim))
         return out
 

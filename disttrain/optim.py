@@ -3,7 +3,9 @@
 Embedding updates touch only the rows a step looked up, on the rank that holds them. Their maths follows
 torch's sparse optimizers so that a sharded run equals an unsharded one:
 `sgd` = torch.optim.SGD on sparse grads, `adagrad` = torch.optim.Adagrad (sparse), `adam` =
-torch.optim.SparseAdam (lazy Adam), `rowwise_adagrad` = Adagrad with one accumulator per row (mean of g^2).
+torch.optim.SparseAdam (lazy Adam), `rowwise_adagrad` = Adagrad with one accumulator per row (mean of g^2),
+`adagraddecay` = DeepRec's AdagradDecayOptimizer: Adagrad whose accumulators start at 0.1 and, every
+100,000 global steps, are multiplied by 0.9 and floored at 0.1 (all rows at once, sparse and dense alike).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from disttrain.sharding.embedding import ShardedEmbeddingCollection
 ADAGRAD_EPS = 1e-10
 ADAM_EPS = 1e-8
 ADAM_BETAS = (0.9, 0.999)
+DECAY_INITIAL = 0.1  # AdagradDecay: the accumulators' start and floor
+DECAY_STEPS = 100_000
+DECAY_RATE = 0.9
 
 
 def _coalesce(rows: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,6 +41,8 @@ class SparseRowOptimizer:
         if key not in self.state:
             if self.kind == "adagrad":
                 self.state[key] = {"sum": torch.zeros_like(weight)}
+            elif self.kind == "adagraddecay":
+                self.state[key] = {"sum": torch.full_like(weight, DECAY_INITIAL)}
             elif self.kind == "rowwise_adagrad":
                 self.state[key] = {"sum": torch.zeros(weight.shape[0], device=weight.device)}
             elif self.kind == "adam":
@@ -50,6 +57,9 @@ class SparseRowOptimizer:
     @torch.no_grad()
     def step(self) -> None:
         self.steps += 1
+        if self.kind == "adagraddecay" and self.steps % DECAY_STEPS == 0:
+            for state in self.state.values():
+                state["sum"].mul_(DECAY_RATE).clamp_(min=DECAY_INITIAL)
         for key, (rows, grads) in self.collection.pop_pending().items():
             weight = self.collection.weight(key)
             state = self._state(key, weight)
@@ -58,7 +68,7 @@ class SparseRowOptimizer:
                 weight.index_add_(0, rows, grads * -self.lr)
                 continue
             rows, grads = _coalesce(rows, grads)
-            if self.kind == "adagrad":
+            if self.kind in ("adagrad", "adagraddecay"):
                 state["sum"].index_add_(0, rows, grads * grads)
                 std = state["sum"].index_select(0, rows).sqrt_().add_(ADAGRAD_EPS)
                 weight.index_add_(0, rows, grads / std * -self.lr)
@@ -79,10 +89,39 @@ class SparseRowOptimizer:
         weight.index_add_(0, rows, exp_avg / exp_avg_sq.sqrt_().add_(ADAM_EPS) * -step_size)
 
 
+class AdagradDecay(torch.optim.Optimizer):
+    """The dense form of `adagraddecay` (DeepRec's AdagradDecayOptimizer)."""
+
+    def __init__(self, params, lr: float):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros(())
+                    state["sum"] = torch.full_like(p, DECAY_INITIAL)
+                state["step"] += 1
+                if int(state["step"]) % DECAY_STEPS == 0:
+                    state["sum"].mul_(DECAY_RATE).clamp_(min=DECAY_INITIAL)
+                state["sum"].addcmul_(p.grad, p.grad)
+                p.addcdiv_(p.grad, state["sum"].sqrt().add_(ADAGRAD_EPS), value=-group["lr"])
+
+
 def dense_optimizer(params: list[torch.nn.Parameter], *, kind: str, lr: float) -> torch.optim.Optimizer:
-    """The dense (data-parallel) part's optimizer; row-wise Adagrad has no dense form and maps to Adagrad."""
+    """The dense (data-parallel) part's optimizer; row-wise Adagrad has no dense form and maps to Adagrad.
+
+    torch's fused kernels (one pass over all parameters) where they exist: DIEN has ~40 small parameter
+    tensors, and the per-tensor loop cost 4 ms a step (3x the fused step)."""
+    if kind == "adagraddecay":
+        return AdagradDecay(params, lr=lr)
+    fused = {"fused": True} if params and all(p.device.type in ("cpu", "cuda") for p in params) else {}
     if kind == "sgd":
-        return torch.optim.SGD(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr, **fused)
     if kind in ("adagrad", "rowwise_adagrad"):
-        return torch.optim.Adagrad(params, lr=lr, eps=ADAGRAD_EPS)
-    return torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS)
+        return torch.optim.Adagrad(params, lr=lr, eps=ADAGRAD_EPS, **fused)
+    return torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS, **fused)

@@ -1,7 +1,8 @@
 """The one place where distribution is applied to a plain model.
 
-Order: (1) plan the tables, (2) swap the model's `embeddings` for the sharded collection, (3) put the dense
-parameters' gradients in one all-reduced buffer, (4) build the two optimizers.
+Order: (1) plan the tables, (2) swap the model's `embeddings` for the sharded collection, (3) make batch
+statistics (BatchNorm, Dice) global-batch statistics, (4) put the dense parameters' gradients in one
+all-reduced buffer, (5) build the two optimizers.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 
 from disttrain.collectives import Collectives
 from disttrain.data_parallel import DataParallelGrads
+from disttrain.layers import set_collectives
 from disttrain.optim import SparseRowOptimizer, dense_optimizer
 from disttrain.sharding.embedding import ShardedEmbeddingCollection
 from disttrain.sharding.plan import ShardingPlan
@@ -51,6 +53,7 @@ def parallelize(
     (shards, dense parameters, the gradient buffer) lives on `device`."""
     embeddings = ShardedEmbeddingCollection(model.tables, plan, comm, seed=seed, device=device)
     model.embeddings = embeddings
+    set_collectives(model, comm)
     model.to(device)
     dense_params = [p for name, p in model.named_parameters() if not name.startswith("embeddings.")]
     grads = DataParallelGrads(dense_params, comm)

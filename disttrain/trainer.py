@@ -36,6 +36,7 @@ class RunState:
     step: int = 0
     timed_steps: int = 0
     timed_seconds: float = 0.0
+    timed_cpu_seconds: float = 0.0  # this process's CPU time (all threads) in the timed steps
     interval_loss: float = 0.0
     interval_samples: int = 0
     interval_start: float = field(default_factory=time.perf_counter)
@@ -114,6 +115,7 @@ class Trainer:
         if cfg.train.target_auc and not self.eval_every:  # a target needs evaluations: once per epoch
             self.eval_every = getattr(self.data, "steps_per_epoch", 0) or cfg.train.log_every
         self.global_batch = cfg.train.batch_size
+        self.ctr_loss_scale = getattr(model, "ctr_loss_scale", 1.0)
         self._pool: dict[int, Batch] = {}
         steps = cfg.train.steps
         self.warmup = cfg.train.warmup_steps if cfg.train.warmup_steps >= 0 else min(5, steps // 5)
@@ -131,8 +133,13 @@ class Trainer:
     def train_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One step; the loss is the local sum over the *global* batch size, so gradients add up across ranks."""
         self.par.zero_grad()
-        logits = self.model(batch.dense, batch.sparse)
-        loss = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum") / self.global_batch
+        out = self.model(batch.dense, batch.sparse)
+        # A model may add its own loss term (DIEN's auxiliary loss), summed over this rank's samples.
+        logits, extra = out if isinstance(out, tuple) else (out, None)
+        loss = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum") * self.ctr_loss_scale
+        if extra is not None:
+            loss = loss + extra
+        loss = loss / self.global_batch
         loss.backward()
         self.par.step()
         return loss.detach(), logits.detach()
@@ -142,6 +149,8 @@ class Trainer:
         self.log.line(f"model {cfg.model.name}/{cfg.model.flavor}: {len(self.model.tables)} tables, "
                       f"world size {self.env.world_size}, launcher {self.launcher}")
         self.log.line(self.plan.describe())
+        for note in getattr(self.data, "notes", []):
+            self.log.line(f"data: {note}")
         self._log_workers(self.comm.all_gather_object(self.worker_info()))
         first = self._resume(state)
         batches = Prefetcher(self._batch, first, cfg.train.steps, depth=3)
@@ -151,7 +160,7 @@ class Trainer:
             for step in range(first, cfg.train.steps):
                 if step == fault_step and fault_kind != "checkpoint":
                     _die(fault_kind)
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 batch = next(batches)
                 loss, logits = self.train_step(batch)
                 elapsed = time.perf_counter() - start
@@ -159,6 +168,7 @@ class Trainer:
                 if step - first >= self.warmup:
                     state.timed_steps += 1
                     state.timed_seconds += elapsed
+                    state.timed_cpu_seconds += time.process_time() - cpu_start
                 state.last_local_loss = float(loss)
                 state.interval_loss += state.last_local_loss
                 state.interval_samples += batch.labels.numel()
@@ -328,9 +338,11 @@ class Trainer:
 
     def _summary(self, state: RunState, final: dict[str, float]) -> dict | None:
         workers = self.comm.all_gather_object(self.worker_info())
+        cpu_seconds = sum(self.comm.all_gather_object(state.timed_cpu_seconds))
         if self.env.rank != 0:
             return None
         rate = state.timed_steps * self.global_batch / state.timed_seconds if state.timed_seconds else float("nan")
+        per_cpu = state.timed_steps * self.global_batch / cpu_seconds if cpu_seconds else float("nan")
         plan = self.plan.to_json()
         summary = {
             "model": self.cfg.model.name,
@@ -340,6 +352,8 @@ class Trainer:
             "steps": state.step,
             "global_batch_size": self.global_batch,
             "samples_per_s": rate,
+            # samples per CPU-second: all ranks' CPU time (every thread) in the timed steps
+            "samples_per_cpu_s": per_cpu,
             "timed_steps": state.timed_steps,
             "warmup_steps": self.warmup,
             "train_loss": state.last_loss,

@@ -98,15 +98,16 @@ class DLRM(nn.Module):
         return self.top(self.interact(dense_BD, self.embeddings(sparse))).squeeze(1)
 
 
-def config_tables(cfg, flavor, *, extra_cols: int = 0) -> list[EmbeddingTableSpec]:
+def config_tables(cfg, flavor, *, extra_cols: int = 0, pooling: str | None = None) -> list[EmbeddingTableSpec]:
     """Tables t0.. of a flavor (anything with `table_rows` and `embedding_dim`) as the config adjusts them:
     `model.table_sizes` replaces the rows, `model.max_rows` caps them, `model.embedding_dim` replaces the dim;
-    `extra_cols` columns are appended to every table (fused per-id weights)."""
+    `extra_cols` columns are appended to every table (fused per-id weights); `pooling` (the model's own
+    combiner) replaces `model.pooling`."""
     rows = list(cfg.model.table_sizes) or list(flavor.table_rows)
     if cfg.model.max_rows:
         rows = [min(r, cfg.model.max_rows) for r in rows]
     dim = (cfg.model.embedding_dim or flavor.embedding_dim) + extra_cols
-    return [EmbeddingTableSpec(f"t{i}", r, dim, pooling=cfg.model.pooling) for i, r in enumerate(rows)]
+    return [EmbeddingTableSpec(f"t{i}", r, dim, pooling=pooling or cfg.model.pooling) for i, r in enumerate(rows)]
 
 
 def build_dlrm(cfg, *, embedding_device: str = "cpu") -> DLRM:

@@ -14,10 +14,11 @@ import torch.multiprocessing as mp
 from disttrain.models import MODELS
 from torch.nn import functional as F
 
-from disttrain.collectives import TorchCollectives
+from disttrain.collectives import SingleProcess, TorchCollectives
 from disttrain.config import load_config
+from disttrain.data.sources import make_source
 from disttrain.data.synthetic import SyntheticCTR
-from disttrain.optim import ADAGRAD_EPS, ADAM_BETAS, ADAM_EPS
+from disttrain.optim import ADAGRAD_EPS, ADAM_BETAS, ADAM_EPS, DECAY_INITIAL
 from disttrain.parallelize import parallelize
 from disttrain.runtime.env import free_port
 from disttrain.trainer import build_plan
@@ -91,12 +92,33 @@ def reference_optimizers(model, kind: str, lr: float):
     if kind == "adam":
         return [torch.optim.SparseAdam(emb, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS),
                 torch.optim.Adam(dense, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS)]
+    if kind == "adagraddecay":  # before its first decay (100k steps) it is Adagrad whose accumulators start at 0.1
+        return [torch.optim.Adagrad(emb + dense, lr=lr, eps=ADAGRAD_EPS, initial_accumulator_value=DECAY_INITIAL)]
     return [_RowwiseAdagrad(emb, lr), torch.optim.Adagrad(dense, lr=lr, eps=ADAGRAD_EPS)]
 
 
-def make_data(cfg, tables):
+def make_data(cfg, tables, comm=None):
+    if cfg.model.name == "dien":  # generated sequences (the planted-signal generator)
+        return make_source(cfg, tables, comm=comm or SingleProcess(), rank=comm.rank if comm else 0)
     return SyntheticCTR(tables, num_dense=cfg.data.num_dense, global_batch=cfg.train.batch_size, seed=cfg.train.seed,
                         distribution=cfg.data.distribution, multi_hot_max=cfg.data.multi_hot_max)
+
+
+def loss_sum(model, batch, global_batch: int) -> torch.Tensor:
+    """The trainer's loss: log loss (scaled as the model asks) plus any model loss term, over the global batch."""
+    out = model(batch.dense, batch.sparse)
+    logits, extra = out if isinstance(out, tuple) else (out, None)
+    loss = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum") * getattr(
+        model, "ctr_loss_scale", 1.0)
+    return (loss if extra is None else loss + extra) / global_batch
+
+
+def first_logits(model, batch) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        out = model(batch.dense, batch.sparse).clone()
+    model.train()
+    return out
 
 
 def reference_run(overrides: list[str], steps: int):
@@ -105,14 +127,12 @@ def reference_run(overrides: list[str], steps: int):
     model = MODELS[cfg.model.name](cfg)
     data = make_data(cfg, model.tables)
     optimizers = reference_optimizers(model, cfg.train.optimizer, cfg.train.lr)
-    with torch.no_grad():
-        first = data.batch(0)
-        logits0 = model(first.dense, first.sparse).clone()
+    logits0 = first_logits(model, data.batch(0))
     for step in range(steps):
         batch = data.batch(step)
         for opt in optimizers:
             opt.zero_grad()
-        F.binary_cross_entropy_with_logits(model(batch.dense, batch.sparse), batch.labels).backward()
+        loss_sum(model, batch, cfg.train.batch_size).backward()
         for opt in optimizers:
             opt.step()
     return logits0, model
@@ -123,16 +143,12 @@ def sharded_run(comm, overrides: list[str], steps: int):
     cfg = load_config(None, overrides)
     model, plan = build_plan(cfg, comm.world_size)
     par = parallelize(model, plan=plan, comm=comm, optimizer=cfg.train.optimizer, lr=cfg.train.lr, seed=cfg.train.seed)
-    data = make_data(cfg, model.tables)
-    with torch.no_grad():
-        first = data.batch(0, rank=comm.rank, world_size=comm.world_size)
-        logits0 = par.model(first.dense, first.sparse).clone()
+    data = make_data(cfg, model.tables, comm)
+    logits0 = first_logits(par.model, data.batch(0, rank=comm.rank, world_size=comm.world_size))
     for step in range(steps):
         batch = data.batch(step, rank=comm.rank, world_size=comm.world_size)
         par.zero_grad()
-        logits = par.model(batch.dense, batch.sparse)
-        loss = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum") / cfg.train.batch_size
-        loss.backward()
+        loss_sum(par.model, batch, cfg.train.batch_size).backward()
         par.step()
     return logits0, par, plan
 

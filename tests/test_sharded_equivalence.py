@@ -59,11 +59,22 @@ def test_sharded_matches_unsharded(world):
     assert used == {"table_wise", "row_wise", "column_wise", "data_parallel"}
 
 
-@pytest.mark.parametrize("model", ["wide_deep"])
+MODEL_CASES = {
+    "wide_deep": (["train.optimizer=adagrad"], ("table_wise", "row_wise", "column_wise")),
+    # DeepFM's BatchNorm and DIEN's Dice normalise with global-batch statistics across the ranks.
+    "deepfm": (["train.optimizer=adagraddecay"], ("table_wise", "row_wise", "column_wise")),
+    # DIEN: sequence lookups padded to the global batch's longest history, GRU/AUGRU, auxiliary loss.
+    "dien": (["train.optimizer=adam", "train.lr=0.005", "model.table_sizes=[41,67,9]", "data.synthetic_samples=2000"],
+             ("table_wise", "row_wise", "column_wise")),
+}
+
+
+@pytest.mark.parametrize("model", sorted(MODEL_CASES))
 def test_other_models_sharded_match_unsharded(model):
     """Every model trains sharded exactly like one process: table-wise, row-wise and column-wise."""
-    cases = [([f"model.name={model}", *BASE[:1], *BASE[1:], f"sharding.strategy={s}", "train.optimizer=adagrad"], STEPS)
-             for s in ("table_wise", "row_wise", "column_wise")]
+    extra, strategies = MODEL_CASES[model]
+    base = BASE if model != "dien" else [b for b in BASE if not b.startswith("model.table_sizes")]
+    cases = [([f"model.name={model}", *base, f"sharding.strategy={s}", *extra], STEPS) for s in strategies]
     for rank, report in enumerate(run_ranks(2, compare_with_reference, cases)):
         for row in report:
             what = f"rank {rank}, {row['overrides']}, plan {row['plan']}"

@@ -15,6 +15,8 @@ SYNTHETIC_EVAL_BATCHES = 8
 def apply_data_shapes(cfg: config_mod.Config) -> config_mod.Config:
     """For a processed dataset: its table sizes (unless model.table_sizes is set), its dense width, and
     train.steps from train.epochs. In place and idempotent; returns `cfg`."""
+    if cfg.model.name == "dien":
+        return _apply_dien_shapes(cfg)
     if cfg.data.source != "criteo":
         return cfg
     from disttrain.data.criteo import open_dataset
@@ -37,8 +39,52 @@ def apply_data_shapes(cfg: config_mod.Config) -> config_mod.Config:
     return cfg
 
 
+def _apply_dien_shapes(cfg: config_mod.Config) -> config_mod.Config:
+    if cfg.data.source == "dien":
+        from disttrain.data.dien import count_samples, vocab_rows
+
+        if not cfg.model.table_sizes:
+            cfg.model.table_sizes = list(vocab_rows(cfg.data.path))
+        train_samples = count_samples(cfg.data.path)
+    else:
+        train_samples = cfg.data.synthetic_samples // 2 * 2
+    if cfg.train.epochs:
+        per_epoch = train_samples // cfg.train.batch_size
+        if per_epoch == 0:
+            raise ConfigError(f"train.batch_size: got {cfg.train.batch_size}, more than the {train_samples} training "
+                              "samples")
+        cfg.train.steps = max(1, round(cfg.train.epochs * per_epoch))
+    return cfg
+
+
+def _dien_source(cfg: config_mod.Config, tables: list[EmbeddingTableSpec]):
+    from disttrain.data.dien import DienData, generate, open_dien
+
+    if cfg.data.source == "dien":
+        dataset = open_dien(cfg.data.path)
+    else:
+        users, items, cats = (t.num_rows for t in tables)
+        dataset = generate(users=users, items=items, cats=cats, train_samples=cfg.data.synthetic_samples,
+                           seed=cfg.train.seed, max_history=(tables[1].bags_per_sample - 1) // 2)
+    return DienData(dataset, tables, global_batch=cfg.train.batch_size, seed=cfg.train.seed,
+                    shuffle=cfg.data.shuffle, use_history=cfg.data.use_history)
+
+
 def make_source(cfg: config_mod.Config, tables: list[EmbeddingTableSpec], *, comm, rank: int):
-    """The batch source for this config: `SyntheticCTR` or `CriteoData` (checked against its metadata first)."""
+    """The batch source for this config: `SyntheticCTR`, `CriteoData` (checked against its metadata first) or
+    `DienData` (the benchmark's files, or generated for data.source=synthetic)."""
+    if cfg.model.name == "dien":
+        from disttrain.errors import DataError
+
+        error, source = None, None
+        try:
+            source = _dien_source(cfg, tables)
+        except DataError as exc:
+            error = str(exc)
+        errors = [e for e in comm.all_gather_object(error) if e]
+        if errors:
+            raise DataError(errors[0])
+        return source
     if cfg.data.source == "synthetic":
         from disttrain.data.synthetic import SyntheticCTR
 
@@ -72,7 +118,7 @@ def make_source(cfg: config_mod.Config, tables: list[EmbeddingTableSpec], *, com
 def eval_batches(cfg: config_mod.Config, source, split: str) -> int:
     """Global batches in one evaluation of `split`."""
     wanted = cfg.data.eval_batches
-    if cfg.data.source == "synthetic":
+    if cfg.data.source == "synthetic" and cfg.model.name != "dien":
         return SYNTHETIC_EVAL_BATCHES if wanted < 0 else wanted
     available = source.eval_batches(split)
     return available if wanted < 0 else min(wanted, available)
@@ -80,4 +126,6 @@ def eval_batches(cfg: config_mod.Config, source, split: str) -> int:
 
 def eval_splits(cfg: config_mod.Config) -> tuple[str, str]:
     """(the split evaluated during training, the split of the final evaluation)."""
+    if cfg.model.name == "dien":  # the benchmark has train and test only
+        return "test", "test"
     return ("eval", "eval") if cfg.data.source == "synthetic" else ("val", "test")

@@ -28,6 +28,8 @@ from disttrain.embedding import EmbeddingTableSpec, KeyedBags, init_table_rows
 from disttrain.errors import DataError
 from disttrain.sharding.plan import Shard, ShardingPlan, ShardingType, TablePlan
 
+MAX_LAYOUTS = 512
+
 
 @dataclass(frozen=True)
 class Slot:
@@ -39,13 +41,13 @@ class Slot:
     group: str = ""  # fused weight key on the owner ("mp<width>" or "dp<width>")
     base: int = 0  # first row of this shard in that fused weight
 
-    def bags(self, batch: int) -> int:
-        return batch * self.spec.bags_per_sample
+    def bags(self, batch: int, bags: tuple[int, ...]) -> int:
+        return batch * bags[self.table.index]
 
 
 @dataclass
 class _Layout:
-    """Split sizes and per-bag lookups for one local batch size; built once, reused every step."""
+    """Split sizes and per-bag lookups for one local batch size and bags per sample; built once, reused."""
 
     send_length_splits: list[int]
     recv_length_splits: list[int]
@@ -63,6 +65,7 @@ class _StepState:
 
     layout: _Layout
     batch: int
+    bags: tuple[int, ...]
     group_rows: list[torch.Tensor] = field(default_factory=list)
     group_bag_of_value: list[torch.Tensor | None] = field(default_factory=list)
     # Source side: 1/bag length for mean-pooled features ([B, bags, 1]); owners always sum.
@@ -131,7 +134,7 @@ class ShardedEmbeddingCollection(nn.Module):
         self._allocate(seed)
         self.pending: list[tuple[str, torch.Tensor, torch.Tensor]] = []
         self._in_flight: list = []  # (handle, received gradients, step state) of backward all-to-alls
-        self._layouts: dict[int, _Layout] = {}
+        self._layouts: dict[tuple[int, tuple[int, ...]], _Layout] = {}
         self.anchor = torch.zeros((), requires_grad=True, device=self.device)
 
     # ----- construction -------------------------------------------------------------------------------------
@@ -184,44 +187,54 @@ class ShardedEmbeddingCollection(nn.Module):
             out.append((table, table.shards[self.rank], self.weight(key)[base : base + table.num_rows]))
         return out
 
-    def _layout(self, batch: int) -> _Layout:
-        if batch not in self._layouts:
-            self._layouts[batch] = self._build_layout(batch)
-        return self._layouts[batch]
+    def _layout(self, batch: int, bags: tuple[int, ...]) -> _Layout:
+        key = (batch, bags)
+        if key not in self._layouts:
+            if len(self._layouts) >= MAX_LAYOUTS:  # sequence lengths vary per batch: keep the cache bounded
+                self._layouts.pop(next(iter(self._layouts)))
+            self._layouts[key] = self._build_layout(batch, bags)
+        return self._layouts[key]
 
-    def _build_layout(self, batch: int) -> _Layout:
+    def _build_layout(self, batch: int, bags: tuple[int, ...]) -> _Layout:
         world = self.plan.world_size
         mine = self.my_slots
         group_index = {key: i for i, key in enumerate(self.group_keys)}
         bag_group, bag_base, segments = [], [], []
         for _source in range(world):
             for slot in mine:
-                n = slot.bags(batch)
+                n = slot.bags(batch, bags)
                 bag_group.append(torch.full((n,), group_index[slot.group], device=self.device))
                 bag_base.append(torch.full((n,), slot.base, device=self.device))
                 segments.append((group_index[slot.group], n, slot.shard.num_cols))
         cat = lambda parts, dtype: torch.cat(parts) if parts else torch.zeros(0, dtype=dtype, device=self.device)  # noqa: E731
         return _Layout(
-            send_length_splits=[sum(s.bags(batch) for s in self.layout_of_rank[d]) for d in range(world)],
-            recv_length_splits=[sum(s.bags(batch) for s in mine)] * world,
+            send_length_splits=[sum(s.bags(batch, bags) for s in self.layout_of_rank[d]) for d in range(world)],
+            recv_length_splits=[sum(s.bags(batch, bags) for s in mine)] * world,
             bag_group=cat(bag_group, torch.int64),
             bag_base=cat(bag_base, torch.int64),
             segments=segments,
-            send_output_splits=[sum(s.bags(batch) * s.shard.num_cols for s in mine)] * world,
+            send_output_splits=[sum(s.bags(batch, bags) * s.shard.num_cols for s in mine)] * world,
             recv_output_splits=[
-                sum(s.bags(batch) * s.shard.num_cols for s in self.layout_of_rank[d]) for d in range(world)
+                sum(s.bags(batch, bags) * s.shard.num_cols for s in self.layout_of_rank[d]) for d in range(world)
             ],
             recv_chunks=[
-                (s.bags(batch) * s.shard.num_cols, s) for d in range(world) for s in self.layout_of_rank[d]
+                (s.bags(batch, bags) * s.shard.num_cols, s) for d in range(world) for s in self.layout_of_rank[d]
             ],
         )
 
     # ----- forward ------------------------------------------------------------------------------------------
     def forward(self, features: KeyedBags) -> list[torch.Tensor]:
-        """Per feature: [local batch, bags_per_sample, dim]."""
+        """Per feature: [local batch, bags, dim], bags = `features.bags_per_key` (a sequence feature may carry
+        fewer positions than its table's `bags_per_sample`; every rank must pass the same bags per key)."""
         if not torch.is_grad_enabled():
             return self._forward(features, keep_state=False)[0]
         return list(_Exchange.apply(self, features, self.anchor))
+
+    def _check_bags(self, bags: tuple[int, ...]) -> None:
+        if len(bags) != len(self.tables) or any(
+                b > s.bags_per_sample or (b != 1 and s.bags_per_sample == 1) for b, s in zip(bags, self.tables)):
+            expected = ", ".join(f"{s.name}: {s.bags_per_sample}" for s in self.tables)
+            raise DataError(f"features carry {bags} bags per sample; expected at most ({expected}) per table")
 
     def _check_ids(self, per_feature: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         for spec, (_, values) in zip(self.tables, per_feature):
@@ -262,11 +275,12 @@ class ShardedEmbeddingCollection(nn.Module):
         )
 
     def _forward(self, features: KeyedBags, *, keep_state: bool):
-        batch = features.batch_size
-        layout = self._layout(batch)
+        batch, bags = features.batch_size, tuple(features.bags_per_key)
+        self._check_bags(bags)
+        layout = self._layout(batch, bags)
         per_feature = features.split()
         self._check_ids(per_feature)
-        state = _StepState(layout=layout, batch=batch)
+        state = _StepState(layout=layout, batch=batch, bags=bags)
 
         # 1. input dist: lengths (fixed sizes), then ids (sizes from the lengths).
         send_lengths, send_values, send_value_splits = self._route(per_feature, batch)
@@ -283,7 +297,7 @@ class ShardedEmbeddingCollection(nn.Module):
         # 3. output dist and combine.
         recv_output = torch.empty(sum(layout.recv_output_splits), device=self.device)
         self.comm.all_to_all(recv_output, send_output, layout.recv_output_splits, layout.send_output_splits)
-        outputs = self._combine(recv_output, layout, batch)
+        outputs = self._combine(recv_output, layout, batch, bags)
         self._apply_means(per_feature, batch, outputs, state)
         self._lookup_replicated(per_feature, batch, outputs, state, keep_state)
         return outputs, state
@@ -293,7 +307,7 @@ class ShardedEmbeddingCollection(nn.Module):
         for index, spec in enumerate(self.tables):
             if spec.pooling == "mean" and outputs[index] is not None:
                 lengths = per_feature[index][0]
-                scale = (1.0 / lengths.clamp(min=1).float()).view(batch, spec.bags_per_sample, 1)
+                scale = (1.0 / lengths.clamp(min=1).float()).view(batch, state.bags[index], 1)
                 state.mean_scale[index] = scale
                 outputs[index] = outputs[index] * scale
 
@@ -337,12 +351,12 @@ class ShardedEmbeddingCollection(nn.Module):
             per_group[g].append(piece.view(bags, width))
         return [torch.cat(parts) for parts in per_group]
 
-    def _combine(self, recv_output: torch.Tensor, layout: _Layout, batch: int) -> list[torch.Tensor | None]:
+    def _combine(self, recv_output: torch.Tensor, layout: _Layout, batch: int, bags) -> list[torch.Tensor | None]:
         outputs: list[torch.Tensor | None] = [None] * len(self.tables)
         chunks = torch.split(recv_output, [n for n, _ in layout.recv_chunks])
         for chunk, (_, slot) in zip(chunks, layout.recv_chunks):
             spec, index = slot.spec, slot.table.index
-            piece = chunk.view(batch, spec.bags_per_sample, slot.shard.num_cols)
+            piece = chunk.view(batch, bags[index], slot.shard.num_cols)
             kind = slot.table.type
             if kind == ShardingType.TABLE_WISE:
                 outputs[index] = piece
@@ -350,7 +364,7 @@ class ShardedEmbeddingCollection(nn.Module):
                 outputs[index] = piece.clone() if outputs[index] is None else outputs[index].add_(piece)
             else:
                 if outputs[index] is None:
-                    outputs[index] = torch.empty(batch, spec.bags_per_sample, spec.dim, device=self.device)
+                    outputs[index] = torch.empty(batch, bags[index], spec.dim, device=self.device)
                 c0, c1 = slot.shard.cols
                 outputs[index][:, :, c0:c1] = piece
         return outputs
@@ -362,7 +376,8 @@ class ShardedEmbeddingCollection(nn.Module):
             spec = self.tables[table.index]
             scale = 1.0 / lengths.clamp(min=1).float() if spec.pooling == "mean" else None
             rows = values + base
-            outputs[table.index] = _pool(self.weight(key), rows, lengths, scale).view(batch, spec.bags_per_sample, spec.dim)
+            outputs[table.index] = _pool(self.weight(key), rows, lengths, scale).view(batch, state.bags[table.index],
+                                                                                      spec.dim)
             if keep_state:
                 state.dp_rows[spec.name] = rows
                 state.dp_bag_of_value[spec.name] = _bag_of_value(lengths, rows.numel())
@@ -372,8 +387,8 @@ class ShardedEmbeddingCollection(nn.Module):
     def _backward(self, state: _StepState, grads) -> None:
         layout, batch = state.layout, state.batch
         grads = [
-            g if g is not None else torch.zeros(batch, spec.bags_per_sample, spec.dim, device=self.device)
-            for g, spec in zip(grads, self.tables)
+            g if g is not None else torch.zeros(batch, bags, spec.dim, device=self.device)
+            for g, spec, bags in zip(grads, self.tables, state.bags)
         ]
         for index, scale in state.mean_scale.items():
             grads[index] = grads[index] * scale

@@ -21,7 +21,7 @@ class ShardingType(str, Enum):
 
 
 # Optimizer state kept per embedding element (e) or per row (r), in 4-byte words.
-OPTIMIZER_STATE = {"sgd": (0, 0), "adagrad": (1, 0), "rowwise_adagrad": (0, 1), "adam": (2, 0)}
+OPTIMIZER_STATE = {"sgd": (0, 0), "adagrad": (1, 0), "adagraddecay": (1, 0), "rowwise_adagrad": (0, 1), "adam": (2, 0)}
 
 
 @dataclass(frozen=True)
