@@ -40,9 +40,10 @@ TWO_RANK = {
 }
 
 
-def ours(overrides: list[str], *, verb: str = "train") -> dict:
+def ours(overrides: list[str], *, verb: str = "train", eval_batches: int = 1) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "disttrain.cli", verb, *overrides, "data.eval_batches=1", "run.progress=false",
+        cmd = [sys.executable, "-m", "disttrain.cli", verb, *overrides, f"data.eval_batches={eval_batches}",
+               "run.progress=false",
                f"run.output_dir={tmp}"]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
         if out.returncode != 0:

@@ -6,6 +6,7 @@
     disttrain bench [key=value ...]               the kaggle DLRM throughput benchmark (2 pinned ranks)
     disttrain topology [--lscpu FILE] [--nproc-per-node N] [--affinity MODE] [--json]
     disttrain export CHECKPOINT --out FILE         one unsharded model file (inference)
+    disttrain infer [CONFIG] --checkpoint PATH --mode throughput|latency|accuracy [--precision fp32|bf16]
     disttrain import REFERENCE.pt --out DIR [key=value ...]   a reference DLRM --save-model file -> checkpoint
     disttrain data criteo RAW... --out DIR [options]   raw Criteo TSV/CSV (.gz too) -> memory-mapped columns
     disttrain data verify DIR                      check a processed directory against its meta.json
@@ -111,6 +112,20 @@ def cmd_export(args) -> int:
         raise DisttrainError(f"export: unexpected arguments {' '.join(args.items)}; expected CHECKPOINT --out FILE")
     out = export_model(args.checkpoint, args.out)
     print(f"exported {args.checkpoint} -> {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+def cmd_infer(args) -> int:
+    import json
+
+    from disttrain.infer import describe, run_inference
+
+    config = args.items[0] if args.items and "=" not in args.items[0] else None
+    overrides = args.items[1:] if config else args.items
+    result = run_inference(args.checkpoint, mode=args.mode, config=config, precision=args.precision,
+                           batch_size=args.batch_size, iterations=args.iterations,
+                           exact_max_length=args.exact_max_length, overrides=overrides)
+    print(json.dumps(result, indent=2) if args.json else describe(result))
     return 0
 
 
@@ -303,6 +318,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the model file to write")
     p.add_argument("items", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("infer", help="run a checkpoint in throughput, latency or accuracy mode")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint (or a checkpoint directory: its newest)")
+    p.add_argument("--mode", required=True, choices=["throughput", "latency", "accuracy"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--batch-size", type=int, default=0, help="default: the training batch (latency: 1)")
+    p.add_argument("--iterations", type=int, default=0, help="timed batches/requests (default 20 / 200)")
+    p.add_argument("--exact-max-length", type=int, default=0, help="DIEN: pad every history to exactly N")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("items", nargs="*", help="[CONFIG] [key=value ...] (default: the checkpoint's own config)")
+    p.set_defaults(func=cmd_infer)
     p = sub.add_parser("import", help="turn a reference dlrm_s_pytorch.py --save-model file into a checkpoint")
     p.add_argument("reference", help="the reference DLRM checkpoint file")
     p.add_argument("--out", required=True, help="checkpoint directory to write (a step_00000000 inside)")

@@ -118,6 +118,12 @@ class TrainConfig:
     epochs: float = 0.0
     # > 0: MLPerf-style stop as soon as an evaluation of the validation split reaches this AUC.
     target_auc: float = 0.0
+    # fp32 | bf16: bf16 runs the dense layers (MLPs, interactions, attention) under autocast with fp32 master
+    # weights, fp32 embeddings, fp32 loss and optimizer state.
+    precision: str = "fp32"
+    # > 0: record this many steps after the warm-up with torch.profiler; each rank writes
+    # <run.output_dir>/trace_rank<R>.json (Chrome trace format: open in ui.perfetto.dev or chrome://tracing).
+    profile_steps: int = 0
 
 
 @dataclass
@@ -213,6 +219,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.verify": ("checksum", "size"),
     "data.distribution": DISTRIBUTIONS,
     "train.optimizer": OPTIMIZERS,
+    "train.precision": ("fp32", "bf16"),
     "sharding.strategy": STRATEGIES,
     "launch.launcher": LAUNCHERS,
     "launch.affinity": AFFINITIES,
@@ -222,7 +229,7 @@ POSITIVE = ("train.batch_size", "launch.nnodes", "data.multi_hot_max", "data.num
             "launch.timeout_s", "data.synthetic_samples")
 NON_NEGATIVE = (
     "train.steps", "train.eval_every", "model.max_rows", "model.embedding_dim", "sharding.num_column_shards",
-    "data.cycle_batches", "data.max_history", "launch.node_rank", "launch.master_port", "launch.threads_per_worker",
+    "data.cycle_batches", "data.max_history", "train.profile_steps", "launch.node_rank", "launch.master_port", "launch.threads_per_worker",
     "launch.num_workers", "launch.max_restarts", "checkpoint.every_steps", "checkpoint.keep_last",
 )
 

@@ -24,6 +24,8 @@ def _zeroed_buffer(shape: tuple[int, int], dtype: torch.dtype, device: torch.dev
 class _DotInteraction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, vectors_BVD: torch.Tensor, pairs_flat: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(vectors_BVD.device.type):  # bf16 autocast: forward and backward in bf16
+            vectors_BVD = vectors_BVD.to(torch.get_autocast_dtype(vectors_BVD.device.type))
         dots_BVV = torch.bmm(vectors_BVD, vectors_BVD.transpose(1, 2))
         ctx.save_for_backward(vectors_BVD, pairs_flat)
         return dots_BVV.flatten(1).index_select(1, pairs_flat)
@@ -31,12 +33,13 @@ class _DotInteraction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_BP: torch.Tensor):
         vectors_BVD, pairs_flat = ctx.saved_tensors
+        grad_BP = grad_BP.to(vectors_BVD.dtype)
         batch, num_vectors, _ = vectors_BVD.shape
         grad_dots = _zeroed_buffer((batch, num_vectors * num_vectors), grad_BP.dtype, grad_BP.device)
         grad_dots.index_copy_(1, pairs_flat, grad_BP)  # off-pair entries stay zero across calls
         grad_dots_BVV = grad_dots.view(batch, num_vectors, num_vectors)
         grad_vectors = torch.bmm(grad_dots_BVV, vectors_BVD)
-        return torch.baddbmm(grad_vectors, grad_dots_BVV.transpose(1, 2), vectors_BVD), None
+        return torch.baddbmm(grad_vectors, grad_dots_BVV.transpose(1, 2), vectors_BVD), None  # autograd casts back
 
 
 def dot_interaction(vectors_BVD: torch.Tensor, pairs_flat: torch.Tensor) -> torch.Tensor:

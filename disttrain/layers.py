@@ -18,6 +18,11 @@ import torch
 from torch import nn
 
 
+def _at_least_fp32(x: torch.Tensor | None) -> torch.Tensor | None:
+    """bf16/fp16 (from autocast) up to fp32; fp32 and fp64 as they are."""
+    return x.float() if x is not None and x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 class _AllReduceSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tensor: torch.Tensor, comm) -> torch.Tensor:
@@ -43,7 +48,7 @@ class BatchMoments(nn.Module):
         self.comm = None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        flat = x.reshape(-1, x.shape[-1])
+        flat = _at_least_fp32(x.reshape(-1, x.shape[-1]))  # statistics in fp32, also under bf16 autocast
         rows = flat.shape[0]
         sums = torch.cat([flat.sum(0), (flat * flat).sum(0)])
         if self.comm is not None and self.comm.world_size > 1:
@@ -102,6 +107,7 @@ class BatchNorm(nn.Module):
         self.comm = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _at_least_fp32(x)  # normalisation in fp32, also under bf16 autocast
         if self.comm is None or self.comm.world_size == 1:
             return torch.nn.functional.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
         return _GlobalBatchNorm.apply(x, self.weight, self.bias, self.eps, self.comm)
@@ -288,7 +294,12 @@ class TFGRU(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, att: torch.Tensor | None = None,
                 *, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, L, in] with the first `lengths[b]` steps of row b real, att [B, L] ->
-        (outputs [B, L, H], zero past each length; final states [B, H], zero for an empty sequence)."""
+        (outputs [B, L, H], zero past each length; final states [B, H], zero for an empty sequence).
+        Always fp32: the loop is bound by per-step overheads, not arithmetic, so bf16 would only lose bits."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self._forward(_at_least_fp32(x), lengths, _at_least_fp32(att), reference)
+
+    def _forward(self, x, lengths, att, reference):
         batch, seq_len, n_in = x.shape
         lengths_sorted, order = torch.sort(lengths, descending=True, stable=True)
         longest = int(lengths_sorted[0]) if batch else 0

@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import time
+from contextlib import nullcontext as _nothing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,6 +116,8 @@ class Trainer:
         if cfg.train.target_auc and not self.eval_every:  # a target needs evaluations: once per epoch
             self.eval_every = getattr(self.data, "steps_per_epoch", 0) or cfg.train.log_every
         self.global_batch = cfg.train.batch_size
+        self.autocast = lambda: torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,  # noqa: E731
+                                               enabled=cfg.train.precision == "bf16")
         self.ctr_loss_scale = getattr(model, "ctr_loss_scale", 1.0)
         self._pool: dict[int, Batch] = {}
         steps = cfg.train.steps
@@ -133,9 +136,11 @@ class Trainer:
     def train_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One step; the loss is the local sum over the *global* batch size, so gradients add up across ranks."""
         self.par.zero_grad()
-        out = self.model(batch.dense, batch.sparse)
+        with self.autocast():
+            out = self.model(batch.dense, batch.sparse)
         # A model may add its own loss term (DIEN's auxiliary loss), summed over this rank's samples.
         logits, extra = out if isinstance(out, tuple) else (out, None)
+        logits = logits.float()
         loss = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum") * self.ctr_loss_scale
         if extra is not None:
             loss = loss + extra
@@ -156,16 +161,25 @@ class Trainer:
         batches = Prefetcher(self._batch, first, cfg.train.steps, depth=3)
         # Injected faults (tests of restarts) fire in a fresh run only, never after a resume.
         fault_step, fault_kind = _injected_fault(self.env.rank) if first == 0 else (-1, "")
+        profile_first = first + self.warmup if cfg.train.profile_steps else -1
+        profile_last = min(profile_first + cfg.train.profile_steps, cfg.train.steps) - 1
+        profiler = None
         try:
             for step in range(first, cfg.train.steps):
                 if step == fault_step and fault_kind != "checkpoint":
                     _die(fault_kind)
+                if step == profile_first:
+                    profiler = self._start_profiler()
                 start, cpu_start = time.perf_counter(), time.process_time()
                 batch = next(batches)
-                loss, logits = self.train_step(batch)
+                with torch.profiler.record_function(f"step {step + 1}") if profiler else _nothing():
+                    loss, logits = self.train_step(batch)
                 elapsed = time.perf_counter() - start
                 state.step = step + 1
-                if step - first >= self.warmup:
+                if profiler is not None and step == profile_last:
+                    self._write_trace(profiler, profile_first, step)
+                    profiler = None
+                elif profiler is None and step - first >= self.warmup and not profile_first <= step <= profile_last:
                     state.timed_steps += 1
                     state.timed_seconds += elapsed
                     state.timed_cpu_seconds += time.process_time() - cpu_start
@@ -191,12 +205,32 @@ class Trainer:
                     break
         finally:
             batches.close()
+            if profiler is not None:
+                profiler.__exit__(None, None, None)
         if self.val_split != self.test_split:
             state.final_val = self.evaluate(self.val_split)
             self._log_eval(state, state.final_val, self.val_split)
         final = self.evaluate(self.test_split)
         self._log_eval(state, final, self.test_split)
         return self._summary(state, final)
+
+    def _start_profiler(self):
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        profiler = torch.profiler.profile(activities=activities)
+        profiler.__enter__()
+        return profiler
+
+    def _write_trace(self, profiler, first: int, last: int) -> None:
+        """Stop `profiler` and write this rank's Chrome-format trace (the profiled steps are left out of
+        samples/s: the profiler slows them down)."""
+        profiler.__exit__(None, None, None)
+        path = Path(self.cfg.run.output_dir) / f"trace_rank{self.env.rank}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        profiler.export_chrome_trace(str(path))
+        self.trace = str(path)
+        self.log.line(f"profiled steps {first + 1}-{last + 1}: {path} (each rank its own; open in ui.perfetto.dev)")
 
     def _record_eval(self, state: RunState, metrics: dict[str, float]) -> bool:
         """Put a validation pass into the history; True when it reaches train.target_auc (MLPerf-style stop)."""
@@ -280,7 +314,8 @@ class Trainer:
         preds, labels, oracle, valid = [], [], [], []
         for i in range(eval_batches(self.cfg, self.data, split)):
             batch = self._batch(i, split=split)
-            preds.append(torch.sigmoid(self.model(batch.dense, batch.sparse)))
+            with self.autocast():
+                preds.append(torch.sigmoid(self.model(batch.dense, batch.sparse).float()))
             labels.append(batch.labels)
             if batch.probabilities is not None:
                 oracle.append(batch.probabilities)
@@ -339,6 +374,7 @@ class Trainer:
     def _summary(self, state: RunState, final: dict[str, float]) -> dict | None:
         workers = self.comm.all_gather_object(self.worker_info())
         cpu_seconds = sum(self.comm.all_gather_object(state.timed_cpu_seconds))
+        traces = [t for t in self.comm.all_gather_object(getattr(self, "trace", None)) if t]
         if self.env.rank != 0:
             return None
         rate = state.timed_steps * self.global_batch / state.timed_seconds if state.timed_seconds else float("nan")
@@ -369,6 +405,8 @@ class Trainer:
             "target_auc": self.cfg.train.target_auc or None,
             "reached_target_at_step": state.reached_target_at,
             "data": self.data.position(state.step),
+            "precision": self.cfg.train.precision,
+            "traces": traces,
             "plan": {"tables": [{k: t[k] for k in ("name", "type", "ranks", "rows", "dim", "shards")} for t in plan["tables"]],
                      "ranks": plan["ranks"]},
             "workers": workers,

@@ -345,6 +345,7 @@ class DienData:
                                 f"{spec.num_rows} (model.table_sizes / model.max_rows too small for this data)")
         self.steps_per_epoch = len(dataset.train) // global_batch
         self.notes = list(dataset.notes)
+        self.exact_history = 0  # > 0: pad (and cut) every history to exactly this many positions
         self._orders: dict[int, np.ndarray] = {}
 
     # ---- order ----
@@ -407,7 +408,9 @@ class DienData:
     def _build(self, samples: DienSamples, rows: np.ndarray, start: int, count: int, valid, salt) -> Batch:
         lengths_all = np.minimum(samples.history_lengths[rows], self.max_history) if self.use_history else \
             np.zeros(rows.size, dtype=np.int64)
-        steps = int(lengths_all.max()) if rows.size else 0  # the global batch's longest history
+        if self.exact_history:
+            lengths_all = np.minimum(lengths_all, self.exact_history)
+        steps = self.exact_history or (int(lengths_all.max()) if rows.size else 0)  # the global batch's longest
         mine = rows[start : start + count]
         lengths = lengths_all[start : start + count]
         positions = np.arange(steps)
