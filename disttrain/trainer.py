@@ -50,6 +50,21 @@ class RunState:
     final_val: dict = field(default_factory=dict)
 
 
+def training_loss(model, batch: Batch, global_batch: int, forward_context=_nothing) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, fp32 logits): this rank's log loss (scaled by the model's `ctr_loss_scale`) plus any loss term the
+    model returns beside its logits (DIEN's auxiliary loss), divided by the *global* batch so that the ranks'
+    gradients add up to the single-process gradient. `forward_context` wraps the forward pass (autocast)."""
+    with forward_context():
+        out = model(batch.dense, batch.sparse)
+    logits, extra = out if isinstance(out, tuple) else (out, None)
+    logits = logits.float()
+    loss = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum") * getattr(
+        model, "ctr_loss_scale", 1.0)
+    if extra is not None:
+        loss = loss + extra
+    return loss / global_batch, logits
+
+
 def check_world(cfg: config_mod.Config, world_size: int) -> None:
     if cfg.train.batch_size % world_size:
         raise ConfigError(
@@ -118,7 +133,6 @@ class Trainer:
         self.global_batch = cfg.train.batch_size
         self.autocast = lambda: torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,  # noqa: E731
                                                enabled=cfg.train.precision == "bf16")
-        self.ctr_loss_scale = getattr(model, "ctr_loss_scale", 1.0)
         self._pool: dict[int, Batch] = {}
         steps = cfg.train.steps
         self.warmup = cfg.train.warmup_steps if cfg.train.warmup_steps >= 0 else min(5, steps // 5)
@@ -136,15 +150,7 @@ class Trainer:
     def train_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One step; the loss is the local sum over the *global* batch size, so gradients add up across ranks."""
         self.par.zero_grad()
-        with self.autocast():
-            out = self.model(batch.dense, batch.sparse)
-        # A model may add its own loss term (DIEN's auxiliary loss), summed over this rank's samples.
-        logits, extra = out if isinstance(out, tuple) else (out, None)
-        logits = logits.float()
-        loss = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum") * self.ctr_loss_scale
-        if extra is not None:
-            loss = loss + extra
-        loss = loss / self.global_batch
+        loss, logits = training_loss(self.model, batch, self.global_batch, self.autocast)
         loss.backward()
         self.par.step()
         return loss.detach(), logits.detach()

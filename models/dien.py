@@ -88,7 +88,6 @@ class DIEN(nn.Module):
         if [t.name for t in tables] != list(TABLE_NAMES) or any(t.dim != dim for t in tables):
             raise ValueError("DIEN needs the tables uid, mid, cat with one embedding dim")
         self.tables = list(tables)
-        self.max_history = (tables[1].bags_per_sample - 1) // 2
         torch.manual_seed(seed)
         self.embeddings: nn.Module = EmbeddingBagCollection(tables, seed=seed, device=embedding_device)
         item = 2 * dim

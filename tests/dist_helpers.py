@@ -12,7 +12,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from disttrain.models import MODELS
-from torch.nn import functional as F
 
 from disttrain.collectives import SingleProcess, TorchCollectives
 from disttrain.config import load_config
@@ -21,7 +20,7 @@ from disttrain.data.synthetic import SyntheticCTR
 from disttrain.optim import ADAGRAD_EPS, ADAM_BETAS, ADAM_EPS, DECAY_INITIAL
 from disttrain.parallelize import parallelize
 from disttrain.runtime.env import free_port
-from disttrain.trainer import build_plan
+from disttrain.trainer import build_plan, training_loss
 
 
 def _entry(rank: int, world: int, port: int, out_dir: str, fn: Callable, args: tuple) -> None:
@@ -105,12 +104,8 @@ def make_data(cfg, tables, comm=None):
 
 
 def loss_sum(model, batch, global_batch: int) -> torch.Tensor:
-    """The trainer's loss: log loss (scaled as the model asks) plus any model loss term, over the global batch."""
-    out = model(batch.dense, batch.sparse)
-    logits, extra = out if isinstance(out, tuple) else (out, None)
-    loss = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum") * getattr(
-        model, "ctr_loss_scale", 1.0)
-    return (loss if extra is None else loss + extra) / global_batch
+    """The trainer's loss (the same function) for a plain or a parallelized model."""
+    return training_loss(model, batch, global_batch)[0]
 
 
 def first_logits(model, batch) -> torch.Tensor:

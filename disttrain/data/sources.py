@@ -7,7 +7,7 @@ from pathlib import Path
 
 from disttrain import config as config_mod
 from disttrain.embedding import EmbeddingTableSpec
-from disttrain.errors import ConfigError
+from disttrain.errors import ConfigError, DataError
 
 SYNTHETIC_EVAL_BATCHES = 8
 
@@ -70,21 +70,25 @@ def _dien_source(cfg: config_mod.Config, tables: list[EmbeddingTableSpec]):
                     shuffle=cfg.data.shuffle, use_history=cfg.data.use_history)
 
 
+def _agreed(comm, open_data):
+    """`open_data()` on every rank; if it fails with a DataError on any rank, every rank raises the first
+    rank's error (one line, the same everywhere) instead of some ranks waiting in a collective."""
+    error, result = None, None
+    try:
+        result = open_data()
+    except DataError as exc:
+        error = str(exc)
+    errors = [e for e in comm.all_gather_object(error) if e]
+    if errors:
+        raise DataError(errors[0])
+    return result
+
+
 def make_source(cfg: config_mod.Config, tables: list[EmbeddingTableSpec], *, comm, rank: int):
     """The batch source for this config: `SyntheticCTR`, `CriteoData` (checked against its metadata first) or
     `DienData` (the benchmark's files, or generated for data.source=synthetic)."""
     if cfg.model.name == "dien":
-        from disttrain.errors import DataError
-
-        error, source = None, None
-        try:
-            source = _dien_source(cfg, tables)
-        except DataError as exc:
-            error = str(exc)
-        errors = [e for e in comm.all_gather_object(error) if e]
-        if errors:
-            raise DataError(errors[0])
-        return source
+        return _agreed(comm, lambda: _dien_source(cfg, tables))
     if cfg.data.source == "synthetic":
         from disttrain.data.synthetic import SyntheticCTR
 
@@ -98,19 +102,11 @@ def make_source(cfg: config_mod.Config, tables: list[EmbeddingTableSpec], *, com
             multi_hot_max=cfg.data.multi_hot_max,
         )
     from disttrain.data.criteo import VERIFIED_ENV, CriteoData, open_dataset
-    from disttrain.errors import DataError
 
     path = Path(cfg.data.path)
     # The full check once: by the launcher (which says so in the environment) or here by rank 0 for all.
     checksum = cfg.data.verify == "checksum" and os.environ.get(VERIFIED_ENV) != str(path.resolve())
-    error = None
-    try:
-        info = open_dataset(path, verify="checksum" if checksum and rank == 0 else "size")
-    except DataError as exc:
-        error = str(exc)
-    errors = [e for e in comm.all_gather_object(error) if e]
-    if errors:
-        raise DataError(errors[0])
+    info = _agreed(comm, lambda: open_dataset(path, verify="checksum" if checksum and rank == 0 else "size"))
     return CriteoData(info, tables, global_batch=cfg.train.batch_size, seed=cfg.train.seed,
                       shuffle=cfg.data.shuffle, shuffle_window=cfg.data.shuffle_window)
 
