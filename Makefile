@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench bench-launchers bench-data quality compare system-deps horovod clean
+.PHONY: demo test test-fast lint bench bench-inference bench-launchers bench-data quality compare system-deps horovod clean
 
 # Optional system libraries (jemalloc/tcmalloc allocators, numactl). Best effort: skipped without
 # root or apt-get; disttrain falls back to the system allocator when they are absent.
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[test,ray]"
+	$(BIN)/pip install -q -e ".[test,ray,onnx]"
 	touch $(STAMP)
 
 demo: $(STAMP) system-deps
@@ -42,6 +42,10 @@ compare: $(STAMP) system-deps
 # Optional: Horovod 0.28.1 built for torch 2.13 (5-11 minutes on 2 cores; the wheel is kept in .wheelhouse/).
 horovod: $(STAMP)
 	bash launchers/build_horovod.sh $(BIN)/python
+
+# Inference: fp32 vs bf16 vs int8 (DLRM kaggle, DIEN), DIEN latency, onnxruntime vs PyTorch (Wide&Deep).
+bench-inference: $(STAMP) system-deps
+	$(BIN)/python benchmarks/inference.py --rounds 3
 
 # The same job under every launcher, one after another (local, torchrun, Ray, Horovod when installed).
 bench-launchers: $(STAMP) system-deps

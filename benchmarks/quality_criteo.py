@@ -5,8 +5,9 @@
 The sample's train/dev/test files go through `disttrain data criteo --split files`; both models read the same
 processed ids (LR: the dense features standardised plus a one-hot column per id). Each model trains one
 epoch for several seeds; the gate is each model's mean test AUC against the logistic regression with
-scikit-learn's defaults (C=1). The LR with C chosen on the validation split is printed too. Exit 1 if any
-model is worse than the gate.
+scikit-learn's defaults (C=1). The LR with C chosen on the validation split is printed too. Seed 0 of each model
+is then served: int8 (`disttrain quantize`, tuned on the validation split) and ONNX (onnxruntime), test AUC
+beside fp32. Exit 1 if any model is worse than the gate, or onnxruntime's AUC differs from PyTorch's.
 """
 
 from __future__ import annotations
@@ -42,9 +43,22 @@ def train_seeds(data: Path, out: Path, name: str, overrides: list[str]) -> list[
     for seed in SEEDS:
         run_dir = out / f"{name}_seed{seed}"
         disttrain("launch", "data.source=criteo", f"data.path={data}", *overrides, f"train.seed={seed}",
-                  f"run.output_dir={run_dir}")
+                  f"run.output_dir={run_dir}", f"checkpoint.dir={run_dir / 'ck'}")
         summaries.append(json.loads((run_dir / "summary.json").read_text()))
     return summaries
+
+
+def deployed(run_dir: Path) -> dict[str, float]:
+    """Seed 0's checkpoint as it would be served: int8 (`disttrain quantize`, tuned on val) and ONNX, on test."""
+    ck = run_dir / "ck"
+    disttrain("quantize", "--checkpoint", str(ck), "--out", str(run_dir / "int8"))
+    report = json.loads((run_dir / "int8" / "quant_report.json").read_text())
+    onnx = json.loads(disttrain("infer", "--checkpoint", str(ck), "--runtime", "onnxruntime", "--mode", "accuracy",
+                                "--json"))
+    return {"fp32": report["final"]["fp32"]["auc"], "int8": report["final"]["int8"]["auc"],
+            "int8_layers": f"{report['int8_layers']}/{report['total_layers']}",
+            "int8_val_loss": report["tuning"]["relative_auc_loss"],
+            "int8_test_loss": report["final"]["relative_auc_loss"], "onnx": onnx["auc"]}
 
 
 def logistic_regression(data: Path) -> dict[str, float]:
@@ -109,14 +123,25 @@ def main() -> int:
     label = f"logistic regression, C={lr['tuned_c']} chosen on validation"
     print(f"{label:<58}{lr['tuned_test_auc']:>10.4f}")
     failed = [name for name, mean in means.items() if mean < gate]
+    print(f"\nseed 0 served (test AUC): {'fp32':>8}{'int8':>8}{'layers int8':>13}{'val loss':>10}{'test loss':>11}"
+          f"{'onnxruntime':>13}")
+    served = {}
+    for name, (key, _) in MODELS.items():
+        served[name] = d = deployed(out / f"{key}_seed0")
+        print(f"{name:<25}{d['fp32']:>8.4f}{d['int8']:>8.4f}{d['int8_layers']:>13}{d['int8_val_loss']:>+10.2%}"
+              f"{d['int8_test_loss']:>+11.2%}{d['onnx']:>13.4f}")
+        if abs(d["onnx"] - d["fp32"]) > 1e-5:
+            failed.append(f"{name} on onnxruntime")
     print()
+    for name in [f for f in failed if f not in means]:
+        print(f"QUALITY FAIL: {name}: test AUC differs from PyTorch's by more than 1e-5")
     for name, mean in means.items():
         print(f"QUALITY {'FAIL' if name in failed else 'PASS'}: {name} mean test AUC {mean:.4f} "
               f"{'<' if name in failed else '>='} logistic regression {gate:.4f}")
     (out / "quality.json").write_text(json.dumps({
         "dlrm_test_auc": [r["eval_auc"] for r in runs["DLRM"]], "dlrm_mean": means["DLRM"],
         "wide_deep_mean": means["Wide&Deep"], "deepfm_test_auc": [r["eval_auc"] for r in runs["DeepFM"]],
-        "deepfm_mean": means["DeepFM"], **lr}, indent=2) + "\n")
+        "deepfm_mean": means["DeepFM"], "served_seed0": served, **lr}, indent=2) + "\n")
     return 1 if failed else 0
 
 

@@ -122,10 +122,50 @@ def cmd_infer(args) -> int:
 
     config = args.items[0] if args.items and "=" not in args.items[0] else None
     overrides = args.items[1:] if config else args.items
+    if args.nproc > 1:
+        from disttrain.infer import run_sharded_inference
+
+        if args.runtime != "torch":
+            raise DisttrainError(f"--runtime {args.runtime} with --nproc {args.nproc}: sharded inference runs on "
+                                 "torch; expected --nproc 1 with onnxruntime")
+        result = run_sharded_inference(args.checkpoint, nproc=args.nproc, mode=args.mode, config=config,
+                                       precision=args.precision, batch_size=args.batch_size,
+                                       iterations=args.iterations, exact_max_length=args.exact_max_length,
+                                       overrides=overrides)
+        print(json.dumps(result, indent=2) if args.json else describe(result))
+        return 0
     result = run_inference(args.checkpoint, mode=args.mode, config=config, precision=args.precision,
+                           runtime=args.runtime,
                            batch_size=args.batch_size, iterations=args.iterations,
                            exact_max_length=args.exact_max_length, overrides=overrides)
     print(json.dumps(result, indent=2) if args.json else describe(result))
+    return 0
+
+
+def cmd_export_onnx(args) -> int:
+    import json
+
+    from disttrain.onnx_export import export_onnx
+
+    checkpoint = args.checkpoint_opt or args.checkpoint
+    if not checkpoint:
+        raise DisttrainError("export-onnx: no checkpoint; expected CHECKPOINT (or --checkpoint PATH) --out FILE.onnx")
+    result = export_onnx(checkpoint, args.out, overrides=[*args.items], verify_batch=args.verify_batch)
+    print(json.dumps(result, indent=2) if args.json else
+          f"exported {checkpoint} -> {result['onnx']} ({result['bytes'] / 2**20:.1f} MiB, opset {result['opset']}); "
+          f"onnxruntime matches PyTorch on {result['verified_rows']} test rows: max |logit diff| "
+          f"{result['max_abs_logit_diff']:.2g}")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    import json
+
+    from disttrain.quantize import describe, quantize
+
+    report = quantize(args.checkpoint, args.out, overrides=[*args.items],
+                      max_relative_auc_loss=args.max_relative_auc_loss)
+    print(json.dumps(report, indent=2) if args.json else describe(report))
     return 0
 
 
@@ -140,7 +180,11 @@ def cmd_import(args) -> int:
 
 def cmd_launch(args, base: str | None = None) -> int:
     cfg = _load(args.items, base)
-    config_path = prepare_launch(cfg)
+    return launch(cfg, prepare_launch(cfg))
+
+
+def launch(cfg: config_mod.Config, config_path: str) -> int:
+    """Start the workers with `launch.launcher`; the exit code of the job."""
     if cfg.launch.launcher == "torchrun":
         from disttrain.launchers.torchrun import launch_torchrun
 
@@ -321,13 +365,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="run a checkpoint in throughput, latency or accuracy mode")
     p.add_argument("--checkpoint", required=True, help="a checkpoint (or a checkpoint directory: its newest)")
     p.add_argument("--mode", required=True, choices=["throughput", "latency", "accuracy"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
+                   help="int8: a `disttrain quantize` output directory as --checkpoint")
+    p.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"],
+                   help="onnxruntime: an `export-onnx` file as --checkpoint (or a checkpoint: exported first)")
     p.add_argument("--batch-size", type=int, default=0, help="default: the training batch (latency: 1)")
     p.add_argument("--iterations", type=int, default=0, help="timed batches/requests (default 20 / 200)")
     p.add_argument("--exact-max-length", type=int, default=0, help="DIEN: pad every history to exactly N")
+    p.add_argument("--nproc", type=_positive, default=1,
+                   help="serve sharded over N local worker processes (the training plan for N ranks; default 1)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("items", nargs="*", help="[CONFIG] [key=value ...] (default: the checkpoint's own config)")
     p.set_defaults(func=cmd_infer)
+    p = sub.add_parser("export-onnx", help="write Wide&Deep, DeepFM or DLRM as ONNX (checked with onnxruntime)")
+    p.add_argument("checkpoint", nargs="?", default="", help="a checkpoint (or a checkpoint directory: its newest)")
+    p.add_argument("--checkpoint", dest="checkpoint_opt", default="", help="the same, as an option")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--verify-batch", type=int, default=1024, help="test rows compared with PyTorch (default 1024)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("items", nargs="*", metavar="key=value", help="data overrides (data.path=...)")
+    p.set_defaults(func=cmd_export_onnx)
+    p = sub.add_parser("quantize", help="int8 post-training quantization with a layer-wise AUC guard")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint (or a checkpoint directory: its newest)")
+    p.add_argument("--out", required=True, help="directory to write: model_int8.pt and quant_report.json")
+    p.add_argument("--max-relative-auc-loss", type=float, default=None,
+                   help="default: quant.max_relative_auc_loss (0.01)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("items", nargs="*", metavar="key=value", help="overrides (data.path=..., quant.*)")
+    p.set_defaults(func=cmd_quantize)
     p = sub.add_parser("import", help="turn a reference dlrm_s_pytorch.py --save-model file into a checkpoint")
     p.add_argument("reference", help="the reference DLRM checkpoint file")
     p.add_argument("--out", required=True, help="checkpoint directory to write (a step_00000000 inside)")

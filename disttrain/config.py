@@ -194,6 +194,15 @@ class CheckpointConfig:
 
 
 @dataclass
+class QuantConfig:
+    # `disttrain quantize`: layers return to fp32 until the int8 model's AUC is within this relative loss of
+    # the fp32 model's (0.01 = 1%, the DLRM INT8 recipe's tolerance).
+    max_relative_auc_loss: float = 0.01
+    # Held-out batches whose activations set the int8 input ranges.
+    calibration_batches: int = 8
+
+
+@dataclass
 class RunConfig:
     output_dir: str = "runs/latest"
     progress: bool = True
@@ -208,6 +217,7 @@ class Config:
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -225,7 +235,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "launch.affinity": AFFINITIES,
     "launch.backend": BACKENDS,
 }
-POSITIVE = ("train.batch_size", "launch.nnodes", "data.multi_hot_max", "data.num_dense", "launch.cpus_per_worker",
+POSITIVE = ("train.batch_size", "quant.calibration_batches", "launch.nnodes", "data.multi_hot_max", "data.num_dense", "launch.cpus_per_worker",
             "launch.timeout_s", "data.synthetic_samples")
 NON_NEGATIVE = (
     "train.steps", "train.eval_every", "model.max_rows", "model.embedding_dim", "sharding.num_column_shards",
@@ -349,6 +359,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.target_auc: got {cfg.train.target_auc}, expected an AUC in [0, 1); 0 = no target")
     if cfg.data.shuffle_window <= 0:
         raise ConfigError(f"data.shuffle_window: got {cfg.data.shuffle_window}, expected a positive number of rows")
+    if not 0 <= cfg.quant.max_relative_auc_loss < 1:
+        raise ConfigError(f"quant.max_relative_auc_loss: got {cfg.quant.max_relative_auc_loss}, expected a fraction "
+                          "in [0, 1) (0.01 = 1%)")
     if cfg.train.lr <= 0:
         raise ConfigError(f"train.lr: got {cfg.train.lr!r}, expected a positive number")
     for name, strategy in cfg.sharding.tables.items():

@@ -48,6 +48,19 @@ def unsharded_state(checkpoint: str | Path) -> tuple[config_mod.Config, dict[str
     return cfg, state, meta["step"]
 
 
+def plain_model(checkpoint: str | Path, overrides: list[str] | None = None):
+    """(the plain model in eval mode, its config, step) of a sharded checkpoint, whatever world wrote it;
+    `overrides` adjust what does not change the weights (data.path, data.eval_batches, ...)."""
+    from disttrain.models import MODELS
+
+    cfg, state, step = unsharded_state(checkpoint)
+    if overrides:
+        cfg = config_mod.config_from_yaml(config_mod.to_yaml(cfg), overrides, source="checkpoint config")
+    model = MODELS[cfg.model.name](cfg, embedding_device="meta")
+    model.load_state_dict(state, assign=True)
+    return model.eval(), cfg, step
+
+
 def export_model(checkpoint: str | Path, out: str | Path) -> Path:
     cfg, state, step = unsharded_state(checkpoint)
     out = Path(out)

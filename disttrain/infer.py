@@ -11,8 +11,10 @@ are assembled on this process (the same path as `disttrain export`).
 
 from __future__ import annotations
 
+import tempfile
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,25 +25,79 @@ from disttrain.collectives import SingleProcess
 from disttrain.errors import ConfigError
 
 MODES = ("throughput", "latency", "accuracy")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
+RUNTIMES = ("torch", "onnxruntime")
 WARMUP = 3
 
 
-def _open(checkpoint: str, config: str | None, overrides: list[str], batch_size: int, exact_max_length: int):
-    from disttrain.data.sources import make_source
-    from disttrain.export import _single_process
+class _Predictor:
+    """What a mode times: `prepare(batch)` (request building, untimed) and `__call__(prepared)` -> logits."""
 
+    def __init__(self, model=None, session=None, tables: int = 0):
+        self.model, self.session, self.tables = model, session, tables
+
+    def prepare(self, batch):
+        if self.session is None:
+            return batch.dense, batch.sparse
+        from disttrain.onnx_export import padded_ids
+
+        return {"dense": batch.dense.numpy(), "sparse": padded_ids(batch.sparse, self.tables).numpy()}
+
+    def __call__(self, prepared) -> torch.Tensor:
+        if self.session is None:
+            return self.model(*prepared)
+        return torch.from_numpy(self.session.run(["logit"], prepared)[0])
+
+
+def _config(stored: str, source: str, config: str | None, overrides: list[str]) -> config_mod.Config:
+    """The run's own config unless one is given (its model must match the checkpoint's), plus overrides."""
+    return config_mod.load_config(config, overrides) if config else config_mod.config_from_yaml(
+        stored, overrides, source=source)
+
+
+def _open(checkpoint: str, config: str | None, overrides: list[str], precision: str, runtime: str, scratch: str):
+    """(config, predictor, step, path) for a checkpoint, a `disttrain quantize` output or an ONNX file."""
+    if runtime == "onnxruntime":
+        from disttrain.onnx_export import export_onnx, read_metadata, session
+
+        if precision != "fp32":
+            raise ConfigError(f"--precision: got {precision!r} with --runtime onnxruntime; expected fp32 (the "
+                              "exported graph is fp32)")
+        path = Path(checkpoint)
+        if path.suffix != ".onnx":
+            path = Path(export_onnx(checkpoint, Path(scratch) / "model.onnx", overrides=overrides)["onnx"])
+        meta = read_metadata(path)
+        cfg = _config(meta["disttrain.config"], f"{path}: disttrain.config", config, overrides)
+        from disttrain.models import MODELS
+
+        tables = len(MODELS[cfg.model.name](cfg, embedding_device="meta").tables)
+        return cfg, _Predictor(session=session(path), tables=tables), int(meta.get("disttrain.step", 0)), path
+    if precision == "int8":
+        from disttrain.quantize import load_quantized
+
+        model, stored, step, path = load_quantized(checkpoint)
+        cfg = _config(stored, str(path), config, overrides)
+        return cfg, _Predictor(model), step, path
+    from disttrain.export import _single_process
+    from disttrain.quantize import is_quantized
+
+    if is_quantized(checkpoint):
+        raise ConfigError(f"--checkpoint: {checkpoint} holds an int8 model (disttrain quantize); expected "
+                          "--precision int8 with it")
     path = find_checkpoint(str(checkpoint), "", key="--checkpoint")
     meta = verify(path)
-    # The run's own config unless one is given (its model must match the checkpoint's), plus overrides.
-    cfg = config_mod.load_config(config, overrides) if config else config_mod.config_from_yaml(
-        meta["config"], overrides, source=f"{path / META}")
-    if batch_size:
-        cfg.train.batch_size = batch_size
+    cfg = _config(meta["config"], f"{path / META}", config, overrides)
     par = _single_process(cfg)
     load_checkpoint(path, par=par, comm=SingleProcess(), cfg=cfg)
-    model = par.model.eval()
-    source = make_source(cfg, model.tables, comm=SingleProcess(), rank=0)
+    return cfg, _Predictor(par.model.eval()), meta["step"], path
+
+
+def _source(cfg, predictor_tables, batch_size: int, exact_max_length: int):
+    from disttrain.data.sources import make_source
+
+    if batch_size:
+        cfg.train.batch_size = batch_size
+    source = make_source(cfg, predictor_tables, comm=SingleProcess(), rank=0)
     if exact_max_length:
         if cfg.model.name != "dien":
             raise ConfigError(f"--exact-max-length: got {exact_max_length}, but model.name={cfg.model.name} has no "
@@ -50,7 +106,7 @@ def _open(checkpoint: str, config: str | None, overrides: list[str], batch_size:
             raise ConfigError(f"--exact-max-length: got {exact_max_length}, more than the model's history of "
                               f"{source.max_history} positions (data.max_history); expected 1..{source.max_history}")
         source.exact_history = exact_max_length
-    return cfg, model, source, meta["step"], path
+    return source
 
 
 def _autocast(precision: str):
@@ -58,44 +114,36 @@ def _autocast(precision: str):
 
 
 def run_inference(checkpoint: str, *, mode: str, config: str | None = None, precision: str = "fp32",
-                  batch_size: int = 0, iterations: int = 0, exact_max_length: int = 0,
+                  runtime: str = "torch", batch_size: int = 0, iterations: int = 0, exact_max_length: int = 0,
                   overrides: list[str] | None = None) -> dict:
     if mode not in MODES:
         raise ConfigError(f"--mode: got {mode!r}, expected one of {', '.join(MODES)}")
     if precision not in PRECISIONS:
-        raise ConfigError(f"--precision: got {precision!r}, expected one of {', '.join(PRECISIONS)} (int8: not yet)")
+        raise ConfigError(f"--precision: got {precision!r}, expected one of {', '.join(PRECISIONS)}")
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"--runtime: got {runtime!r}, expected one of {', '.join(RUNTIMES)}")
     if mode == "latency":
         batch_size = 1
-    cfg, model, source, step, path = _open(checkpoint, config, overrides or [], batch_size, exact_max_length)
-    from disttrain.data.sources import eval_batches, eval_splits
+    with tempfile.TemporaryDirectory(prefix="disttrain-infer-") as scratch:
+        cfg, predictor, step, path = _open(checkpoint, config, overrides or [], precision, runtime, scratch)
+        from disttrain.models import MODELS
 
-    split = eval_splits(cfg)[1]
-    result = {"checkpoint": str(path), "step": step, "model": cfg.model.name, "flavor": cfg.model.flavor,
-              "mode": mode, "precision": precision, "batch_size": cfg.train.batch_size}
-    with torch.no_grad(), _autocast(precision):
-        if mode == "accuracy":
-            preds, labels, valid = [], [], []
-            for i in range(eval_batches(cfg, source, split)):
-                batch = source.batch(i, split=split)
-                preds.append(torch.sigmoid(model(batch.dense, batch.sparse).float()))
-                labels.append(batch.labels)
-                valid.append(batch.valid if batch.valid is not None else torch.ones_like(batch.labels, dtype=torch.bool))
-            from disttrain.metrics import evaluate
-
-            keep = torch.cat(valid).numpy()
-            metrics = evaluate(torch.cat(labels).numpy()[keep], torch.cat(preds).numpy()[keep])
-            result |= {"split": split, "samples": int(keep.sum()), **{k: metrics[k] for k in ("auc", "logloss", "accuracy")}}
-            return result
-        iterations = iterations or (200 if mode == "latency" else 20)
-        # Requests drawn from the training order (distinct batches); built before timing.
-        batches = [source.batch(i) for i in range(min(iterations + WARMUP, 64))]
-        times = []
-        for i in range(iterations + WARMUP):
-            batch = batches[i % len(batches)]
-            start = time.perf_counter()
-            model(batch.dense, batch.sparse)
-            if i >= WARMUP:
-                times.append(time.perf_counter() - start)
+        tables = MODELS[cfg.model.name](cfg, embedding_device="meta").tables
+        source = _source(cfg, tables, batch_size, exact_max_length)
+        result = {"checkpoint": str(path), "step": step, "model": cfg.model.name, "flavor": cfg.model.flavor,
+                  "mode": mode, "precision": precision, "runtime": runtime, "batch_size": cfg.train.batch_size}
+        with torch.no_grad(), _autocast(precision):
+            if mode == "accuracy":
+                return result | _accuracy(cfg, source, predictor)
+            iterations = iterations or (200 if mode == "latency" else 20)
+            # Requests drawn from the training order (distinct batches), built before timing.
+            requests = [predictor.prepare(source.batch(i)) for i in range(min(iterations + WARMUP, 64))]
+            times = []
+            for i in range(iterations + WARMUP):
+                start = time.perf_counter()
+                predictor(requests[i % len(requests)])
+                if i >= WARMUP:
+                    times.append(time.perf_counter() - start)
     seconds = np.asarray(times)
     result["iterations"] = iterations
     if mode == "throughput":
@@ -108,8 +156,70 @@ def run_inference(checkpoint: str, *, mode: str, config: str | None = None, prec
     return result
 
 
+def run_sharded_inference(checkpoint: str, *, nproc: int, mode: str, config: str | None = None,
+                          precision: str = "fp32", batch_size: int = 0, iterations: int = 0, exact_max_length: int = 0,
+                          overrides: list[str] | None = None) -> dict:
+    """The checkpoint sharded over `nproc` local worker processes (the same workers, plan and resharding as
+    training; tables that fit no single worker are split), served in one of the modes."""
+    import json
+    import os
+
+    from disttrain.cli import launch, prepare_launch
+    from disttrain.worker import SERVE
+
+    if precision == "int8":
+        raise ConfigError("--precision int8 with --nproc: the int8 model serves in one process; expected --nproc 1")
+    path = find_checkpoint(str(checkpoint), "", key="--checkpoint")
+    cfg = _config(verify(path)["config"], f"{path / META}", config, overrides or [])
+    if mode == "latency":
+        batch_size = nproc  # one request per rank at a time
+    if batch_size:
+        cfg.train.batch_size = batch_size
+    if cfg.train.batch_size % nproc:
+        raise ConfigError(f"--batch-size: got {cfg.train.batch_size}, expected a multiple of --nproc {nproc} "
+                          "(each rank serves an equal part of every batch)")
+    cfg.launch.launcher, cfg.launch.nnodes, cfg.launch.node_rank = "local", 1, 0
+    cfg.launch.nproc_per_node, cfg.launch.max_restarts, cfg.launch.master_port = nproc, 0, 0
+    cfg.train.resume, cfg.train.steps, cfg.train.precision = str(path), 0, precision
+    cfg.checkpoint.dir, cfg.run.progress = "", False
+    with tempfile.TemporaryDirectory(prefix="disttrain-infer-") as scratch:
+        cfg.run.output_dir = scratch
+        request = {"mode": mode, "iterations": iterations or (200 if mode == "latency" else 20),
+                   "exact_max_length": exact_max_length}
+        os.environ[SERVE] = json.dumps(request)
+        try:
+            code = launch(cfg, prepare_launch(cfg))
+        finally:
+            os.environ.pop(SERVE, None)
+        result_file = Path(scratch) / "infer.json"
+        if code != 0 or not result_file.is_file():
+            raise ConfigError(f"sharded inference over {nproc} workers failed (exit code {code}); their errors are above")
+        served = json.loads(result_file.read_text())
+    return {"checkpoint": str(path), "model": cfg.model.name, "flavor": cfg.model.flavor, "mode": mode,
+            "precision": precision, "runtime": "torch", "batch_size": cfg.train.batch_size, **served}
+
+
+def _accuracy(cfg, source, predictor) -> dict:
+    from disttrain.data.sources import eval_batches, eval_splits
+    from disttrain.metrics import evaluate
+
+    split = eval_splits(cfg)[1]
+    preds, labels, valid = [], [], []
+    for i in range(eval_batches(cfg, source, split)):
+        batch = source.batch(i, split=split)
+        preds.append(torch.sigmoid(predictor(predictor.prepare(batch)).float()))
+        labels.append(batch.labels)
+        valid.append(batch.valid if batch.valid is not None else torch.ones_like(batch.labels, dtype=torch.bool))
+    keep = torch.cat(valid).numpy()
+    metrics = evaluate(torch.cat(labels).numpy()[keep], torch.cat(preds).numpy()[keep])
+    return {"split": split, "samples": int(keep.sum()), **{k: metrics[k] for k in ("auc", "logloss", "accuracy")}}
+
+
 def describe(result: dict) -> str:
-    head = (f"{result['model']}/{result['flavor']} step {result['step']}, {result['precision']}, "
+    runtime = "" if result.get("runtime", "torch") == "torch" else f" on {result['runtime']}"
+    if result.get("world_size", 1) > 1:
+        runtime += f", sharded over {result['world_size']} ranks"
+    head = (f"{result['model']}/{result['flavor']} step {result['step']}, {result['precision']}{runtime}, "
             f"batch {result['batch_size']}: ")
     if result["mode"] == "accuracy":
         return head + (f"{result['split']} AUC {result['auc']:.4f}  logloss {result['logloss']:.5f}  "

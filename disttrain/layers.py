@@ -95,6 +95,16 @@ class _GlobalBatchNorm(torch.autograd.Function):
         return dx, grad_weight, grad_bias, None, None
 
 
+def batch_stats_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """Normalise with the batch's own statistics, computed in float64 (exact to fp32 rounding), then one
+    per-channel y = x * a + b in x's dtype. Plain ops, so an ONNX export computes the same."""
+    x64 = x.double()
+    mean = x64.mean(dim=0, keepdim=True)
+    centered = x64 - mean
+    scale = torch.rsqrt((centered * centered).mean(dim=0, keepdim=True) + eps) * weight.double()
+    return x * scale.to(x.dtype) + (bias.double() - mean * scale).to(x.dtype)
+
+
 class BatchNorm(nn.Module):
     """BatchNorm that always uses the batch's statistics (as DeepRec's DeepFM, whose BN runs in training mode
     at evaluation too); TF's default epsilon 1e-3. Global-batch statistics once `parallelize` sets `comm`."""
@@ -109,6 +119,10 @@ class BatchNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _at_least_fp32(x)  # normalisation in fp32, also under bf16 autocast
         if self.comm is None or self.comm.world_size == 1:
+            if not self.training or x.shape[0] == 1:
+                # Serving (and one-sample batches, which torch's kernel refuses): exact statistics. torch's fused
+                # training kernel is up to ~20 ulps off at DeepFM's activations; its backward is kept for training.
+                return batch_stats_norm(x, self.weight, self.bias, self.eps)
             return torch.nn.functional.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
         return _GlobalBatchNorm.apply(x, self.weight, self.bias, self.eps, self.comm)
 

@@ -31,6 +31,8 @@ from disttrain.runtime.allocator import loaded_allocator
 from disttrain.runtime.env import RUN_ID, WorkerEnv
 from disttrain.sharding.planner import plan_sharding
 
+SERVE_WARMUP = 3
+
 
 @dataclass
 class RunState:
@@ -219,6 +221,48 @@ class Trainer:
         final = self.evaluate(self.test_split)
         self._log_eval(state, final, self.test_split)
         return self._summary(state, final)
+
+    @torch.no_grad()
+    def serve(self, mode: str, iterations: int, exact_max_length: int = 0) -> dict | None:
+        """`disttrain infer --nproc N`: the checkpoint in `train.resume`, sharded by this run's plan, in one of
+        the inference modes; every rank takes its part of each global batch. Returns the figures on rank 0.
+
+        throughput: back-to-back global batches, recommendations/second from the slowest rank's wall time;
+        latency: global batches of one request per rank, started together, each timed to the slowest rank;
+        accuracy: the final split's AUC, log loss and accuracy (the training run's final evaluation)."""
+        state = RunState()
+        self._resume(state)
+        if exact_max_length:
+            self.data.exact_history = exact_max_length
+        out = {"step": state.step, "world_size": self.env.world_size, "plan": self.plan.to_json(),
+               "workers": self.comm.all_gather_object(self.worker_info())}
+        if mode == "accuracy":
+            metrics = self.evaluate(self.test_split)
+            keys = ("auc", "logloss", "accuracy", "samples")
+            return out | {"split": self.test_split, **{k: metrics[k] for k in keys}} if self.env.rank == 0 else None
+        self.model.eval()
+        batches = [self._batch(i) for i in range(min(iterations + SERVE_WARMUP, 64))]
+        times = []
+        for i in range(iterations + SERVE_WARMUP):
+            if mode == "latency" or i == SERVE_WARMUP:
+                self.comm.barrier()
+            start = time.perf_counter()
+            with self.autocast():
+                self.model(batches[i % len(batches)].dense, batches[i % len(batches)].sparse)
+            times.append(time.perf_counter() - start)
+        self.comm.barrier()
+        per_rank = np.asarray(self.comm.all_gather_object(times[SERVE_WARMUP:]))  # [ranks, iterations]
+        if self.env.rank != 0:
+            return None
+        slowest = per_rank.max(axis=0)
+        out["iterations"] = iterations
+        if mode == "throughput":
+            seconds = float(per_rank.sum(axis=1).max())
+            return out | {"recommendations_per_s": self.global_batch * iterations / seconds,
+                          "ms_per_batch": seconds / iterations * 1e3}
+        p50, p90, p99 = np.percentile(slowest * 1e3, [50, 90, 99])
+        return out | {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
+                      "recommendations_per_s": self.global_batch * iterations / float(slowest.sum())}
 
     def _start_profiler(self):
         activities = [torch.profiler.ProfilerActivity.CPU]

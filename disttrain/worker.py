@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Mapping
@@ -13,6 +14,8 @@ from disttrain import config as config_mod
 from disttrain.errors import DisttrainError
 from disttrain.runtime.bootstrap import bootstrap
 from disttrain.runtime.env import worker_env_from
+
+SERVE = "DISTTRAIN_SERVE"  # JSON {mode, iterations, exact_max_length}: run_worker serves instead of training
 
 
 def launcher_name(environ: Mapping[str, str]) -> str:
@@ -29,11 +32,15 @@ def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] = os.environ) 
     """Place (pin, threads, allocator; may re-execute this process once), join the process group, train;
     returns the summary on rank 0."""
     placement = bootstrap(cfg, environ)  # before torch is imported: nothing is lost by a re-exec
+    if environ.get(SERVE):
+        # The infer command prints the figures (or --json) on stdout; workers' logs would bury them. Errors
+        # still reach stderr.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the process's stdout until it exits)
 
     import torch.distributed as dist
 
     from disttrain.runtime.affinity import apply_threads
-    from disttrain.trainer import Trainer, make_collectives, training_device
+    from disttrain.trainer import Trainer, make_collectives, training_device, write_json
 
     env = worker_env_from(environ)
     apply_threads(placement["threads"])
@@ -45,7 +52,15 @@ def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] = os.environ) 
     launcher = launcher_name(environ)
     device = training_device(cfg, placement)
     comm = make_collectives(env, cfg, launcher=launcher)
-    summary = Trainer(cfg, env, comm, launcher=launcher, placement=placement, device=device).run()
+    trainer = Trainer(cfg, env, comm, launcher=launcher, placement=placement, device=device)
+    serve = environ.get(SERVE)
+    if serve:  # `disttrain infer --nproc N`: serve the checkpoint instead of training; figures to infer.json
+        request = json.loads(serve)
+        summary = trainer.serve(request["mode"], request["iterations"], request.get("exact_max_length", 0))
+        if summary is not None:
+            write_json(Path(cfg.run.output_dir) / "infer.json", summary)
+    else:
+        summary = trainer.run()
     # Orderly shutdown: nobody tears down its transport while another rank still writes or talks.
     comm.barrier()
     if dist.is_initialized():

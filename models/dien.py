@@ -137,6 +137,9 @@ class DIEN(nn.Module):
             return logits
         return logits, self._aux_loss(states, history, negatives, mask, steps)
 
+    # Linear layers whose weights this model reads directly (int8 quantization leaves them in fp32).
+    weights_read_directly = ("attention.0",)
+
     def _attention(self, target: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[q, k, q - k, q * k] -> 80 -> 40 -> 1 with the first layer split by blocks: W [q, k, q - k, q*k] =
         (W_q + W_d) q + (W_k - W_d) k + W_p (q * k), so the query's share is computed once per sample."""

@@ -61,3 +61,42 @@ def test_bad_flags_are_one_line(trained):
         result = disttrain("infer", "--checkpoint", *args)
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert result.stderr.strip().count("\n") == 0, result.stderr
+
+
+@pytest.mark.parametrize("model", ["dlrm", "dien"])
+def test_sharded_inference_equals_one_process(trained, model):
+    """`--nproc 2`: the checkpoint resharded over two worker processes serves the same evaluation."""
+    ck, run = trained[model]
+    result = disttrain("infer", "--checkpoint", str(ck), "--mode", "accuracy", "--nproc", "2", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout)
+    assert out["world_size"] == 2 and out["samples"] == run["eval_samples"]
+    assert abs(out["auc"] - run["eval_auc"]) < 1e-6 and abs(out["logloss"] - run["eval_logloss"]) < 1e-6
+    assert {t["type"] for t in out["plan"]["tables"]} == {"row_wise"}  # the checkpoint's own strategy
+    if model == "dlrm":
+        result = disttrain("infer", "--checkpoint", str(ck), "--mode", "throughput", "--nproc", "2",
+                           "--batch-size", "64", "--iterations", "5")
+        assert result.returncode == 0 and "sharded over 2 ranks, batch 64:" in result.stdout, result.stderr[-2000:]
+        assert "recommendations/second" in result.stdout and "resolved config" not in result.stdout
+        latency = json.loads(disttrain("infer", "--checkpoint", str(ck), "--mode", "latency", "--nproc", "2",
+                                       "--iterations", "20", "--json").stdout)
+        assert latency["batch_size"] == 2 and 0 < latency["p50_ms"] <= latency["p90_ms"] <= latency["p99_ms"]
+        bad = disttrain("infer", "--checkpoint", str(ck), "--mode", "throughput", "--nproc", "2", "--batch-size", "3")
+        assert bad.returncode == 2 and "expected a multiple of --nproc 2" in bad.stderr
+        assert bad.stderr.strip().count("\n") == 0, bad.stderr
+
+
+def test_dien_int8(trained, tmp_path):
+    """DIEN quantizes too: its tables and the linears inference runs (not the auxiliary net, nor the attention
+    layer whose weight the model splits itself); the saved model reproduces the report."""
+    ck, _ = trained["dien"]
+    result = disttrain("quantize", "--checkpoint", str(ck), "--out", str(tmp_path / "int8"), "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    names = {layer["name"] for layer in report["layers"]}
+    assert {"embeddings.uid", "embeddings.mid", "embeddings.cat", "query", "fcn.0"} <= names
+    assert not any(n.startswith(("aux_net", "attention.0")) for n in names)
+    assert report["tuning"]["relative_auc_loss"] <= 0.01
+    int8 = json.loads(disttrain("infer", "--checkpoint", str(tmp_path / "int8"), "--precision", "int8", "--mode",
+                                "accuracy", "--json").stdout)
+    assert abs(int8["auc"] - report["final"]["int8"]["auc"]) < 1e-9

@@ -1,0 +1,391 @@
+"""`disttrain quantize`: int8 post-training quantization guarded by AUC, as in the DLRM INT8 tuning recipe.
+
+- Tables: row-wise int8 (each row's own scale and offset, FBGEMM's fused 8-bit layout), looked up and pooled by
+  `quantized::embedding_bag_byte_rowwise_offsets`.
+- Linear layers: int8 weights (one symmetric scale per output channel) and int8 activations with a static
+  scale and zero point calibrated on held-out batches (min/max of each layer's input); the matmul is oneDNN's
+  int8 kernel (`onednn::qlinear_pointwise`, AMX-int8 / VNNI on Xeon) with the following ReLU fused.
+- Tuning (the recipe's accuracy-aware loop): quantize every layer; while the relative AUC loss on the held-out
+  split exceeds `quant.max_relative_auc_loss`, return to fp32 the layer whose fallback alone recovers the most
+  AUC, then the next, ... Calibration and tuning use the split evaluated during training (Criteo: val; DIEN,
+  which has no validation split: test); the report adds the final split's figures (Criteo: test).
+
+Output directory: `model_int8.pt` (int8 tensors, fp32 for the rest, the config; `torch.load(weights_only=True)`
+reads it) and `quant_report.json` (per-layer precision, every evaluation the tuner made, sizes).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from disttrain import config as config_mod
+from disttrain.collectives import SingleProcess
+from disttrain.errors import ConfigError, DataError
+
+# torch 2.13 (pinned) deprecates the quantized dtypes; only their fused fp32 -> uint8 conversion is used here.
+warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel")
+
+FORMAT = "disttrain-int8-v1"
+MODEL_FILE = "model_int8.pt"
+REPORT_FILE = "quant_report.json"
+BAG_MODES = {"sum": 0, "mean": 1}
+
+
+class Int8Linear(nn.Module):
+    """y = x W^T + b with int8 x (static per-tensor scale, zero point) and int8 W (per output channel)."""
+
+    def __init__(self, weight_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
+                 x_scale: float, x_zero_point: int, relu: bool):
+        super().__init__()
+        self.register_buffer("weight_q", weight_q)
+        self.register_buffer("w_scale", w_scale)
+        self.register_buffer("bias", bias)
+        self.x_scale, self.x_zero_point, self.relu = float(x_scale), int(x_zero_point), bool(relu)
+        self.out_q: tuple[float, int] | None = None  # set by `link`: hand uint8 straight to the next int8 layer
+        self._w_zero_point = torch.zeros(weight_q.shape[0], dtype=torch.int32)
+        self._packed = torch.ops.onednn.qlinear_prepack(weight_q, None)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, x_min: float, x_max: float, relu: bool) -> Int8Linear:
+        weight = linear.weight.detach().float()
+        w_scale = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+        weight_q = torch.round(weight / w_scale[:, None]).clamp(-127, 127).to(torch.int8)
+        lo, hi = min(x_min, 0.0), max(x_max, 0.0)
+        x_scale = (hi - lo) / 255.0 if hi > lo else 1.0
+        zero_point = int(min(max(round(-lo / x_scale), 0), 255))
+        bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        return cls(weight_q, w_scale, bias, x_scale, zero_point, relu)
+
+    def state(self) -> dict:
+        return {"weight_q": self.weight_q, "w_scale": self.w_scale, "bias": self.bias,
+                "x_scale": self.x_scale, "x_zero_point": self.x_zero_point, "relu": self.relu}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        if flat.dtype != torch.uint8:  # else: already quantized to this layer's input scale by the previous one
+            flat = torch.quantize_per_tensor(flat.float(), self.x_scale, self.x_zero_point, torch.quint8).int_repr()
+        scale, zero_point = self.out_q or (1.0, 0)
+        out = torch.ops.onednn.qlinear_pointwise(
+            flat, self.x_scale, self.x_zero_point, self._packed, self.w_scale, self._w_zero_point, self.bias,
+            scale, zero_point, torch.uint8 if self.out_q else torch.float32, "relu" if self.relu else "none", [], "")
+        return out.view(*shape[:-1], out.shape[-1])
+
+
+def link(model: nn.Module) -> nn.Module:
+    """Within each nn.Sequential, let an int8 layer whose next step is another int8 layer (a fused ReLU between)
+    write uint8 at that layer's input scale: one requantization inside the kernel instead of fp32 out and in."""
+    for module in model.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        children = [c for c in module.children() if not isinstance(c, nn.Identity)]
+        for child, after in zip(children, [*children[1:], None]):
+            if isinstance(child, Int8Linear):
+                child.out_q = (after.x_scale, after.x_zero_point) if isinstance(after, Int8Linear) else None
+    return model
+
+
+class QuantizedTables(nn.Module):
+    """An `EmbeddingBagCollection` whose tables are each row-wise int8 (packed) or fp32; same forward."""
+
+    def __init__(self, tables, weights: list[torch.Tensor | None], packed: list[torch.Tensor | None]):
+        super().__init__()
+        self.tables = list(tables)
+        self.weights, self.packed = weights, packed
+
+    @classmethod
+    def from_collection(cls, collection) -> QuantizedTables:
+        weights = [bag.weight.detach() for bag in collection.bags]
+        return cls(collection.tables, weights, [torch.ops.quantized.embedding_bag_byte_prepack(w) for w in weights])
+
+    def use(self, int8: list[bool]) -> QuantizedTables:
+        """A view holding, per table, only the chosen form."""
+        return QuantizedTables(self.tables, [None if q else w for q, w in zip(int8, self.weights)],
+                               [p if q else None for q, p in zip(int8, self.packed)])
+
+    def forward(self, features) -> list[torch.Tensor]:
+        out = []
+        for spec, weight, packed, bags, (lengths, values) in zip(
+                self.tables, self.weights, self.packed, features.bags_per_key, features.split()):
+            offsets = torch.cumsum(lengths, 0) - lengths
+            if packed is not None:
+                pooled = torch.ops.quantized.embedding_bag_byte_rowwise_offsets(
+                    packed, values, offsets, False, BAG_MODES[spec.bag_mode], False, None, None, False)
+            else:
+                pooled = nn.functional.embedding_bag(values, weight, offsets, mode=spec.bag_mode)
+            out.append(pooled.view(features.batch_size, bags, spec.dim))
+        return out
+
+
+@dataclass
+class _Layer:
+    name: str  # "embeddings.<table>" or the nn.Linear's module path
+    kind: str  # "table" | "linear"
+    relu_after: str = ""  # the nn.ReLU that follows a linear (fused into the int8 kernel)
+
+
+def quantizable_layers(model: nn.Module) -> list[_Layer]:
+    """Every table and every nn.Linear, except those whose weights the model reads directly."""
+    layers = [_Layer(f"embeddings.{spec.name}", "table") for spec in model.embeddings.tables]
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Sequential):
+            children = list(module.named_children())
+            for i, (child_name, child) in enumerate(children):
+                if isinstance(child, nn.Linear):
+                    follows = i + 1 < len(children) and isinstance(children[i + 1][1], nn.ReLU)
+                    prefix = f"{name}." if name else ""
+                    layers.append(_Layer(prefix + child_name, "linear",
+                                         prefix + children[i + 1][0] if follows else ""))
+    listed = {layer.name for layer in layers}
+    layers += [_Layer(name, "linear") for name, module in model.named_modules()
+               if isinstance(module, nn.Linear) and name not in listed]
+    direct = getattr(model, "weights_read_directly", ())
+    return [layer for layer in layers if layer.name not in direct]
+
+
+def calibrate(model: nn.Module, layers: list[_Layer], batches) -> dict[str, tuple[float, float]]:
+    """min/max of every linear layer's input over `batches` (the fp32 model)."""
+    ranges: dict[str, list[float]] = {}
+    hooks = []
+    for layer in layers:
+        if layer.kind != "linear":
+            continue
+
+        def record(_module, args, name=layer.name):
+            x = args[0].detach()
+            lo, hi = ranges.setdefault(name, [float("inf"), float("-inf")])
+            ranges[name] = [min(lo, float(x.min())), max(hi, float(x.max()))]
+
+        hooks.append(model.get_submodule(layer.name).register_forward_pre_hook(record))
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch.dense, batch.sparse)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: (lo, hi) for name, (lo, hi) in ranges.items()}
+
+
+class Int8Model:
+    """The fp32 model plus every layer's int8 form; `apply(plan)` switches layers between the two in place."""
+
+    def __init__(self, model: nn.Module, layers: list[_Layer], ranges: dict[str, tuple[float, float]]):
+        self.model, self.layers = model, layers
+        self.fp32 = {layer.name: model.get_submodule(layer.name) for layer in layers if layer.kind == "linear"}
+        self.relus = {layer.relu_after: model.get_submodule(layer.relu_after) for layer in layers if layer.relu_after}
+        self.int8 = {layer.name: Int8Linear.from_float(self.fp32[layer.name], *ranges.get(layer.name, (0.0, 0.0)),
+                                                       relu=bool(layer.relu_after))
+                     for layer in layers if layer.kind == "linear"}
+        self.tables = QuantizedTables.from_collection(model.embeddings)
+
+    def apply(self, plan: dict[str, str]) -> nn.Module:
+        for layer in self.layers:
+            if layer.kind != "linear":
+                continue
+            int8 = plan[layer.name] == "int8"
+            self.model.set_submodule(layer.name, self.int8[layer.name] if int8 else self.fp32[layer.name])
+            if layer.relu_after:
+                self.model.set_submodule(layer.relu_after, nn.Identity() if int8 else self.relus[layer.relu_after])
+        self.model.embeddings = self.tables.use([plan[f"embeddings.{s.name}"] == "int8" for s in self.tables.tables])
+        return link(self.model)
+
+
+def _evaluate(model, batches) -> float:
+    from disttrain.metrics import evaluate
+
+    preds, labels, valid = [], [], []
+    with torch.no_grad():
+        for batch in batches:
+            out = model(batch.dense, batch.sparse)
+            preds.append(torch.sigmoid(out[0] if isinstance(out, tuple) else out))
+            labels.append(batch.labels)
+            valid.append(batch.valid if batch.valid is not None else torch.ones_like(batch.labels, dtype=torch.bool))
+    keep = torch.cat(valid).numpy()
+    return evaluate(torch.cat(labels).numpy()[keep], torch.cat(preds).numpy()[keep])
+
+
+def tune(int8: Int8Model, batches, max_relative_auc_loss: float) -> tuple[dict[str, str], dict]:
+    """The accuracy-aware loop. Returns (plan, what it measured)."""
+    names = [layer.name for layer in int8.layers]
+    baseline = _evaluate(int8.apply(dict.fromkeys(names, "fp32")), batches)["auc"]
+
+    def loss(auc: float) -> float:
+        return (baseline - auc) / baseline
+
+    plan = dict.fromkeys(names, "int8")
+    all_int8 = _evaluate(int8.apply(plan), batches)["auc"]
+    trace = {"fp32_auc": baseline, "all_int8_auc": all_int8, "fallback_alone_auc": {}, "steps": []}
+    if loss(all_int8) <= max_relative_auc_loss:
+        return plan, trace
+    # Sensitivity: the AUC with only this layer back in fp32.
+    for name in names:
+        alone = _evaluate(int8.apply(plan | {name: "fp32"}), batches)["auc"]
+        trace["fallback_alone_auc"][name] = alone
+    current = all_int8
+    for name in sorted(names, key=lambda n: -trace["fallback_alone_auc"][n]):
+        if loss(current) <= max_relative_auc_loss:
+            break
+        plan[name] = "fp32"
+        current = _evaluate(int8.apply(plan), batches)["auc"]
+        trace["steps"].append({"fallback": name, "auc": current, "relative_loss": loss(current)})
+    return plan, trace
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def quantize(checkpoint: str, out: str | Path, *, overrides: list[str] | None = None,
+             max_relative_auc_loss: float | None = None) -> dict:
+    from disttrain.data.sources import eval_batches, eval_splits, make_source
+    from disttrain.export import plain_model
+
+    started = time.perf_counter()
+    model, cfg, step = plain_model(checkpoint, overrides)
+    limit = cfg.quant.max_relative_auc_loss if max_relative_auc_loss is None else max_relative_auc_loss
+    if not 0.0 <= limit < 1.0:
+        raise ConfigError(f"quant.max_relative_auc_loss: got {limit}, expected a fraction in [0, 1) (0.01 = 1%)")
+    if not hasattr(torch.ops.onednn, "qlinear_pointwise"):
+        raise ConfigError("this torch build has no oneDNN int8 kernels (onednn::qlinear_pointwise); expected an x86 build")
+    source = make_source(cfg, model.tables, comm=SingleProcess(), rank=0)
+    tune_split, final_split = eval_splits(cfg)
+    count = eval_batches(cfg, source, tune_split)
+    if count == 0:
+        raise ConfigError("data.eval_batches: 0 leaves nothing to calibrate and tune on; expected -1 or a count")
+    tune_batches = [source.batch(i, split=tune_split) for i in range(count)]
+    calibration = tune_batches[: cfg.quant.calibration_batches]
+    layers = quantizable_layers(model)
+    ranges = calibrate(model, layers, calibration)
+    # Layers inference never runs (DIEN's auxiliary net) stay as they are.
+    layers = [layer for layer in layers if layer.kind == "table" or layer.name in ranges]
+    fp32_bytes = _nbytes(model.state_dict().values())
+    int8 = Int8Model(model, layers, ranges)
+    plan, trace = tune(int8, tune_batches, limit)
+
+    final = [source.batch(i, split=final_split) for i in range(eval_batches(cfg, source, final_split))]
+    fp32_final = _evaluate(int8.apply(dict.fromkeys(plan, "fp32")), final)
+    quantized = int8.apply(plan)
+    int8_final = _evaluate(quantized, final)
+    saved = _state(quantized, int8, plan, cfg, step)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (MODEL_FILE + ".tmp")
+    torch.save(saved, tmp)
+    tmp.replace(out / MODEL_FILE)
+    tuned = trace["steps"][-1]["auc"] if trace["steps"] else trace["all_int8_auc"]
+    report = {
+        "checkpoint": str(checkpoint), "model": cfg.model.name, "flavor": cfg.model.flavor, "step": step,
+        "max_relative_auc_loss": limit,
+        "calibration": {"split": tune_split, "batches": len(calibration),
+                        "samples": sum(int(b.labels.numel()) for b in calibration)},
+        "tuning": {"split": tune_split, "batches": len(tune_batches), **trace, "int8_auc": tuned,
+                   "relative_auc_loss": (trace["fp32_auc"] - tuned) / trace["fp32_auc"]},
+        "final": {"split": final_split, "fp32": fp32_final, "int8": int8_final,
+                  "relative_auc_loss": (fp32_final["auc"] - int8_final["auc"]) / fp32_final["auc"]},
+        "layers": [{"name": layer.name, "kind": layer.kind, "precision": plan[layer.name],
+                    **({"input_range": _input_range(int8.int8[layer.name])} if layer.kind == "linear" else {})}
+                   for layer in layers],
+        "int8_layers": sum(p == "int8" for p in plan.values()), "total_layers": len(plan),
+        "bytes": {"fp32": fp32_bytes, "int8": _nbytes(_flat_tensors(saved))},
+        "seconds": time.perf_counter() - started,
+        "model_file": str(out / MODEL_FILE),
+    }
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _input_range(layer: Int8Linear) -> list[float]:
+    """The calibrated range an int8 input represents."""
+    return [layer.x_scale * -layer.x_zero_point, layer.x_scale * (255 - layer.x_zero_point)]
+
+
+def _state(model: nn.Module, int8: Int8Model, plan: dict[str, str], cfg, step: int) -> dict:
+    linears = {name: int8.int8[name].state() for name in int8.int8 if plan[name] == "int8"}
+    skip = tuple(f"{name}." for name in linears) + ("embeddings.",)
+    dense = {name: t.detach() for name, t in model.state_dict().items() if not name.startswith(skip)}
+    tables = {}
+    for spec, weight, packed in zip(int8.tables.tables, int8.tables.weights, int8.tables.packed):
+        tables[spec.name] = {"int8": packed} if plan[f"embeddings.{spec.name}"] == "int8" else {"fp32": weight}
+    return {"format": FORMAT, "config": config_mod.to_yaml(cfg), "model": cfg.model.name, "step": step,
+            "plan": plan, "dense": dense, "linears": linears, "tables": tables}
+
+
+def _flat_tensors(saved: dict):
+    yield from saved["dense"].values()
+    for state in saved["linears"].values():
+        yield from (state["weight_q"], state["w_scale"], state["bias"])
+    for table in saved["tables"].values():
+        yield from table.values()
+
+
+def _model_file(path: str | Path) -> Path:
+    path = Path(path)
+    return path / MODEL_FILE if path.is_dir() else path
+
+
+def is_quantized(path: str | Path) -> bool:
+    """A `disttrain quantize` output (its directory or its model file)?"""
+    file = _model_file(path)
+    return file.name == MODEL_FILE and file.is_file()
+
+
+def load_quantized(path: str | Path):
+    """(the int8 model, its config's YAML, step, file) of a `disttrain quantize` output directory or file."""
+    from disttrain.models import MODELS
+
+    file = _model_file(path)
+    try:
+        data = torch.load(file, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise DataError(f"{file}: not found; expected a `disttrain quantize --out DIR` directory (it holds "
+                        f"{MODEL_FILE})") from None
+    except Exception as exc:
+        raise DataError(f"{file}: not a readable int8 model ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise DataError(f"{file}: not a disttrain int8 model (expected format {FORMAT})")
+    cfg = config_mod.config_from_yaml(data["config"], source=str(file))
+    model = MODELS[cfg.model.name](cfg, embedding_device="meta")
+    missing = model.load_state_dict(data["dense"], strict=False, assign=True).missing_keys
+    for name, state in data["linears"].items():
+        layer = Int8Linear(state["weight_q"], state["w_scale"], state["bias"], state["x_scale"],
+                           state["x_zero_point"], state["relu"])
+        model.set_submodule(name, layer)
+    for layer in quantizable_layers(model):
+        if layer.kind == "linear" and layer.name in data["linears"] and layer.relu_after:
+            model.set_submodule(layer.relu_after, nn.Identity())
+    tables = [data["tables"].get(spec.name) for spec in model.tables]
+    if any(t is None for t in tables):
+        raise DataError(f"{file}: tables missing for {[s.name for s, t in zip(model.tables, tables) if t is None]}")
+    model.embeddings = QuantizedTables(model.tables, [t.get("fp32") for t in tables], [t.get("int8") for t in tables])
+    loaded = set(data["dense"]) | {f"{n}.{p}" for n in data["linears"] for p in ("weight", "bias")}
+    unfilled = [k for k in missing if not k.startswith("embeddings.") and k not in loaded]
+    if unfilled:
+        raise DataError(f"{file}: no values for {', '.join(unfilled[:5])}; the file does not fit model "
+                        f"{cfg.model.name}/{cfg.model.flavor}")
+    return link(model).eval(), data["config"], int(data["step"]), file
+
+
+def describe(report: dict) -> str:
+    tuning, final = report["tuning"], report["final"]
+    lines = [
+        f"{report['model']}/{report['flavor']} step {report['step']}: {report['int8_layers']} of "
+        f"{report['total_layers']} layers int8 (limit: {report['max_relative_auc_loss']:.2%} relative AUC loss)",
+        f"  calibration: {report['calibration']['samples']} {report['calibration']['split']} samples; tuning on "
+        f"{tuning['split']}: fp32 AUC {tuning['fp32_auc']:.4f}, all int8 {tuning['all_int8_auc']:.4f}, "
+        f"chosen {tuning['int8_auc']:.4f} ({tuning['relative_auc_loss']:+.3%})",
+        f"  {final['split']}: fp32 AUC {final['fp32']['auc']:.4f} logloss {final['fp32']['logloss']:.5f}; int8 AUC "
+        f"{final['int8']['auc']:.4f} logloss {final['int8']['logloss']:.5f} ({final['relative_auc_loss']:+.3%})",
+    ]
+    kept = [layer["name"] for layer in report["layers"] if layer["precision"] != "int8"]
+    lines.append(f"  kept in fp32: {', '.join(kept) if kept else 'none'}")
+    lines.append(f"  size {report['bytes']['fp32'] / 2**20:.1f} MiB -> {report['bytes']['int8'] / 2**20:.1f} MiB; "
+                 f"wrote {report['model_file']} and {REPORT_FILE}")
+    return "\n".join(lines)
