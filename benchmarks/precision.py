@@ -1,4 +1,5 @@
-"""fp32 vs bf16 training (train.precision), interleaved rounds, medians: samples/s and eval AUC.
+"""fp32 vs bf16 training (train.precision; plus bf16 tables, model.embedding_dtype=bf16), interleaved rounds,
+medians: samples/s and eval AUC.
 
     python benchmarks/precision.py [--rounds 3]
 
@@ -15,6 +16,8 @@ import sys
 
 from models_vs_deepctr import DEEPFM, DIEN, ours
 
+VARIANTS = {"fp32": [], "bf16": ["train.precision=bf16"],
+            "bf16+tables": ["train.precision=bf16", "model.embedding_dtype=bf16"]}
 CASES = {  # (verb, overrides, evaluation batches)
     "kaggle": ("bench", [], 8),
     "deepfm": ("train", DEEPFM + ["train.steps=40"], 8),
@@ -29,17 +32,16 @@ def main() -> None:
     runs: dict[tuple[str, str], list[dict]] = {}
     for r in range(args.rounds):
         for case, (verb, overrides, evals) in CASES.items():
-            for precision in ("fp32", "bf16"):
-                runs.setdefault((case, precision), []).append(
-                    ours(overrides + [f"train.precision={precision}"], verb=verb, eval_batches=evals))
+            for variant, extra in VARIANTS.items():
+                runs.setdefault((case, variant), []).append(ours(overrides + extra, verb=verb, eval_batches=evals))
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     print(f"medians of {args.rounds} interleaved rounds")
-    print(f"{'case':8} {'fp32 samples/s':>15} {'bf16 samples/s':>15} {'speed-up':>9} {'fp32 AUC':>9} {'bf16 AUC':>9}")
+    print(f"{'case':8} {'variant':12} {'samples/s':>10} {'vs fp32':>8} {'eval AUC':>9}")
     for case in CASES:
         fp32 = statistics.median(x["samples_per_s"] for x in runs[(case, "fp32")])
-        bf16 = statistics.median(x["samples_per_s"] for x in runs[(case, "bf16")])
-        auc32, auc16 = (runs[(case, p)][0]["eval_auc"] for p in ("fp32", "bf16"))
-        print(f"{case:8} {fp32:>15,.0f} {bf16:>15,.0f} {bf16 / fp32:>8.2f}x {auc32:>9.4f} {auc16:>9.4f}")
+        for variant in VARIANTS:
+            rate = statistics.median(x["samples_per_s"] for x in runs[(case, variant)])
+            print(f"{case:8} {variant:12} {rate:>10,.0f} {rate / fp32:>7.2f}x {runs[(case, variant)][0]['eval_auc']:>9.4f}")
 
 
 if __name__ == "__main__":

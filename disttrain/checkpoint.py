@@ -109,7 +109,8 @@ def save_checkpoint(root: str | Path, *, step: int, par, comm, cfg, history: lis
             continue  # replicated: identical everywhere, written once
         rows = slice(base, base + shard.num_rows)
         name = _shard_key(table.name, shard.rows, shard.cols)
-        state_dict[f"{name}/weight"] = collection.weight(key)[rows].detach().cpu()
+        # fp32 on disk whatever model.embedding_dtype: any run can resume any checkpoint.
+        state_dict[f"{name}/weight"] = collection.weight(key)[rows].detach().float().cpu()
         opt_state = sparse._state(key, collection.weight(key))
         for state_name in kinds:
             state_dict[f"{name}/opt/{state_name}"] = opt_state[state_name][rows].detach().cpu()

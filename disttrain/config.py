@@ -66,6 +66,10 @@ class ModelConfig:
     embedding_dim: int = 0
     interaction: str = "dot"
     pooling: str = "sum"
+    # fp32 | bf16: how embedding rows are stored, looked up and exchanged. bf16 halves table memory and the
+    # all-to-all bytes; updates are computed in fp32 (optimizer state stays fp32) and rounded stochastically
+    # into the bf16 rows; row-wise partial sums are added in fp32. Checkpoints hold fp32 either way.
+    embedding_dtype: str = "fp32"
 
 
 @dataclass
@@ -225,6 +229,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.flavor": FLAVORS,
     "model.interaction": INTERACTIONS,
     "model.pooling": POOLINGS,
+    "model.embedding_dtype": ("fp32", "bf16"),
     "data.source": ("synthetic", "criteo", "dien"),
     "data.verify": ("checksum", "size"),
     "data.distribution": DISTRIBUTIONS,

@@ -44,7 +44,7 @@ def unsharded_state(checkpoint: str | Path) -> tuple[config_mod.Config, dict[str
     load_checkpoint(path, par=par, comm=SingleProcess(), cfg=cfg)
     state = {n: p.detach().clone() for n, p in par.model.named_parameters() if not n.startswith("embeddings.")}
     for table, _shard, weight in par.embeddings.local_shards():
-        state[f"embeddings.bags.{table.index}.weight"] = weight.detach().clone()
+        state[f"embeddings.bags.{table.index}.weight"] = weight.detach().float().clone()
     return cfg, state, meta["step"]
 
 

@@ -62,6 +62,6 @@ def parallelize(
         embeddings=embeddings,
         grads=grads,
         dense_optimizer=dense_optimizer(dense_params, kind=optimizer, lr=lr),
-        sparse_optimizer=SparseRowOptimizer(embeddings, kind=optimizer, lr=lr),
+        sparse_optimizer=SparseRowOptimizer(embeddings, kind=optimizer, lr=lr, seed=seed),
         plan=plan,
     )

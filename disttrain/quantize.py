@@ -354,13 +354,13 @@ def load_quantized(path: str | Path):
     cfg = config_mod.config_from_yaml(data["config"], source=str(file))
     model = MODELS[cfg.model.name](cfg, embedding_device="meta")
     missing = model.load_state_dict(data["dense"], strict=False, assign=True).missing_keys
+    fused_relu = {layer.name: layer.relu_after for layer in quantizable_layers(model) if layer.relu_after}
     for name, state in data["linears"].items():
         layer = Int8Linear(state["weight_q"], state["w_scale"], state["bias"], state["x_scale"],
                            state["x_zero_point"], state["relu"])
         model.set_submodule(name, layer)
-    for layer in quantizable_layers(model):
-        if layer.kind == "linear" and layer.name in data["linears"] and layer.relu_after:
-            model.set_submodule(layer.relu_after, nn.Identity())
+        if state["relu"]:
+            model.set_submodule(fused_relu[name], nn.Identity())
     tables = [data["tables"].get(spec.name) for spec in model.tables]
     if any(t is None for t in tables):
         raise DataError(f"{file}: tables missing for {[s.name for s, t in zip(model.tables, tables) if t is None]}")

@@ -86,6 +86,7 @@ def build_plan(cfg: config_mod.Config, world_size: int):
         overrides=cfg.sharding.tables,
         num_column_shards=cfg.sharding.num_column_shards,
         optimizer=cfg.train.optimizer,
+        embedding_dtype=cfg.model.embedding_dtype,
     )
     return model, plan
 
@@ -413,6 +414,7 @@ class Trainer:
             "numa_node": self.placement["plan"]["numa_node"],
             "memory_policy": self.placement["memory_policy"],
             "gpu": self.placement["plan"]["gpu"],
+            "device": str(self.device),
             "threads": torch.get_num_threads(),
             "interop_threads": torch.get_num_interop_threads(),
             "env": self.placement["set_env"],
@@ -458,7 +460,7 @@ class Trainer:
             "precision": self.cfg.train.precision,
             "traces": traces,
             "plan": {"tables": [{k: t[k] for k in ("name", "type", "ranks", "rows", "dim", "shards")} for t in plan["tables"]],
-                     "ranks": plan["ranks"]},
+                     "ranks": plan["ranks"], "embedding_dtype": plan["embedding_dtype"]},
             "workers": workers,
             "history": state.history,
             "config": config_mod.to_dict(self.cfg),

@@ -103,9 +103,17 @@ def test_quantize_report_and_int8_inference(trained, model):
     int8 = json.loads(disttrain("infer", "--checkpoint", str(out), "--precision", "int8", "--mode", "accuracy",
                                 "--json").stdout)
     assert abs(int8["auc"] - report["final"]["int8"]["auc"]) < 1e-9
-    from disttrain.quantize import load_quantized
+    from disttrain.quantize import Int8Linear, load_quantized
 
     quantized, stored, _, _ = load_quantized(out)
+    # Reloaded as built: fused ReLUs gone, consecutive int8 layers handing uint8 to each other.
+    for module in quantized.modules():
+        if isinstance(module, torch.nn.Sequential):
+            kids = [k for k in module.children() if not isinstance(k, torch.nn.Identity)]
+            for a, b in zip(kids, kids[1:]):
+                assert not (isinstance(a, Int8Linear) and a.relu and isinstance(b, torch.nn.ReLU))
+                if isinstance(a, Int8Linear):
+                    assert (a.out_q is not None) == isinstance(b, Int8Linear)
     plain, cfg, _ = plain_model(ck[model])
     batch = make_source(config_mod.config_from_yaml(stored), plain.tables, comm=SingleProcess(), rank=0).batch(
         0, split="eval")

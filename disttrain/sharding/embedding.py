@@ -13,6 +13,10 @@ Per step, on every rank (B = local batch):
 
 Replicated (data-parallel) tables are looked up locally and their row gradients are gathered from all ranks.
 Sequence features (bags_per_sample > 1, one id or none per bag) travel the same path unpooled.
+
+With `plan.embedding_dtype == "bf16"` the fused weights are bf16, and so are the pooled vectors and their
+gradients on the wire; row-wise partial sums are added in fp32, and the vectors handed to the model are fp32
+(bf16 under an enabled bf16 autocast, where the model would cast them anyway).
 """
 
 from __future__ import annotations
@@ -126,6 +130,7 @@ class ShardedEmbeddingCollection(nn.Module):
         if plan.world_size != comm.world_size:
             raise ValueError(f"plan is for {plan.world_size} ranks, process group has {comm.world_size}")
         self.tables, self.plan, self.comm, self.rank = list(tables), plan, comm, comm.rank
+        self.dtype = torch.bfloat16 if plan.embedding_dtype == "bf16" else torch.float32
         self.layout_of_rank = [self._slots_of(plan.shards_on(r)) for r in range(plan.world_size)]
         self.my_slots = self.layout_of_rank[self.rank]
         self.group_keys = sorted({s.group for s in self.my_slots})
@@ -163,7 +168,7 @@ class ShardedEmbeddingCollection(nn.Module):
                 init_table_rows(seed=seed, table_index=table.index, spec=spec, rows=(0, spec.num_rows), cols=(0, spec.dim))
             )
         for key, parts in blocks.items():
-            self.register_buffer(f"weight_{key}", torch.cat(parts).to(self.device))
+            self.register_buffer(f"weight_{key}", torch.cat(parts).to(self.device, self.dtype))
 
     def weight(self, key: str) -> torch.Tensor:
         return getattr(self, f"weight_{key}")
@@ -295,12 +300,22 @@ class ShardedEmbeddingCollection(nn.Module):
         send_output = self._lookup(recv_lengths, recv_values, state, keep_state)
 
         # 3. output dist and combine.
-        recv_output = torch.empty(sum(layout.recv_output_splits), device=self.device)
+        recv_output = torch.empty(sum(layout.recv_output_splits), device=self.device, dtype=self.dtype)
         self.comm.all_to_all(recv_output, send_output, layout.recv_output_splits, layout.send_output_splits)
         outputs = self._combine(recv_output, layout, batch, bags)
         self._apply_means(per_feature, batch, outputs, state)
         self._lookup_replicated(per_feature, batch, outputs, state, keep_state)
+        if self.dtype != torch.float32:
+            wanted = self._output_dtype()
+            outputs = [o if o is None or o.dtype == wanted else o.to(wanted) for o in outputs]
         return outputs, state
+
+    def _output_dtype(self) -> torch.dtype:
+        """fp32 for the model, unless a bf16 autocast is on (it would cast the vectors itself)."""
+        kind = self.device.type
+        if torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16:
+            return torch.bfloat16
+        return torch.float32
 
     def _apply_means(self, per_feature, batch: int, outputs, state: _StepState) -> None:
         """Mean pooling is applied here, where the full bag lengths are known (row shards see only part)."""
@@ -330,7 +345,7 @@ class ShardedEmbeddingCollection(nn.Module):
         if len(pooled) == 1:
             return pooled[0].reshape(-1)
         if not pooled:
-            return torch.zeros(0, device=self.device)
+            return torch.zeros(0, device=self.device, dtype=self.dtype)
         return self._interleave(pooled, layout.segments)
 
     @staticmethod
@@ -360,11 +375,11 @@ class ShardedEmbeddingCollection(nn.Module):
             kind = slot.table.type
             if kind == ShardingType.TABLE_WISE:
                 outputs[index] = piece
-            elif kind == ShardingType.ROW_WISE:
-                outputs[index] = piece.clone() if outputs[index] is None else outputs[index].add_(piece)
+            elif kind == ShardingType.ROW_WISE:  # partial sums added in fp32
+                outputs[index] = piece.to(torch.float32, copy=True) if outputs[index] is None else outputs[index].add_(piece)
             else:
                 if outputs[index] is None:
-                    outputs[index] = torch.empty(batch, bags[index], spec.dim, device=self.device)
+                    outputs[index] = torch.empty(batch, bags[index], spec.dim, device=self.device, dtype=self.dtype)
                 c0, c1 = slot.shard.cols
                 outputs[index][:, :, c0:c1] = piece
         return outputs
@@ -396,8 +411,8 @@ class ShardedEmbeddingCollection(nn.Module):
             grads[slot.table.index][:, :, slot.shard.cols[0] : slot.shard.cols[1]].reshape(-1)
             for _, slot in layout.recv_chunks
         ]
-        send_grad = torch.cat(send) if send else torch.zeros(0, device=self.device)
-        recv_grad = torch.empty(sum(layout.send_output_splits), device=self.device)
+        send_grad = torch.cat(send).to(self.dtype) if send else torch.zeros(0, device=self.device, dtype=self.dtype)
+        recv_grad = torch.empty(sum(layout.send_output_splits), device=self.device, dtype=self.dtype)
         # Asynchronous: the rest of backward (the bottom MLP) runs while the gradients travel; the row
         # gradients are formed when the optimizer asks for them (`pop_pending`).
         handle = self.comm.all_to_all(
@@ -425,7 +440,7 @@ class ShardedEmbeddingCollection(nn.Module):
         for table in self.dp_tables:
             spec = self.tables[table.index]
             key, _ = self.dp_bases[table.index]
-            grad_bags = grads[table.index].reshape(-1, spec.dim)
+            grad_bags = grads[table.index].reshape(-1, spec.dim).float()
             lengths = state.dp_lengths[spec.name]
             scale = 1.0 / lengths.clamp(min=1).float() if spec.pooling == "mean" else None
             rows_list, grads_list = by_key.setdefault(key, ([], []))

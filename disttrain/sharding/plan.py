@@ -38,9 +38,10 @@ class Shard:
     def num_cols(self) -> int:
         return self.cols[1] - self.cols[0]
 
-    def state_bytes(self, optimizer: str) -> tuple[int, int]:
+    def state_bytes(self, optimizer: str, weight_bytes: int = 4) -> tuple[int, int]:
+        """(weights, optimizer state) bytes; `weight_bytes` per stored element (bf16: 2); state is fp32."""
         per_elem, per_row = OPTIMIZER_STATE[optimizer]
-        weights = self.num_rows * self.num_cols * 4
+        weights = self.num_rows * self.num_cols * weight_bytes
         return weights, (self.num_rows * self.num_cols * per_elem + self.num_rows * per_row) * 4
 
 
@@ -63,6 +64,11 @@ class ShardingPlan:
     world_size: int
     optimizer: str
     tables: tuple[TablePlan, ...]
+    embedding_dtype: str = "fp32"  # how rows are stored and exchanged: fp32 | bf16
+
+    @property
+    def weight_bytes(self) -> int:
+        return 2 if self.embedding_dtype == "bf16" else 4
 
     def shards_on(self, rank: int) -> list[tuple[TablePlan, Shard]]:
         """Model-parallel shards owned by `rank`, in a fixed order every rank agrees on."""
@@ -78,7 +84,7 @@ class ShardingPlan:
         out = [{"rank": r, "weight_bytes": 0, "optimizer_bytes": 0, "num_shards": 0} for r in range(self.world_size)]
         for table in self.tables:
             for shard in table.shards:
-                weights, state = shard.state_bytes(self.optimizer)
+                weights, state = shard.state_bytes(self.optimizer, self.weight_bytes)
                 out[shard.rank]["weight_bytes"] += weights
                 out[shard.rank]["optimizer_bytes"] += state
                 out[shard.rank]["num_shards"] += 1
@@ -100,11 +106,13 @@ class ShardingPlan:
             }
             for t in self.tables
         ]
-        return {"world_size": self.world_size, "optimizer": self.optimizer, "tables": tables, "ranks": self.rank_bytes()}
+        return {"world_size": self.world_size, "optimizer": self.optimizer, "embedding_dtype": self.embedding_dtype,
+                "tables": tables, "ranks": self.rank_bytes()}
 
     def describe(self) -> str:
         """A human-readable table of the plan."""
-        lines = [f"sharding plan for {self.world_size} rank(s), optimizer state: {self.optimizer}"]
+        lines = [f"sharding plan for {self.world_size} rank(s), optimizer state: {self.optimizer}"
+                 + (f", {self.embedding_dtype} rows" if self.embedding_dtype != "fp32" else "")]
         lines.append(f"{'table':<10}{'rows':>12}{'dim':>5}  {'type':<14}shards (rank: rows x cols)")
         for t in self.tables:
             shards = ", ".join(f"{s.rank}: {s.num_rows}x{s.num_cols}" for s in t.shards)

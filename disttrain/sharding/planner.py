@@ -28,9 +28,9 @@ def even_split(total: int, parts: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def _memory(spec: EmbeddingTableSpec, rows: int, cols: int, optimizer: str) -> float:
+def _memory(spec: EmbeddingTableSpec, rows: int, cols: int, optimizer: str, weight_bytes: int = 4) -> float:
     per_elem, per_row = OPTIMIZER_STATE[optimizer]
-    return 4.0 * (rows * cols * (1 + per_elem) + rows * per_row)
+    return float(weight_bytes * rows * cols + 4 * (rows * cols * per_elem + rows * per_row))
 
 
 def _lookup_work(spec: EmbeddingTableSpec, cols: int) -> float:
@@ -87,14 +87,16 @@ def plan_sharding(
     overrides: dict[str, str] | None = None,
     num_column_shards: int = 0,
     optimizer: str = "sgd",
+    embedding_dtype: str = "fp32",
 ) -> ShardingPlan:
     if world_size < 1:
         raise PlanError(f"world size: got {world_size}, expected at least 1")
+    weight_bytes = 2 if embedding_dtype == "bf16" else 4
     types = _choose_types(
         tables, world_size=world_size, strategy=strategy, overrides=overrides or {}, optimizer=optimizer
     )
     column_shards = num_column_shards or world_size
-    total_memory = sum(_memory(t, t.num_rows, t.dim, optimizer) for t in tables)
+    total_memory = sum(_memory(t, t.num_rows, t.dim, optimizer, weight_bytes) for t in tables)
     total_work = sum(_lookup_work(t, t.dim) for t in tables)
     loads = _Loads(world_size, total_memory, total_work)
     shards: dict[int, list[Shard]] = {}
@@ -111,14 +113,14 @@ def plan_sharding(
         for shard in shards[index]:
             loads.add(
                 shard.rank,
-                _memory(spec, shard.num_rows, shard.num_cols, optimizer),
+                _memory(spec, shard.num_rows, shard.num_cols, optimizer, weight_bytes),
                 _lookup_work(spec, shard.num_cols) / len(shards[index]),
             )
 
     pending: list[tuple[float, int, tuple[int, int]]] = []
     for index, (spec, kind) in enumerate(zip(tables, types)):
         if kind == ShardingType.TABLE_WISE:
-            pending.append((_memory(spec, spec.num_rows, spec.dim, optimizer), index, (0, spec.dim)))
+            pending.append((_memory(spec, spec.num_rows, spec.dim, optimizer, weight_bytes), index, (0, spec.dim)))
         elif kind == ShardingType.COLUMN_WISE:
             if column_shards > spec.dim:
                 raise PlanError(
@@ -126,7 +128,7 @@ def plan_sharding(
                     f"{spec.dim}; expected at most {spec.dim}"
                 )
             for cols in even_split(spec.dim, column_shards):
-                pending.append((_memory(spec, spec.num_rows, cols[1] - cols[0], optimizer), index, cols))
+                pending.append((_memory(spec, spec.num_rows, cols[1] - cols[0], optimizer, weight_bytes), index, cols))
             shards[index] = []
     pending.sort(key=lambda item: (-item[0], item[1], item[2]))
     for memory, index, cols in pending:
@@ -147,4 +149,4 @@ def plan_sharding(
         )
         for index, (spec, kind) in enumerate(zip(tables, types))
     )
-    return ShardingPlan(world_size=world_size, optimizer=optimizer, tables=plans)
+    return ShardingPlan(world_size=world_size, optimizer=optimizer, tables=plans, embedding_dtype=embedding_dtype)
