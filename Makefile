@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench bench-inference bench-launchers bench-data quality compare system-deps horovod clean
+.PHONY: demo test test-deps test-fast lint bench bench-inference bench-launchers bench-data quality compare system-deps horovod clean
 
 # Optional system libraries (jemalloc/tcmalloc allocators, numactl). Best effort: skipped without
 # root or apt-get; disttrain falls back to the system allocator when they are absent.
@@ -25,7 +25,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) system-deps
 	$(BIN)/disttrain launch cluster_configs/demo.yaml
 
-test: $(STAMP)
+# Chromium for the report test (it opens the HTML page headless); best effort like system-deps: without root or
+# apt-get that test writes the page and skips the browser.
+test-deps:
+	-@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v chromium >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1) || true; \
+	fi
+
+test: $(STAMP) test-deps
 	$(BIN)/ruff check disttrain models launchers tests benchmarks
 	$(BIN)/python -m pytest -q tests
 

@@ -169,6 +169,19 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from disttrain.report import render
+
+    runs = [*args.runs, *args.items]
+    result = render(runs, args.out or Path(runs[0]) / "report")
+    for label, missing in result["missing"].items():
+        for item in missing:
+            print(f"report: {label}: {item}", file=sys.stderr)
+    print(f"wrote {result['html']} ({len(result['plots'])} plots: "
+          f"{', '.join(Path(p).name for p in result['plots']) or 'none'})")
+    return 0
+
+
 def cmd_import(args) -> int:
     from disttrain.export import import_reference
 
@@ -393,6 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("items", nargs="*", metavar="key=value", help="overrides (data.path=..., quant.*)")
     p.set_defaults(func=cmd_quantize)
+    p = sub.add_parser("report", help="PNG plots and one HTML page of one or more runs (overlaid)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (run.output_dir)")
+    p.add_argument("--out", default="", help="directory for report.html and the PNGs (default: RUN_DIR/report)")
+    p.add_argument("items", nargs="*", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("import", help="turn a reference dlrm_s_pytorch.py --save-model file into a checkpoint")
     p.add_argument("reference", help="the reference DLRM checkpoint file")
     p.add_argument("--out", required=True, help="checkpoint directory to write (a step_00000000 inside)")

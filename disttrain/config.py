@@ -210,6 +210,8 @@ class QuantConfig:
 class RunConfig:
     output_dir: str = "runs/latest"
     progress: bool = True
+    # TensorBoard event files from rank 0 in output_dir: loss, AUC, samples/s, learning rate, per-rank step time.
+    tensorboard: bool = True
 
 
 @dataclass

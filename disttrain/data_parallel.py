@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from disttrain.collectives import Collectives, Handle
+from disttrain.phases import phase
 
 BUCKET_BYTES = 1 << 20
 
@@ -43,6 +44,10 @@ class DataParallelGrads:
                 p.register_post_accumulate_grad_hook(self._on_grad)
 
     def _on_grad(self, param: torch.Tensor) -> None:
+        with phase("all_reduce"):
+            self._launch_ready(param)
+
+    def _launch_ready(self, param: torch.Tensor) -> None:
         bucket = self.bucket_of[id(param)]
         self._ready[bucket] += 1
         # Launch buckets strictly in order so every rank issues the same collective sequence.
@@ -55,6 +60,10 @@ class DataParallelGrads:
         """Wait for the gradient sums (call after backward, before the optimizer step)."""
         if self.comm.world_size == 1:
             return
+        with phase("all_reduce"):
+            self._wait()
+
+    def _wait(self) -> None:
         while self._next < len(self.buckets):  # parameters that got no gradient this step
             lo, hi = self.buckets[self._next]
             self._handles.append(self.comm.all_reduce_sum(self.flat[lo:hi], async_op=True))

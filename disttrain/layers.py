@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from disttrain.phases import phase
+
 
 def _at_least_fp32(x: torch.Tensor | None) -> torch.Tensor | None:
     """bf16/fp16 (from autocast) up to fp32; fp32 and fp64 as they are."""
@@ -28,14 +30,16 @@ class _AllReduceSum(torch.autograd.Function):
     def forward(ctx, tensor: torch.Tensor, comm) -> torch.Tensor:
         ctx.comm = comm
         out = tensor.clone()
-        comm.all_reduce_sum(out)
+        with phase("all_reduce"):
+            comm.all_reduce_sum(out)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         # Every rank's loss depends on the sum, and the losses add up: the gradient of the sum is the sum.
         grad = grad.clone()
-        ctx.comm.all_reduce_sum(grad)
+        with phase("all_reduce"):
+            ctx.comm.all_reduce_sum(grad)
         return grad, None
 
 
@@ -69,7 +73,8 @@ class _GlobalBatchNorm(torch.autograd.Function):
         rows = x.shape[0]
         var, mean = torch.var_mean(x, 0, correction=0)
         sums = torch.cat([mean * rows, (var + mean * mean) * rows])
-        comm.all_reduce_sum(sums)
+        with phase("all_reduce"):
+            comm.all_reduce_sum(sums)
         total = rows * comm.world_size
         mean, squares = sums.chunk(2)
         mean = mean / total
@@ -86,7 +91,8 @@ class _GlobalBatchNorm(torch.autograd.Function):
         dx, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
             grad.contiguous(), x, weight, mean, var, None, None, False, ctx.eps, [True, True, True])
         sums = torch.cat([grad_bias, grad_weight])
-        ctx.comm.all_reduce_sum(sums)
+        with phase("all_reduce"):
+            ctx.comm.all_reduce_sum(sums)
         sum_dy, sum_dy_xhat = sums.chunk(2)
         # The statistics' share: dx = dx0 - w * invstd * (sum_dy + xhat * sum_dy_xhat) / N
         a = weight * invstd * invstd * sum_dy_xhat / ctx.total

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch.nn import functional as F
 
 from disttrain import config as config_mod
+from disttrain.board import Board
 from disttrain.collectives import Collectives, SingleProcess, TorchCollectives
 from disttrain.data.prefetch import Prefetcher
 from disttrain.data.sources import apply_data_shapes, eval_batches, eval_splits, make_source
@@ -27,6 +28,8 @@ from disttrain.errors import ConfigError
 from disttrain.metrics import evaluate
 from disttrain.models import MODELS
 from disttrain.parallelize import Parallelized, parallelize
+from disttrain.phases import PHASES, TIMER, aggregate, phase, since
+from disttrain.phases import describe as describe_breakdown
 from disttrain.runtime.allocator import loaded_allocator
 from disttrain.runtime.env import RUN_ID, WorkerEnv
 from disttrain.sharding.planner import plan_sharding
@@ -50,6 +53,10 @@ class RunState:
     last_local_loss: float = 0.0
     reached_target_at: int | None = None
     final_val: dict = field(default_factory=dict)
+    # Seconds per phase (disttrain.phases) in the timed steps, and in this log interval's steps.
+    timed_phases: dict = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    interval_phases: dict = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    interval_step_seconds: float = 0.0
 
 
 def training_loss(model, batch: Batch, global_batch: int, forward_context=_nothing) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,6 +144,8 @@ class Trainer:
         self.autocast = lambda: torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,  # noqa: E731
                                                enabled=cfg.train.precision == "bf16")
         self._pool: dict[int, Batch] = {}
+        self.board = Board(cfg.run.output_dir, enabled=cfg.run.tensorboard and env.rank == 0)
+        self.started = time.perf_counter()
         steps = cfg.train.steps
         self.warmup = cfg.train.warmup_steps if cfg.train.warmup_steps >= 0 else min(5, steps // 5)
 
@@ -152,10 +161,14 @@ class Trainer:
 
     def train_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One step; the loss is the local sum over the *global* batch size, so gradients add up across ranks."""
-        self.par.zero_grad()
-        loss, logits = training_loss(self.model, batch, self.global_batch, self.autocast)
-        loss.backward()
-        self.par.step()
+        with phase("optimizer"):
+            self.par.zero_grad()
+        with phase("dense_forward"):
+            loss, logits = training_loss(self.model, batch, self.global_batch, self.autocast)
+        with phase("dense_backward"):
+            loss.backward()
+        with phase("optimizer"):
+            self.par.step()
         return loss.detach(), logits.detach()
 
     def run(self) -> dict | None:
@@ -179,11 +192,17 @@ class Trainer:
                     _die(fault_kind)
                 if step == profile_first:
                     profiler = self._start_profiler()
+                phases_before = TIMER.snapshot()
                 start, cpu_start = time.perf_counter(), time.process_time()
-                batch = next(batches)
+                with phase("data_wait"):
+                    batch = next(batches)
                 with torch.profiler.record_function(f"step {step + 1}") if profiler else _nothing():
                     loss, logits = self.train_step(batch)
                 elapsed = time.perf_counter() - start
+                step_phases = since(phases_before)
+                for name, seconds in step_phases.items():
+                    state.interval_phases[name] += seconds
+                state.interval_step_seconds += elapsed
                 state.step = step + 1
                 if profiler is not None and step == profile_last:
                     self._write_trace(profiler, profile_first, step)
@@ -191,6 +210,8 @@ class Trainer:
                 elif profiler is None and step - first >= self.warmup and not profile_first <= step <= profile_last:
                     state.timed_steps += 1
                     state.timed_seconds += elapsed
+                    for name, seconds in step_phases.items():
+                        state.timed_phases[name] += seconds
                     state.timed_cpu_seconds += time.process_time() - cpu_start
                 state.last_local_loss = float(loss)
                 state.interval_loss += state.last_local_loss
@@ -349,8 +370,17 @@ class Trainer:
         mean_loss = float(totals[0]) / steps_in_interval
         state.last_loss = float(totals[1])
         train_auc = evaluate(labels.numpy(), preds.numpy())["auc"]
-        record = {"step": state.step, "loss": mean_loss, "train_auc": train_auc, "samples_per_s": rate}
+        # Each rank's mean step time and phases over the interval (the report's per-rank curves).
+        per_rank = self.comm.all_gather_object(
+            {"step_ms": state.interval_step_seconds / steps_in_interval * 1e3,
+             "phases": {k: v / steps_in_interval * 1e3 for k, v in state.interval_phases.items()}})
+        record = {"step": state.step, "loss": mean_loss, "train_auc": train_auc, "samples_per_s": rate,
+                  "lr": self.cfg.train.lr, "time_s": now - self.started,
+                  "rank_step_ms": [r["step_ms"] for r in per_rank],
+                  "rank_phase_ms": [r["phases"] for r in per_rank]}
         state.history.append(record)
+        self.board.interval(record)
+        state.interval_phases, state.interval_step_seconds = dict.fromkeys(PHASES, 0.0), 0.0
         self.log.line(
             f"step {state.step:>6}  loss {mean_loss:.5f}  train_auc {train_auc:.4f}  samples/s {rate:,.0f}"
         )
@@ -385,6 +415,7 @@ class Trainer:
         return metrics
 
     def _log_eval(self, state: RunState, metrics: dict[str, float], split: str) -> None:
+        self.board.evaluation(state.step, split, metrics)
         if metrics:
             oracle = f" (planted-model oracle {metrics['oracle_auc']:.4f})" if "oracle_auc" in metrics else ""
             self.log.line(
@@ -425,6 +456,11 @@ class Trainer:
 
     def _summary(self, state: RunState, final: dict[str, float]) -> dict | None:
         workers = self.comm.all_gather_object(self.worker_info())
+        steps = max(state.timed_steps, 1)
+        per_rank = self.comm.all_gather_object(
+            {"rank": self.env.rank, "step_ms": state.timed_seconds / steps * 1e3,
+             "phases": {k: v / steps * 1e3 for k, v in state.timed_phases.items()}})
+        self.board.close()
         cpu_seconds = sum(self.comm.all_gather_object(state.timed_cpu_seconds))
         traces = [t for t in self.comm.all_gather_object(getattr(self, "trace", None)) if t]
         if self.env.rank != 0:
@@ -459,6 +495,7 @@ class Trainer:
             "data": self.data.position(state.step),
             "precision": self.cfg.train.precision,
             "traces": traces,
+            "breakdown": aggregate(per_rank) if state.timed_steps else None,
             "plan": {"tables": [{k: t[k] for k in ("name", "type", "ranks", "rows", "dim", "shards")} for t in plan["tables"]],
                      "ranks": plan["ranks"], "embedding_dtype": plan["embedding_dtype"]},
             "workers": workers,
@@ -471,6 +508,8 @@ class Trainer:
             + (f"(oracle {summary['oracle_auc']:.4f}), " if "oracle_auc" in final else ", ")
             + f"train loss {state.last_loss:.5f}"
         )
+        if summary["breakdown"]:
+            self.log.line(describe_breakdown(summary["breakdown"]))
         write_json(Path(self.cfg.run.output_dir) / "summary.json", summary)
         self.log.line(f"summary: {Path(self.cfg.run.output_dir) / 'summary.json'}")
         return summary

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from disttrain.collectives import Collectives, all_gather_rows
 from disttrain.embedding import EmbeddingTableSpec, KeyedBags, init_table_rows
 from disttrain.errors import DataError
+from disttrain.phases import phase
 from disttrain.sharding.plan import Shard, ShardingPlan, ShardingType, TablePlan
 
 MAX_LAYOUTS = 512
@@ -280,6 +281,10 @@ class ShardedEmbeddingCollection(nn.Module):
         )
 
     def _forward(self, features: KeyedBags, *, keep_state: bool):
+        with phase("embedding_lookup"):
+            return self._forward_timed(features, keep_state=keep_state)
+
+    def _forward_timed(self, features: KeyedBags, *, keep_state: bool):
         batch, bags = features.batch_size, tuple(features.bags_per_key)
         self._check_bags(bags)
         layout = self._layout(batch, bags)
@@ -290,18 +295,20 @@ class ShardedEmbeddingCollection(nn.Module):
         # 1. input dist: lengths (fixed sizes), then ids (sizes from the lengths).
         send_lengths, send_values, send_value_splits = self._route(per_feature, batch)
         recv_lengths = torch.empty(sum(layout.recv_length_splits), dtype=torch.int64, device=self.device)
-        self.comm.all_to_all(recv_lengths, send_lengths, layout.recv_length_splits, layout.send_length_splits)
-        recv_value_splits = [int(n) for n in torch.stack(
-            [part.sum() for part in torch.split(recv_lengths, layout.recv_length_splits)]).tolist()]
-        recv_values = torch.empty(sum(recv_value_splits), dtype=torch.int64, device=self.device)
-        self.comm.all_to_all(recv_values, send_values, recv_value_splits, send_value_splits)
+        with phase("all_to_all"):
+            self.comm.all_to_all(recv_lengths, send_lengths, layout.recv_length_splits, layout.send_length_splits)
+            recv_value_splits = [int(n) for n in torch.stack(
+                [part.sum() for part in torch.split(recv_lengths, layout.recv_length_splits)]).tolist()]
+            recv_values = torch.empty(sum(recv_value_splits), dtype=torch.int64, device=self.device)
+            self.comm.all_to_all(recv_values, send_values, recv_value_splits, send_value_splits)
 
         # 2. lookup, one embedding_bag per fused weight.
         send_output = self._lookup(recv_lengths, recv_values, state, keep_state)
 
         # 3. output dist and combine.
         recv_output = torch.empty(sum(layout.recv_output_splits), device=self.device, dtype=self.dtype)
-        self.comm.all_to_all(recv_output, send_output, layout.recv_output_splits, layout.send_output_splits)
+        with phase("all_to_all"):
+            self.comm.all_to_all(recv_output, send_output, layout.recv_output_splits, layout.send_output_splits)
         outputs = self._combine(recv_output, layout, batch, bags)
         self._apply_means(per_feature, batch, outputs, state)
         self._lookup_replicated(per_feature, batch, outputs, state, keep_state)
@@ -400,6 +407,10 @@ class ShardedEmbeddingCollection(nn.Module):
 
     # ----- backward -----------------------------------------------------------------------------------------
     def _backward(self, state: _StepState, grads) -> None:
+        with phase("embedding_lookup"):
+            self._backward_timed(state, grads)
+
+    def _backward_timed(self, state: _StepState, grads) -> None:
         layout, batch = state.layout, state.batch
         grads = [
             g if g is not None else torch.zeros(batch, bags, spec.dim, device=self.device)
@@ -415,15 +426,21 @@ class ShardedEmbeddingCollection(nn.Module):
         recv_grad = torch.empty(sum(layout.send_output_splits), device=self.device, dtype=self.dtype)
         # Asynchronous: the rest of backward (the bottom MLP) runs while the gradients travel; the row
         # gradients are formed when the optimizer asks for them (`pop_pending`).
-        handle = self.comm.all_to_all(
-            recv_grad, send_grad, layout.send_output_splits, layout.recv_output_splits, async_op=True
-        )
+        with phase("all_to_all"):
+            handle = self.comm.all_to_all(
+                recv_grad, send_grad, layout.send_output_splits, layout.recv_output_splits, async_op=True
+            )
         self._in_flight.append((handle, recv_grad, state))
         self._backward_replicated(state, grads)
 
     def _finish_backward(self) -> None:
+        with phase("embedding_lookup"):
+            self._finish_backward_timed()
+
+    def _finish_backward_timed(self) -> None:
         for handle, recv_grad, state in self._in_flight:
-            handle.wait()
+            with phase("all_to_all"):
+                handle.wait()
             layout = state.layout
             if len(self.group_keys) == 1:
                 per_group = [recv_grad.view(-1, layout.segments[0][2])]
@@ -447,7 +464,8 @@ class ShardedEmbeddingCollection(nn.Module):
             rows_list.append(state.dp_rows[spec.name])
             grads_list.append(_row_grads(grad_bags, state.dp_bag_of_value[spec.name], scale))
         for key in sorted(by_key):
-            rows, values = all_gather_rows(self.comm, torch.cat(by_key[key][0]), torch.cat(by_key[key][1]))
+            with phase("all_to_all"):
+                rows, values = all_gather_rows(self.comm, torch.cat(by_key[key][0]), torch.cat(by_key[key][1]))
             self.pending.append((key, rows, values))
 
     def pop_pending(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

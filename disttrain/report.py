@@ -1,0 +1,260 @@
+"""`disttrain report RUN_DIR [RUN_DIR ...] [--out DIR]`: a run's story as PNG plots and one self-contained HTML page.
+
+Plots (several runs overlaid, e.g. fp32 vs bf16, 1 vs 2 ranks):
+    curves.png      train loss and AUC per logged interval, held-out AUC per evaluation
+    throughput.png  samples/s over wall time, per rank (local batch / that rank's step time) and global
+    breakdown.png   ms per step by phase (disttrain.phases), a stacked bar per run and rank
+    memory.png      per rank: the plan's table memory (weights + optimizer state) beside the measured peak RSS
+The page (`report.html`) embeds the plots and holds, per run, its headline figures, the resolved config, the plan
+table and the worker pinning table. A run directory that lacks files, or was written by an older disttrain, is
+reported as such; everything it does hold is still rendered.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from disttrain.errors import DataError
+from disttrain.phases import PHASES
+
+PLOTS = ("curves", "throughput", "breakdown", "memory")
+
+
+@dataclass
+class Run:
+    path: Path
+    label: str
+    summary: dict = field(default_factory=dict)
+    config_text: str = ""
+    missing: list[str] = field(default_factory=list)
+
+
+def load_run(path: Path, label: str) -> Run:
+    run = Run(path, label)
+    summary_file, config_file = path / "summary.json", path / "config.yaml"
+    if summary_file.is_file():
+        try:
+            run.summary = json.loads(summary_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            run.missing.append(f"summary.json is not readable JSON ({exc}): no curves, figures or tables")
+    else:
+        run.missing.append("summary.json is missing (the run did not finish?): no curves, figures or tables")
+    if config_file.is_file():
+        run.config_text = config_file.read_text()
+    elif run.summary.get("config"):
+        import yaml
+
+        run.config_text = yaml.safe_dump(run.summary["config"], sort_keys=False)
+    else:
+        run.missing.append("config.yaml is missing: no resolved config")
+    if run.summary:
+        history = run.summary.get("history", [])
+        if not any("rank_step_ms" in h for h in history):
+            run.missing.append("no per-rank step times in the history (a run from before disttrain recorded them, "
+                               "or one shorter than train.log_every): no throughput-per-rank curves")
+        if not run.summary.get("breakdown"):
+            run.missing.append("no step-time breakdown in summary.json (an older run, or no timed steps)")
+        if not all("max_rss_mib" in w for w in run.summary.get("workers", [])):
+            run.missing.append("no peak RSS per worker (an older run): memory plot shows the plan only")
+    return run
+
+
+def _plot_curves(runs: list[Run], plt, path: Path) -> bool:
+    fig, (loss_ax, auc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    drawn = False
+    for run in runs:
+        history = run.summary.get("history", [])
+        train = [h for h in history if "loss" in h]
+        if train:
+            drawn = True
+            loss_ax.plot([h["step"] for h in train], [h["loss"] for h in train], label=run.label)
+            auc_ax.plot([h["step"] for h in train], [h["train_auc"] for h in train], ":", label=f"{run.label} train")
+        evals = [h for h in history if "split" in h]
+        final = run.summary.get("eval_auc")
+        points = [(h["step"], h["auc"]) for h in evals]
+        if isinstance(final, (int, float)) and final == final and run.summary.get("steps") is not None:
+            points.append((run.summary["steps"], final))
+        if points:
+            drawn = True
+            auc_ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=f"{run.label} held-out")
+    loss_ax.set(title="train loss", xlabel="step")
+    auc_ax.set(title="AUC", xlabel="step")
+    for ax in (loss_ax, auc_ax):
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    return _save(fig, plt, path, drawn)
+
+
+def _plot_throughput(runs: list[Run], plt, path: Path) -> bool:
+    fig, ax = plt.subplots(figsize=(11, 4))
+    drawn = False
+    for run in runs:
+        history = [h for h in run.summary.get("history", []) if "rank_step_ms" in h]
+        if not history:
+            continue
+        world = run.summary.get("world_size", len(history[0]["rank_step_ms"]))
+        local = run.summary.get("global_batch_size", 0) / max(world, 1)
+        times = [h["time_s"] for h in history]
+        ax.plot(times, [h["samples_per_s"] for h in history], "-", linewidth=2, label=f"{run.label} global")
+        for rank in range(len(history[0]["rank_step_ms"])):
+            ax.plot(times, [local / (h["rank_step_ms"][rank] / 1e3) if h["rank_step_ms"][rank] else 0 for h in history],
+                    "--", label=f"{run.label} rank {rank} (local batch / its step time)")
+        drawn = True
+    ax.set(title="samples/s over time", xlabel="seconds since start", ylabel="samples/s")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    return _save(fig, plt, path, drawn)
+
+
+def _plot_breakdown(runs: list[Run], plt, path: Path) -> bool:
+    bars = [(f"{run.label}\nrank {r['rank']}", r) for run in runs if run.summary.get("breakdown")
+            for r in run.summary["breakdown"]["per_rank"]]
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(bars) + 3), 4.5))
+    bottoms = [0.0] * len(bars)
+    for name in PHASES:
+        values = [r["phases"].get(name, 0.0) for _, r in bars]
+        ax.bar(range(len(bars)), values, bottom=bottoms, label=name)
+        bottoms = [b + v for b, v in zip(bottoms, values)]
+    ax.plot(range(len(bars)), [r["step_ms"] for _, r in bars], "k_", markersize=30, label="measured step")
+    ax.set_xticks(range(len(bars)), [label for label, _ in bars], fontsize=8)
+    ax.set(title="step time by phase", ylabel="ms per step")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, plt, path, bool(bars))
+
+
+def _plot_memory(runs: list[Run], plt, path: Path) -> bool:
+    labels, planned, measured = [], [], []
+    for run in runs:
+        ranks = run.summary.get("plan", {}).get("ranks", [])
+        workers = {w.get("rank"): w for w in run.summary.get("workers", [])}
+        for r in ranks:
+            labels.append(f"{run.label}\nrank {r['rank']}")
+            planned.append(r.get("bytes", 0) / 2**20)
+            measured.append(workers.get(r["rank"], {}).get("max_rss_mib", 0.0) or 0.0)
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(labels) + 3), 4.5))
+    xs = range(len(labels))
+    ax.bar([x - 0.2 for x in xs], planned, width=0.4, label="plan: tables + optimizer state (MiB)")
+    ax.bar([x + 0.2 for x in xs], measured, width=0.4, label="measured peak RSS (MiB)")
+    ax.set_xticks(list(xs), labels, fontsize=8)
+    ax.set(title="memory per rank", ylabel="MiB")
+    ax.legend(fontsize=8)
+    return _save(fig, plt, path, bool(labels))
+
+
+def _save(fig, plt, path: Path, drawn: bool) -> bool:
+    if drawn:
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return drawn
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _figures(s: dict) -> str:
+    keys = ("model", "flavor", "world_size", "launcher", "steps", "global_batch_size", "samples_per_s",
+            "eval_auc", "eval_logloss", "eval_accuracy", "precision", "train_loss")
+    rows = [[k, f"{s[k]:,.4f}" if isinstance(s[k], float) else s[k]] for k in keys if k in s]
+    return _table(["figure", "value"], rows)
+
+
+def _run_section(run: Run) -> str:
+    s = run.summary
+    parts = [f"<h2>{html.escape(run.label)}</h2><p class=path>{html.escape(str(run.path))}</p>"]
+    if run.missing:
+        parts.append("<ul class=missing>" + "".join(f"<li>{html.escape(m)}</li>" for m in run.missing) + "</ul>")
+    if s:
+        parts.append("<h3>Figures</h3>" + _figures(s))
+    if s.get("breakdown"):
+        b = s["breakdown"]
+        rows = [[name, *(f"{b['phases'][name][k]:.2f}" for k in ("min", "median", "max"))] for name in PHASES]
+        rows.append(["step", *(f"{b['step_ms'][k]:.2f}" for k in ("min", "median", "max"))])
+        parts.append(f"<h3>Step-time breakdown (ms per step over ranks; slowest rank {b['slowest_rank']})</h3>"
+                     + _table(["phase", "min", "median", "max"], rows))
+    if s.get("plan", {}).get("tables"):
+        rows = [[t["name"], t["type"], t["rows"], t["dim"], ", ".join(map(str, t["ranks"]))] for t in s["plan"]["tables"]]
+        parts.append("<h3>Sharding plan</h3>" + _table(["table", "type", "rows", "dim", "ranks"], rows))
+        rows = [[r["rank"], f"{r['weight_bytes'] / 2**20:.1f}", f"{r['optimizer_bytes'] / 2**20:.1f}", r["num_shards"]]
+                for r in s["plan"].get("ranks", [])]
+        parts.append(_table(["rank", "weights MiB", "optimizer MiB", "shards"], rows))
+    if s.get("workers"):
+        rows = [[w.get("rank"), w.get("host"), w.get("pid"), _cpus(w.get("cpus")), w.get("numa_node"),
+                 w.get("threads"), w.get("allocator"), w.get("device", "cpu"),
+                 f"{w['max_rss_mib']:.0f}" if "max_rss_mib" in w else "?"] for w in s["workers"]]
+        parts.append("<h3>Workers (pinning)</h3>" + _table(
+            ["rank", "host", "pid", "cpus", "numa", "threads", "allocator", "device", "peak RSS MiB"], rows))
+    if run.config_text:
+        parts.append(f"<h3>Resolved config</h3><pre>{html.escape(run.config_text)}</pre>")
+    return "\n".join(parts)
+
+
+def _cpus(cpus) -> str:
+    if not cpus:
+        return ""
+    from disttrain.runtime.topology import format_cpus
+
+    return format_cpus(cpus)
+
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>disttrain report: {title}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse;margin:.5em 0}}
+td,th{{border:1px solid #ccc;padding:2px 8px;font-size:13px;text-align:left}} pre{{background:#f6f6f6;padding:1em;
+font-size:12px;max-height:30em;overflow:auto}} .missing li{{color:#a40}} img{{max-width:100%;display:block;
+margin:1em 0}} .path{{color:#666;font-size:12px}}</style></head>
+<body data-images-ok="pending"><h1>disttrain report</h1><p>{runs}</p>
+{images}
+{sections}
+<script>
+window.addEventListener("load", function () {{
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.length > 0 && imgs.every(function (i) {{ return i.complete && i.naturalWidth > 0; }});
+  document.body.setAttribute("data-images-ok", ok ? "true" : "false");
+  document.body.setAttribute("data-images", String(imgs.length));
+}});
+</script></body></html>
+"""
+
+
+def render(run_dirs: list[str | Path], out: str | Path) -> dict:
+    """Write the PNGs and report.html into `out`; returns what was written and what each run lacks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = [Path(p) for p in run_dirs]
+    for p in paths:
+        if not p.is_dir():
+            raise DataError(f"{p}: not a directory; expected a run directory (run.output_dir of a disttrain run)")
+    labels = [p.name or str(p) for p in paths]
+    if len(set(labels)) < len(labels):
+        labels = [str(p) for p in paths]
+    runs = [load_run(p, label) for p, label in zip(paths, labels)]
+    if not any(r.summary or r.config_text for r in runs):
+        raise DataError(f"{', '.join(map(str, paths))}: no summary.json or config.yaml in any of them; expected "
+                        "run directories written by `disttrain launch`/`train`")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    drawers = {"curves": _plot_curves, "throughput": _plot_throughput, "breakdown": _plot_breakdown,
+               "memory": _plot_memory}
+    written = [name for name in PLOTS if drawers[name](runs, plt, out / f"{name}.png")]
+    images = "\n".join(
+        f'<h2>{name}</h2><img alt="{name}" src="data:image/png;base64,'
+        f'{base64.b64encode((out / f"{name}.png").read_bytes()).decode()}">' for name in written)
+    page = PAGE.format(title=html.escape(", ".join(labels)),
+                       runs="Runs: " + ", ".join(html.escape(label) for label in labels), images=images,
+                       sections="\n".join(_run_section(r) for r in runs))
+    (out / "report.html").write_text(page)
+    return {"html": str(out / "report.html"), "plots": [str(out / f"{n}.png") for n in written],
+            "missing": {r.label: r.missing for r in runs if r.missing}}
