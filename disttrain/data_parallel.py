@@ -44,17 +44,15 @@ class DataParallelGrads:
                 p.register_post_accumulate_grad_hook(self._on_grad)
 
     def _on_grad(self, param: torch.Tensor) -> None:
-        with phase("all_reduce"):
-            self._launch_ready(param)
-
-    def _launch_ready(self, param: torch.Tensor) -> None:
         bucket = self.bucket_of[id(param)]
         self._ready[bucket] += 1
         # Launch buckets strictly in order so every rank issues the same collective sequence.
-        while self._next < len(self.buckets) and self._ready[self._next] == self.bucket_sizes[self._next]:
-            lo, hi = self.buckets[self._next]
-            self._handles.append(self.comm.all_reduce_sum(self.flat[lo:hi], async_op=True))
-            self._next += 1
+        if self._next < len(self.buckets) and self._ready[self._next] == self.bucket_sizes[self._next]:
+            with phase("all_reduce"):
+                while self._next < len(self.buckets) and self._ready[self._next] == self.bucket_sizes[self._next]:
+                    lo, hi = self.buckets[self._next]
+                    self._handles.append(self.comm.all_reduce_sum(self.flat[lo:hi], async_op=True))
+                    self._next += 1
 
     def synchronize(self) -> None:
         """Wait for the gradient sums (call after backward, before the optimizer step)."""
