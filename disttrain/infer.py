@@ -33,8 +33,9 @@ WARMUP = 3
 class _Predictor:
     """What a mode times: `prepare(batch)` (request building, untimed) and `__call__(prepared)` -> logits."""
 
-    def __init__(self, model=None, session=None, tables: int = 0):
-        self.model, self.session, self.tables = model, session, tables
+    def __init__(self, model=None, session=None):
+        self.model, self.session = model, session
+        self.tables = 0  # ONNX input width: set once the config (hence the model's tables) is known
 
     def prepare(self, batch):
         if self.session is None:
@@ -66,12 +67,10 @@ def _open(checkpoint: str, config: str | None, overrides: list[str], precision: 
         path = Path(checkpoint)
         if path.suffix != ".onnx":
             path = Path(export_onnx(checkpoint, Path(scratch) / "model.onnx", overrides=overrides)["onnx"])
-        meta = read_metadata(path)
+        sess = session(path)
+        meta = read_metadata(sess, path)
         cfg = _config(meta["disttrain.config"], f"{path}: disttrain.config", config, overrides)
-        from disttrain.models import MODELS
-
-        tables = len(MODELS[cfg.model.name](cfg, embedding_device="meta").tables)
-        return cfg, _Predictor(session=session(path), tables=tables), int(meta.get("disttrain.step", 0)), path
+        return cfg, _Predictor(session=sess), int(meta.get("disttrain.step", 0)), path
     if precision == "int8":
         from disttrain.quantize import load_quantized
 
@@ -129,13 +128,14 @@ def run_inference(checkpoint: str, *, mode: str, config: str | None = None, prec
         from disttrain.models import MODELS
 
         tables = MODELS[cfg.model.name](cfg, embedding_device="meta").tables
+        predictor.tables = len(tables)
         source = _source(cfg, tables, batch_size, exact_max_length)
         result = {"checkpoint": str(path), "step": step, "model": cfg.model.name, "flavor": cfg.model.flavor,
                   "mode": mode, "precision": precision, "runtime": runtime, "batch_size": cfg.train.batch_size}
         with torch.no_grad(), _autocast(precision):
             if mode == "accuracy":
                 return result | _accuracy(cfg, source, predictor)
-            iterations = iterations or (200 if mode == "latency" else 20)
+            iterations = iterations or default_iterations(mode)
             # Requests drawn from the training order (distinct batches), built before timing.
             requests = [predictor.prepare(source.batch(i)) for i in range(min(iterations + WARMUP, 64))]
             times = []
@@ -144,16 +144,37 @@ def run_inference(checkpoint: str, *, mode: str, config: str | None = None, prec
                 predictor(requests[i % len(requests)])
                 if i >= WARMUP:
                     times.append(time.perf_counter() - start)
-    seconds = np.asarray(times)
-    result["iterations"] = iterations
+    return result | timing_figures(mode, times, cfg.train.batch_size)
+
+
+def default_iterations(mode: str) -> int:
+    return 200 if mode == "latency" else 20
+
+
+def timing_figures(mode: str, seconds, batch_size: int) -> dict:
+    """The figures of timed batches (`seconds`, one per batch of `batch_size` requests): throughput gives
+    recommendations/second and ms per batch; latency the per-request p50 / p90 / p99 milliseconds."""
+    seconds = np.asarray(seconds, dtype=np.float64)
+    out = {"iterations": int(seconds.size), "recommendations_per_s": batch_size * seconds.size / float(seconds.sum())}
     if mode == "throughput":
-        result["recommendations_per_s"] = cfg.train.batch_size * iterations / float(seconds.sum())
-        result["ms_per_batch"] = float(seconds.mean() * 1e3)
-    else:
-        p50, p90, p99 = np.percentile(seconds * 1e3, [50, 90, 99])
-        result |= {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
-                   "recommendations_per_s": iterations / float(seconds.sum())}
-    return result
+        return out | {"ms_per_batch": float(seconds.mean() * 1e3)}
+    p50, p90, p99 = np.percentile(seconds * 1e3, [50, 90, 99])
+    return out | {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99)}
+
+
+def held_out_metrics(predict, batches) -> dict:
+    """AUC, log loss, accuracy and the sample count over `batches` (padding rows of a last partial batch
+    masked out); `predict(batch)` gives the logits (or a tuple led by them)."""
+    from disttrain.metrics import evaluate
+
+    preds, labels, valid = [], [], []
+    for batch in batches:
+        out = predict(batch)
+        preds.append(torch.sigmoid((out[0] if isinstance(out, tuple) else out).float()))
+        labels.append(batch.labels)
+        valid.append(batch.valid if batch.valid is not None else torch.ones_like(batch.labels, dtype=torch.bool))
+    keep = torch.cat(valid).numpy()
+    return evaluate(torch.cat(labels).numpy()[keep], torch.cat(preds).numpy()[keep]) | {"samples": int(keep.sum())}
 
 
 def run_sharded_inference(checkpoint: str, *, nproc: int, mode: str, config: str | None = None,
@@ -184,7 +205,7 @@ def run_sharded_inference(checkpoint: str, *, nproc: int, mode: str, config: str
     cfg.checkpoint.dir, cfg.run.progress = "", False
     with tempfile.TemporaryDirectory(prefix="disttrain-infer-") as scratch:
         cfg.run.output_dir = scratch
-        request = {"mode": mode, "iterations": iterations or (200 if mode == "latency" else 20),
+        request = {"mode": mode, "iterations": iterations or default_iterations(mode),
                    "exact_max_length": exact_max_length}
         os.environ[SERVE] = json.dumps(request)
         try:
@@ -201,18 +222,11 @@ def run_sharded_inference(checkpoint: str, *, nproc: int, mode: str, config: str
 
 def _accuracy(cfg, source, predictor) -> dict:
     from disttrain.data.sources import eval_batches, eval_splits
-    from disttrain.metrics import evaluate
 
     split = eval_splits(cfg)[1]
-    preds, labels, valid = [], [], []
-    for i in range(eval_batches(cfg, source, split)):
-        batch = source.batch(i, split=split)
-        preds.append(torch.sigmoid(predictor(predictor.prepare(batch)).float()))
-        labels.append(batch.labels)
-        valid.append(batch.valid if batch.valid is not None else torch.ones_like(batch.labels, dtype=torch.bool))
-    keep = torch.cat(valid).numpy()
-    metrics = evaluate(torch.cat(labels).numpy()[keep], torch.cat(preds).numpy()[keep])
-    return {"split": split, "samples": int(keep.sum()), **{k: metrics[k] for k in ("auc", "logloss", "accuracy")}}
+    batches = (source.batch(i, split=split) for i in range(eval_batches(cfg, source, split)))
+    metrics = held_out_metrics(lambda batch: predictor(predictor.prepare(batch)), batches)
+    return {"split": split, **{k: metrics[k] for k in ("samples", "auc", "logloss", "accuracy")}}
 
 
 def describe(result: dict) -> str:

@@ -107,9 +107,9 @@ def session(path: str | Path, threads: int = 0):
         raise DataError(f"{path}: onnxruntime cannot load it ({str(exc).strip().splitlines()[0]})") from None
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The disttrain.* metadata of an exported graph (config, model, step)."""
-    meta = session(path).get_modelmeta().custom_metadata_map
+def read_metadata(sess, path: str | Path) -> dict[str, str]:
+    """The disttrain.* metadata (config, model, step) of the graph `sess` (an onnxruntime session of `path`)."""
+    meta = sess.get_modelmeta().custom_metadata_map
     if "disttrain.config" not in meta:
         raise DataError(f"{path}: an ONNX graph without disttrain.config metadata; expected a file written by "
                         "`disttrain export-onnx`")

@@ -64,6 +64,12 @@ def since(before: dict[str, float]) -> dict[str, float]:
     return {name: now[name] - before[name] for name in PHASES}
 
 
+def per_step_ms(step_seconds: float, phase_seconds: dict[str, float], steps: int) -> dict:
+    """One rank's {"step_ms", "phases"}: mean milliseconds per step over `steps` steps."""
+    steps = max(steps, 1)
+    return {"step_ms": step_seconds / steps * 1e3, "phases": {k: v / steps * 1e3 for k, v in phase_seconds.items()}}
+
+
 def aggregate(per_rank: list[dict]) -> dict:
     """`summary.json` `breakdown` from each rank's {"step_ms": ..., "phases": {phase: ms per step}}: min / median /
     max over ranks per phase, and the slowest rank: the one with the most time outside communication and data

@@ -198,18 +198,11 @@ class Int8Model:
         return link(self.model)
 
 
-def _evaluate(model, batches) -> float:
-    from disttrain.metrics import evaluate
+def _evaluate(model, batches) -> dict:
+    from disttrain.infer import held_out_metrics
 
-    preds, labels, valid = [], [], []
     with torch.no_grad():
-        for batch in batches:
-            out = model(batch.dense, batch.sparse)
-            preds.append(torch.sigmoid(out[0] if isinstance(out, tuple) else out))
-            labels.append(batch.labels)
-            valid.append(batch.valid if batch.valid is not None else torch.ones_like(batch.labels, dtype=torch.bool))
-    keep = torch.cat(valid).numpy()
-    return evaluate(torch.cat(labels).numpy()[keep], torch.cat(preds).numpy()[keep])
+        return held_out_metrics(lambda batch: model(batch.dense, batch.sparse), batches)
 
 
 def tune(int8: Int8Model, batches, max_relative_auc_loss: float) -> tuple[dict[str, str], dict]:

@@ -28,13 +28,11 @@ from disttrain.errors import ConfigError
 from disttrain.metrics import evaluate
 from disttrain.models import MODELS
 from disttrain.parallelize import Parallelized, parallelize
-from disttrain.phases import PHASES, TIMER, aggregate, phase, since
+from disttrain.phases import PHASES, TIMER, aggregate, per_step_ms, phase, since
 from disttrain.phases import describe as describe_breakdown
 from disttrain.runtime.allocator import loaded_allocator
 from disttrain.runtime.env import RUN_ID, WorkerEnv
 from disttrain.sharding.planner import plan_sharding
-
-SERVE_WARMUP = 3
 
 
 @dataclass
@@ -262,29 +260,25 @@ class Trainer:
             metrics = self.evaluate(self.test_split)
             keys = ("auc", "logloss", "accuracy", "samples")
             return out | {"split": self.test_split, **{k: metrics[k] for k in keys}} if self.env.rank == 0 else None
+        from disttrain.infer import WARMUP, timing_figures
+
         self.model.eval()
-        batches = [self._batch(i) for i in range(min(iterations + SERVE_WARMUP, 64))]
+        batches = [self._batch(i) for i in range(min(iterations + WARMUP, 64))]
         times = []
-        for i in range(iterations + SERVE_WARMUP):
-            if mode == "latency" or i == SERVE_WARMUP:
+        for i in range(iterations + WARMUP):
+            if mode == "latency" or i == WARMUP:
                 self.comm.barrier()
             start = time.perf_counter()
             with self.autocast():
                 self.model(batches[i % len(batches)].dense, batches[i % len(batches)].sparse)
             times.append(time.perf_counter() - start)
         self.comm.barrier()
-        per_rank = np.asarray(self.comm.all_gather_object(times[SERVE_WARMUP:]))  # [ranks, iterations]
+        per_rank = np.asarray(self.comm.all_gather_object(times[WARMUP:]))  # [ranks, iterations]
         if self.env.rank != 0:
             return None
-        slowest = per_rank.max(axis=0)
-        out["iterations"] = iterations
-        if mode == "throughput":
-            seconds = float(per_rank.sum(axis=1).max())
-            return out | {"recommendations_per_s": self.global_batch * iterations / seconds,
-                          "ms_per_batch": seconds / iterations * 1e3}
-        p50, p90, p99 = np.percentile(slowest * 1e3, [50, 90, 99])
-        return out | {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
-                      "recommendations_per_s": self.global_batch * iterations / float(slowest.sum())}
+        # throughput: the slowest rank's batches; latency: each request as long as its slowest rank took
+        seconds = per_rank[per_rank.sum(axis=1).argmax()] if mode == "throughput" else per_rank.max(axis=0)
+        return out | timing_figures(mode, seconds, self.global_batch)
 
     def _start_profiler(self):
         activities = [torch.profiler.ProfilerActivity.CPU]
@@ -372,8 +366,7 @@ class Trainer:
         train_auc = evaluate(labels.numpy(), preds.numpy())["auc"]
         # Each rank's mean step time and phases over the interval (the report's per-rank curves).
         per_rank = self.comm.all_gather_object(
-            {"step_ms": state.interval_step_seconds / steps_in_interval * 1e3,
-             "phases": {k: v / steps_in_interval * 1e3 for k, v in state.interval_phases.items()}})
+            per_step_ms(state.interval_step_seconds, state.interval_phases, steps_in_interval))
         record = {"step": state.step, "loss": mean_loss, "train_auc": train_auc, "samples_per_s": rate,
                   "lr": self.cfg.train.lr, "time_s": now - self.started,
                   "rank_step_ms": [r["step_ms"] for r in per_rank],
@@ -456,10 +449,8 @@ class Trainer:
 
     def _summary(self, state: RunState, final: dict[str, float]) -> dict | None:
         workers = self.comm.all_gather_object(self.worker_info())
-        steps = max(state.timed_steps, 1)
         per_rank = self.comm.all_gather_object(
-            {"rank": self.env.rank, "step_ms": state.timed_seconds / steps * 1e3,
-             "phases": {k: v / steps * 1e3 for k, v in state.timed_phases.items()}})
+            {"rank": self.env.rank, **per_step_ms(state.timed_seconds, state.timed_phases, state.timed_steps)})
         self.board.close()
         cpu_seconds = sum(self.comm.all_gather_object(state.timed_cpu_seconds))
         traces = [t for t in self.comm.all_gather_object(getattr(self, "trace", None)) if t]

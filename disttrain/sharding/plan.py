@@ -21,6 +21,8 @@ class ShardingType(str, Enum):
 
 
 # Optimizer state kept per embedding element (e) or per row (r), in 4-byte words.
+# Bytes per stored embedding element, by model.embedding_dtype (optimizer state is always fp32).
+WEIGHT_BYTES = {"fp32": 4, "bf16": 2}
 OPTIMIZER_STATE = {"sgd": (0, 0), "adagrad": (1, 0), "adagraddecay": (1, 0), "rowwise_adagrad": (0, 1), "adam": (2, 0)}
 
 
@@ -68,7 +70,7 @@ class ShardingPlan:
 
     @property
     def weight_bytes(self) -> int:
-        return 2 if self.embedding_dtype == "bf16" else 4
+        return WEIGHT_BYTES[self.embedding_dtype]
 
     def shards_on(self, rank: int) -> list[tuple[TablePlan, Shard]]:
         """Model-parallel shards owned by `rank`, in a fixed order every rank agrees on."""

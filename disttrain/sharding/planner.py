@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from disttrain.embedding import EmbeddingTableSpec
 from disttrain.errors import PlanError
-from disttrain.sharding.plan import OPTIMIZER_STATE, Shard, ShardingPlan, ShardingType, TablePlan
+from disttrain.sharding.plan import (
+    OPTIMIZER_STATE,
+    WEIGHT_BYTES,
+    Shard,
+    ShardingPlan,
+    ShardingType,
+    TablePlan,
+)
 
 
 def even_split(total: int, parts: int) -> list[tuple[int, int]]:
@@ -91,7 +98,7 @@ def plan_sharding(
 ) -> ShardingPlan:
     if world_size < 1:
         raise PlanError(f"world size: got {world_size}, expected at least 1")
-    weight_bytes = 2 if embedding_dtype == "bf16" else 4
+    weight_bytes = WEIGHT_BYTES[embedding_dtype]
     types = _choose_types(
         tables, world_size=world_size, strategy=strategy, overrides=overrides or {}, optimizer=optimizer
     )
