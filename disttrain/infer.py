@@ -91,19 +91,27 @@ def _open(checkpoint: str, config: str | None, overrides: list[str], precision: 
     return cfg, _Predictor(par.model.eval()), meta["step"], path
 
 
-def _source(cfg, predictor_tables, batch_size: int, exact_max_length: int):
+def _check_exact_length(cfg, tables, exact_max_length: int) -> None:
+    """--exact-max-length fits the model: DIEN only, at most its history (its `mid` table's positions)."""
+    if not exact_max_length:
+        return
+    if cfg.model.name != "dien":
+        raise ConfigError(f"--exact-max-length: got {exact_max_length}, but model.name={cfg.model.name} has no "
+                          "behaviour history; expected it with DIEN only")
+    longest = (tables[1].bags_per_sample - 1) // 2
+    if exact_max_length > longest:
+        raise ConfigError(f"--exact-max-length: got {exact_max_length}, more than the model's history of "
+                          f"{longest} positions (data.max_history); expected 1..{longest}")
+
+
+def _source(cfg, tables, batch_size: int, exact_max_length: int):
     from disttrain.data.sources import make_source
 
     if batch_size:
         cfg.train.batch_size = batch_size
-    source = make_source(cfg, predictor_tables, comm=SingleProcess(), rank=0)
+    _check_exact_length(cfg, tables, exact_max_length)
+    source = make_source(cfg, tables, comm=SingleProcess(), rank=0)
     if exact_max_length:
-        if cfg.model.name != "dien":
-            raise ConfigError(f"--exact-max-length: got {exact_max_length}, but model.name={cfg.model.name} has no "
-                              "behaviour history; expected it with DIEN only")
-        if exact_max_length > source.max_history:
-            raise ConfigError(f"--exact-max-length: got {exact_max_length}, more than the model's history of "
-                              f"{source.max_history} positions (data.max_history); expected 1..{source.max_history}")
         source.exact_history = exact_max_length
     return source
 
@@ -202,7 +210,10 @@ def run_sharded_inference(checkpoint: str, *, nproc: int, mode: str, config: str
     cfg.launch.launcher, cfg.launch.nnodes, cfg.launch.node_rank = "local", 1, 0
     cfg.launch.nproc_per_node, cfg.launch.max_restarts, cfg.launch.master_port = nproc, 0, 0
     cfg.train.resume, cfg.train.steps, cfg.train.precision = str(path), 0, precision
-    cfg.checkpoint.dir, cfg.run.progress = "", False
+    from disttrain.models import MODELS
+
+    _check_exact_length(cfg, MODELS[cfg.model.name](cfg, embedding_device="meta").tables, exact_max_length)
+    cfg.checkpoint.dir, cfg.run.progress, cfg.run.tensorboard = "", False, False  # serving writes no events
     with tempfile.TemporaryDirectory(prefix="disttrain-infer-") as scratch:
         cfg.run.output_dir = scratch
         request = {"mode": mode, "iterations": iterations or default_iterations(mode),

@@ -56,6 +56,8 @@ def test_bad_flags_are_one_line(trained):
     for args, message in (
         ([str(dlrm), "--mode", "latency", "--exact-max-length", "5"], "has no behaviour history"),
         ([str(dien), "--mode", "latency", "--exact-max-length", "500"], "more than the model's history of 10"),
+        ([str(dien), "--mode", "latency", "--exact-max-length", "500", "--nproc", "2"],
+         "more than the model's history of 10"),
         ([str(dlrm) + "/nope", "--mode", "accuracy"], "--checkpoint"),
     ):
         result = disttrain("infer", "--checkpoint", *args)
