@@ -6,10 +6,16 @@ torch.distributed implements it (`TorchCollectives`); a single process needs no 
 
 from __future__ import annotations
 
+import os
+from datetime import timedelta
 from typing import Protocol
 
 import torch
 import torch.distributed as dist
+
+from disttrain.config import Config
+from disttrain.runtime.backend import CCL_MODULE, resolve_backend
+from disttrain.runtime.env import WorkerEnv
 
 
 class Handle(Protocol):
@@ -176,3 +182,40 @@ def all_gather_rows(comm: Collectives, rows: torch.Tensor, values: torch.Tensor)
         torch.cat([r[:c] for r, c in zip(all_rows, counts)]),
         torch.cat([v[:c] for v, c in zip(all_values, counts)]),
     )
+
+
+def open_collectives(env: WorkerEnv, cfg: Config, *, horovod: bool = False) -> Collectives:
+    """This worker's collectives: none for a world of one, Horovod's own ops under horovodrun, else a
+    torch.distributed process group (`launch.backend`) from the torchrun environment."""
+    if not env.distributed:
+        return SingleProcess()
+    if horovod:
+        return HorovodCollectives()
+    backend = resolve_backend(cfg.launch.backend)
+    if backend == "ccl":
+        __import__(CCL_MODULE)  # registers the ccl backend with torch.distributed
+    timeout = timedelta(seconds=cfg.launch.timeout_s)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and attempt != "0":
+        # A restarted torchrun worker: the agent's store may still hold the previous attempt's gloo
+        # addresses (dead ports), and a peer that reads one waits for a connection that never comes. Keys of
+        # this attempt go under their own prefix.
+        store = dist.TCPStore(env.master_addr, env.master_port, env.world_size, is_master=False, timeout=timeout)
+        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"disttrain/attempt_{attempt}", store),
+                                rank=env.rank, world_size=env.world_size, timeout=timeout)
+    else:
+        dist.init_process_group(
+            backend=backend,
+            init_method="env://",  # MASTER_ADDR/PORT, RANK, WORLD_SIZE; honours torchrun's agent store
+            timeout=timeout,
+        )
+    return TorchCollectives()
+
+
+def close_collectives(comm: Collectives) -> None:
+    """Orderly shutdown: nobody tears down its transport while another rank still writes or talks."""
+    comm.barrier()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if hasattr(comm, "shutdown"):
+        comm.shutdown()

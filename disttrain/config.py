@@ -11,42 +11,19 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from disttrain.config_tree import merge, nest, parse_override, yaml_load
 from disttrain.errors import ConfigError
 
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false, so `launch.allocator=off` stays the string 'off'."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-def _yaml_load(text: str):
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
-
-MODEL_NAMES = ("dlrm", "wide_deep", "deepfm", "dien")
-# Per model (the models package holds their definitions; this file stays free of torch).
-MODEL_FLAVORS = {"dlrm": ("debug", "kaggle", "mlperf"), "wide_deep": ("debug", "intel"),
-                 "deepfm": ("debug", "deeprec"), "dien": ("debug", "ai_matrix")}
-FLAVORS = tuple(dict.fromkeys(f for flavors in MODEL_FLAVORS.values() for f in flavors))
+# Keys whose values are names in a registry are checked there, not here (one home per fact): model.name and
+# model.flavor (disttrain.models.MODELS), data.source (the model's spec and disttrain.data.sources.SOURCES),
+# train.optimizer (disttrain.optim.OPTIMIZERS), launch.launcher (disttrain.launchers.LAUNCHERS).
 STRATEGIES = ("auto", "table_wise", "row_wise", "column_wise", "data_parallel")
-OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam", "adagraddecay")
-LAUNCHERS = ("local", "torchrun", "ray", "horovod")
 BACKENDS = ("auto", "gloo", "nccl", "ccl")
 DISTRIBUTIONS = ("uniform", "zipf")
 INTERACTIONS = ("dot", "cat")
@@ -227,18 +204,13 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model.name": MODEL_NAMES,
-    "model.flavor": FLAVORS,
     "model.interaction": INTERACTIONS,
     "model.pooling": POOLINGS,
     "model.embedding_dtype": ("fp32", "bf16"),
-    "data.source": ("synthetic", "criteo", "dien"),
     "data.verify": ("checksum", "size"),
     "data.distribution": DISTRIBUTIONS,
-    "train.optimizer": OPTIMIZERS,
     "train.precision": ("fp32", "bf16"),
     "sharding.strategy": STRATEGIES,
-    "launch.launcher": LAUNCHERS,
     "launch.affinity": AFFINITIES,
     "launch.backend": BACKENDS,
 }
@@ -251,81 +223,9 @@ NON_NEGATIVE = (
 )
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
-
-
-def _coerce(path: str, value: Any, tp: Any) -> Any:
-    """Check `value` against the annotation `tp`; return it (ints widen to float)."""
-    origin = typing.get_origin(tp)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{path}: got {value!r}, expected a list of {_type_name(item_tp)}")
-        return [_coerce(f"{path}[{i}]", v, item_tp) for i, v in enumerate(value)]
-    if origin is dict:
-        key_tp, val_tp = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: got {value!r}, expected a mapping of {_type_name(key_tp)} to {_type_name(val_tp)}")
-        return {_coerce(f"{path}", k, key_tp): _coerce(f"{path}.{k}", v, val_tp) for k, v in value.items()}
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        for option in options:
-            try:
-                return _coerce(path, value, option)
-            except ConfigError:
-                continue
-        names = " or ".join(_type_name(o) for o in options)
-        raise ConfigError(f"{path}: got {value!r} ({type(value).__name__}), expected {names}")
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool):
-        raise ConfigError(f"{path}: got {value!r}, expected {_type_name(tp)}")
-    if not isinstance(value, tp):
-        raise ConfigError(f"{path}: got {value!r} ({type(value).__name__}), expected {_type_name(tp)}")
-    return value
-
-
-def _merge(node: Any, data: dict[str, Any], prefix: str) -> None:
-    """Apply a (possibly partial) nested mapping onto a dataclass instance, in place."""
-    hints = typing.get_type_hints(type(node))
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if key not in hints:
-            known = ", ".join(f.name for f in dataclasses.fields(node))
-            raise ConfigError(f"{path}: unknown key (known keys here: {known})")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{path}: got {value!r}, expected a section (mapping)")
-            _merge(getattr(node, key), value, f"{path}.")
-        else:
-            setattr(node, key, _coerce(path, value, tp))
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`train.batch_size=4096` -> (["train", "batch_size"], 4096); values are parsed as YAML scalars/lists."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.batch_size=4096")
-    key, raw = text.split("=", 1)
-    try:
-        value = _yaml_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.problem})") from None
-    if value is None:
-        value = ""
-    return key.strip().split("."), value
-
-
-def _nest(parts: list[str], value: Any) -> dict[str, Any]:
-    out: Any = value
-    for part in reversed(parts):
-        out = {part: out}
-    return out
-
-
 def validate(cfg: Config) -> Config:
-    """Cross-field checks that do not need the model or the world size."""
+    """Types are checked while merging; these are the checks of values that need no registry, no model and no
+    world size."""
     flat = to_flat_dict(cfg)
     for path, choices in CHOICES.items():
         if flat[path] not in choices:
@@ -343,23 +243,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"launch.rdzv_is_host: got {cfg.launch.rdzv_is_host!r}, expected true, false or auto")
     if cfg.launch.affinity == "explicit" and not cfg.launch.cpu_lists:
         raise ConfigError("launch.cpu_lists: empty with launch.affinity=explicit; expected one CPU list per local rank")
-    if cfg.model.flavor not in MODEL_FLAVORS[cfg.model.name]:
-        raise ConfigError(f"model.flavor: got {cfg.model.flavor!r}, expected one of "
-                          f"{', '.join(MODEL_FLAVORS[cfg.model.name])} for model.name={cfg.model.name}")
     if cfg.data.eval_batches < -1:
         raise ConfigError(f"data.eval_batches: got {cfg.data.eval_batches}, expected -1 (source default), 0 or more")
-    if cfg.data.source == "criteo" and not cfg.data.path:
-        raise ConfigError("data.path: empty with data.source=criteo; expected the directory written by "
-                          "`disttrain data criteo RAW... --out DIR`")
-    if cfg.data.source == "dien" and not cfg.data.path:
-        raise ConfigError("data.path: empty with data.source=dien; expected the directory of the DIEN benchmark's "
-                          "files (or `disttrain data dien-synthetic --out DIR`)")
-    if (cfg.data.source == "dien") != (cfg.model.name == "dien") and cfg.data.source != "synthetic":
-        raise ConfigError(f"data.source: got {cfg.data.source!r} with model.name={cfg.model.name}; expected "
-                          + ("dien or synthetic for DIEN" if cfg.model.name == "dien" else "synthetic or criteo"))
-    if cfg.data.source == "synthetic" and cfg.model.name != "dien" and cfg.train.epochs:
-        raise ConfigError(f"train.epochs: got {cfg.train.epochs}, but data.source={cfg.data.source} has no epochs; "
-                          "expected train.steps (or data.source=criteo or dien)")
     if cfg.train.epochs < 0:
         raise ConfigError(f"train.epochs: got {cfg.train.epochs}, expected a number >= 0")
     if not 0 <= cfg.train.target_auc < 1:
@@ -387,16 +272,16 @@ def _build(data: Any, overrides: list[str] | None, *, source: str) -> Config:
     cfg = Config()
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(data).__name__}")
-    _merge(cfg, data, "")
+    merge(cfg, data, "")
     for text in overrides or []:
         parts, value = parse_override(text)
-        _merge(cfg, _nest(parts, value), "")
+        merge(cfg, nest(parts, value), "")
     return validate(cfg)
 
 
 def config_from_yaml(text: str, overrides: list[str] | None = None, *, source: str = "config") -> Config:
     """A config saved by disttrain (a checkpoint's, an export's), with overrides on top."""
-    return _build(_yaml_load(text) or {}, overrides, source=source)
+    return _build(yaml_load(text) or {}, overrides, source=source)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -406,7 +291,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            data = _yaml_load(path.read_text()) or {}
+            data = yaml_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark else str(path)

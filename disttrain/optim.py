@@ -1,25 +1,32 @@
-"""Optimizers: sparse row-wise updates for embedding shards, torch optimizers for the dense part.
+"""Optimizers: one table (`OPTIMIZERS`) holds every fact about each one.
 
-Embedding updates touch only the rows a step looked up, on the rank that holds them. Their maths follows
-torch's sparse optimizers so that a sharded run equals an unsharded one:
-`sgd` = torch.optim.SGD on sparse grads, `adagrad` = torch.optim.Adagrad (sparse), `adam` =
-torch.optim.SparseAdam (lazy Adam), `rowwise_adagrad` = Adagrad with one accumulator per row (mean of g^2),
-`adagraddecay` = DeepRec's AdagradDecayOptimizer: Adagrad whose accumulators start at 0.1 and, every
-100,000 global steps, are multiplied by 0.9 and floored at 0.1 (all rows at once, sparse and dense alike).
+Per optimizer: its config name (`train.optimizer`), its sparse state per shard (names as checkpoints store them,
+per element or per row, and the value it starts at), the sparse row update applied to the rows a step looked up,
+and the dense (data-parallel) optimizer. The planner counts the state in each rank's memory from the same entry
+(`state_words`), checkpoints save and reshard exactly the state it names.
 
-bf16 tables (`model.embedding_dtype=bf16`): state stays fp32; each touched row is updated in fp32 and written
-back with stochastic rounding (round-to-nearest would drop every update smaller than half a bf16 step, 2^-9
-of the weight, so small learning rates would stop training). The rounding noise is drawn per (seed, rank,
-step), so a run and its resume agree.
+Embedding updates touch only the rows a step looked up, on the rank that holds them. Their maths follows torch's
+sparse optimizers so that a sharded run equals an unsharded one: `sgd` = torch.optim.SGD on sparse grads, `adagrad`
+= torch.optim.Adagrad (sparse), `adam` = torch.optim.SparseAdam (lazy Adam), `rowwise_adagrad` = Adagrad with one
+accumulator per row (mean of g^2), `adagraddecay` = DeepRec's AdagradDecayOptimizer: Adagrad whose accumulators
+start at 0.1 and, every 100,000 global steps, are multiplied by 0.9 and floored at 0.1 (all rows at once, sparse
+and dense alike).
+
+bf16 tables (`model.embedding_dtype=bf16`): state stays fp32; each touched row is updated in fp32 and written back
+with stochastic rounding (round-to-nearest would drop every update smaller than half a bf16 step, 2^-9 of the
+weight, so small learning rates would stop training). The rounding noise is drawn per (seed, rank, step), so a
+run and its resume agree.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 
-from disttrain.sharding.embedding import ShardedEmbeddingCollection
+from disttrain.errors import ConfigError
 
 ADAGRAD_EPS = 1e-10
 ADAM_EPS = 1e-8
@@ -27,6 +34,38 @@ ADAM_BETAS = (0.9, 0.999)
 DECAY_INITIAL = 0.1  # AdagradDecay: the accumulators' start and floor
 DECAY_STEPS = 100_000
 DECAY_RATE = 0.9
+ELEMENT, ROW = "element", "row"  # a sparse state tensor has one value per weight element, or one per row
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """Everything disttrain knows about one optimizer."""
+
+    name: str
+    # Sparse state per shard: name (as checkpoints store it) -> ELEMENT or ROW.
+    state: Mapping[str, str]
+    # update(optimizer, weight, state, rows, grads): rows are distinct (coalesced), grads fp32 [rows, cols].
+    sparse_update: Callable
+    # dense(params, lr) -> torch.optim.Optimizer for the data-parallel parameters.
+    dense: Callable[[list[torch.nn.Parameter], float], torch.optim.Optimizer]
+    initial: float = 0.0  # what the sparse state starts at
+    # every_step(optimizer): called once per step before the updates (AdagradDecay's periodic decay).
+    every_step: Callable | None = None
+    # False: the update is linear in the gradient, so fp32 rows need no coalescing (duplicates add up).
+    coalesce: bool = True
+    description: str = ""
+
+    @property
+    def state_words(self) -> tuple[int, int]:
+        """fp32 words of sparse state (per weight element, per row): what the planner counts."""
+        return (sum(kind == ELEMENT for kind in self.state.values()), sum(kind == ROW for kind in self.state.values()))
+
+
+def optimizer_spec(name: str) -> OptimizerSpec:
+    """The table entry for `train.optimizer`; a one-line error naming the choices otherwise."""
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer: got {name!r}, expected one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name]
 
 
 def stochastic_round_bf16(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -43,26 +82,25 @@ def _coalesce(rows: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 class SparseRowOptimizer:
-    def __init__(self, collection: ShardedEmbeddingCollection, *, kind: str, lr: float, seed: int = 0):
+    """Applies `OPTIMIZERS[kind]`'s sparse update to the row gradients a sharded collection hands over
+    (`pop_pending()`: per fused weight, rows and their gradients)."""
+
+    def __init__(self, collection, *, kind: str, lr: float, seed: int = 0):
         self.collection, self.kind, self.lr, self.seed = collection, kind, lr, seed
+        self.spec = optimizer_spec(kind)
         self.state: dict[str, dict[str, torch.Tensor]] = {}
         self.steps = 0
         self._generator = torch.Generator(device=collection.device)
 
-    def _state(self, key: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    def state_for(self, key: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The sparse state of one fused weight (allocated on first use; fp32 also for bf16 tables)."""
         if key not in self.state:
-            fp32 = {"dtype": torch.float32}  # also for bf16 tables
-            if self.kind == "adagrad":
-                self.state[key] = {"sum": torch.zeros_like(weight, **fp32)}
-            elif self.kind == "adagraddecay":
-                self.state[key] = {"sum": torch.full_like(weight, DECAY_INITIAL, **fp32)}
-            elif self.kind == "rowwise_adagrad":
-                self.state[key] = {"sum": torch.zeros(weight.shape[0], device=weight.device)}
-            elif self.kind == "adam":
-                self.state[key] = {"exp_avg": torch.zeros_like(weight, **fp32),
-                                   "exp_avg_sq": torch.zeros_like(weight, **fp32)}
-            else:
-                self.state[key] = {}
+            rows = weight.shape[0]
+            self.state[key] = {
+                name: torch.full(weight.shape if kind == ELEMENT else (rows,), self.spec.initial,
+                                 dtype=torch.float32, device=weight.device)
+                for name, kind in self.spec.state.items()
+            }
         return self.state[key]
 
     def zero_grad(self) -> None:
@@ -71,33 +109,19 @@ class SparseRowOptimizer:
     @torch.no_grad()
     def step(self) -> None:
         self.steps += 1
-        if self.kind == "adagraddecay" and self.steps % DECAY_STEPS == 0:
-            for state in self.state.values():
-                state["sum"].mul_(DECAY_RATE).clamp_(min=DECAY_INITIAL)
+        if self.spec.every_step is not None:
+            self.spec.every_step(self)
         for key, (rows, grads) in self.collection.pop_pending().items():
             weight = self.collection.weight(key)
-            state = self._state(key, weight)
+            state = self.state_for(key, weight)
             grads = grads.float()
-            # index_add_ without `alpha` (pre-scaled values): alpha takes a slow path on CPU (6x here).
-            if self.kind == "sgd" and weight.dtype == torch.float32:
-                weight.index_add_(0, rows, grads * -self.lr)
-                continue
-            rows, grads = _coalesce(rows, grads)
-            if self.kind == "sgd":
-                self._add(weight, rows, grads * -self.lr)
-            elif self.kind in ("adagrad", "adagraddecay"):
-                state["sum"].index_add_(0, rows, grads * grads)
-                std = state["sum"].index_select(0, rows).sqrt_().add_(ADAGRAD_EPS)
-                self._add(weight, rows, grads / std * -self.lr)
-            elif self.kind == "rowwise_adagrad":
-                state["sum"].index_add_(0, rows, (grads * grads).mean(dim=1))
-                std = state["sum"].index_select(0, rows).sqrt_().add_(ADAGRAD_EPS)
-                self._add(weight, rows, grads / std.unsqueeze(1) * -self.lr)
-            else:
-                self._adam(weight, state, rows, grads)
+            if self.spec.coalesce or weight.dtype != torch.float32:  # bf16 rows are rounded once per row
+                rows, grads = _coalesce(rows, grads)
+            self.spec.sparse_update(self, weight, state, rows, grads)
 
-    def _add(self, weight: torch.Tensor, rows: torch.Tensor, delta: torch.Tensor) -> None:
-        """weight[rows] += delta (rows distinct); bf16 rows are updated in fp32 and rounded stochastically."""
+    def add(self, weight: torch.Tensor, rows: torch.Tensor, delta: torch.Tensor) -> None:
+        """weight[rows] += delta; bf16 rows (distinct) are updated in fp32 and rounded stochastically.
+        index_add_ without `alpha` (pre-scaled values): alpha takes a slow path on CPU (6x here)."""
         if weight.dtype == torch.float32:
             weight.index_add_(0, rows, delta)
             return
@@ -105,16 +129,41 @@ class SparseRowOptimizer:
         updated = weight.index_select(0, rows).float().add_(delta)
         weight.index_copy_(0, rows, stochastic_round_bf16(updated, self._generator))
 
-    def _adam(self, weight, state, rows, grads) -> None:
-        beta1, beta2 = ADAM_BETAS
-        exp_avg = state["exp_avg"].index_select(0, rows).lerp_(grads, 1 - beta1)
-        exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(grads, grads, value=1 - beta2)
-        state["exp_avg"].index_copy_(0, rows, exp_avg)
-        state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
-        step_size = self.lr * math.sqrt(1 - beta2**self.steps) / (1 - beta1**self.steps)
-        self._add(weight, rows, exp_avg / exp_avg_sq.sqrt_().add_(ADAM_EPS) * -step_size)
+
+# ----- sparse row updates ----------------------------------------------------------------------------------------
+def _sgd(opt: SparseRowOptimizer, weight, state, rows, grads) -> None:
+    opt.add(weight, rows, grads * -opt.lr)
 
 
+def _adagrad(opt: SparseRowOptimizer, weight, state, rows, grads) -> None:
+    state["sum"].index_add_(0, rows, grads * grads)
+    std = state["sum"].index_select(0, rows).sqrt_().add_(ADAGRAD_EPS)
+    opt.add(weight, rows, grads / std * -opt.lr)
+
+
+def _rowwise_adagrad(opt: SparseRowOptimizer, weight, state, rows, grads) -> None:
+    state["sum"].index_add_(0, rows, (grads * grads).mean(dim=1))
+    std = state["sum"].index_select(0, rows).sqrt_().add_(ADAGRAD_EPS)
+    opt.add(weight, rows, grads / std.unsqueeze(1) * -opt.lr)
+
+
+def _adam(opt: SparseRowOptimizer, weight, state, rows, grads) -> None:
+    beta1, beta2 = ADAM_BETAS
+    exp_avg = state["exp_avg"].index_select(0, rows).lerp_(grads, 1 - beta1)
+    exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(grads, grads, value=1 - beta2)
+    state["exp_avg"].index_copy_(0, rows, exp_avg)
+    state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
+    step_size = opt.lr * math.sqrt(1 - beta2**opt.steps) / (1 - beta1**opt.steps)
+    opt.add(weight, rows, exp_avg / exp_avg_sq.sqrt_().add_(ADAM_EPS) * -step_size)
+
+
+def _decay_all_rows(opt: SparseRowOptimizer) -> None:
+    if opt.steps % DECAY_STEPS == 0:
+        for state in opt.state.values():
+            state["sum"].mul_(DECAY_RATE).clamp_(min=DECAY_INITIAL)
+
+
+# ----- dense (data-parallel) optimizers ------------------------------------------------------------------------
 class AdagradDecay(torch.optim.Optimizer):
     """The dense form of `adagraddecay` (DeepRec's AdagradDecayOptimizer)."""
 
@@ -138,17 +187,41 @@ class AdagradDecay(torch.optim.Optimizer):
                 p.addcdiv_(p.grad, state["sum"].sqrt().add_(ADAGRAD_EPS), value=-group["lr"])
 
 
-def dense_optimizer(params: list[torch.nn.Parameter], *, kind: str, lr: float) -> torch.optim.Optimizer:
-    """The dense (data-parallel) part's optimizer; row-wise Adagrad has no dense form and maps to Adagrad.
-
-    torch's fused kernels (one pass over all parameters) where they exist: DIEN has ~40 small parameter
+def _fused(params) -> dict:
+    """torch's fused kernels (one pass over all parameters) where they exist: DIEN has ~40 small parameter
     tensors, and the per-tensor loop cost 4 ms a step (3x the fused step)."""
-    if kind == "adagraddecay":
-        return AdagradDecay(params, lr=lr)
-    fused = {"fused": True} if params and all(p.device.type in ("cpu", "cuda") for p in params) else {}
-    if kind == "sgd":
-        return torch.optim.SGD(params, lr=lr, **fused)
-    if kind in ("adagrad", "rowwise_adagrad"):  # torch's fused Adagrad is CPU-only
-        on_cpu = fused and all(p.device.type == "cpu" for p in params)
-        return torch.optim.Adagrad(params, lr=lr, eps=ADAGRAD_EPS, **(fused if on_cpu else {}))
-    return torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS, **fused)
+    return {"fused": True} if params and all(p.device.type in ("cpu", "cuda") for p in params) else {}
+
+
+def _dense_sgd(params, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, **_fused(params))
+
+
+def _dense_adagrad(params, lr: float) -> torch.optim.Optimizer:
+    on_cpu = _fused(params) and all(p.device.type == "cpu" for p in params)  # torch's fused Adagrad is CPU-only
+    return torch.optim.Adagrad(params, lr=lr, eps=ADAGRAD_EPS, **(_fused(params) if on_cpu else {}))
+
+
+def _dense_adam(params, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS, **_fused(params))
+
+
+OPTIMIZERS: dict[str, OptimizerSpec] = {
+    spec.name: spec
+    for spec in (
+        OptimizerSpec("sgd", {}, _sgd, _dense_sgd, coalesce=False, description="plain SGD"),
+        OptimizerSpec("adagrad", {"sum": ELEMENT}, _adagrad, _dense_adagrad, description="Adagrad"),
+        OptimizerSpec("rowwise_adagrad", {"sum": ROW}, _rowwise_adagrad, _dense_adagrad,
+                      description="Adagrad with one accumulator per embedding row (dense part: Adagrad)"),
+        OptimizerSpec("adam", {"exp_avg": ELEMENT, "exp_avg_sq": ELEMENT}, _adam, _dense_adam,
+                      description="lazy Adam on rows (torch's SparseAdam), Adam on the dense part"),
+        OptimizerSpec("adagraddecay", {"sum": ELEMENT}, _adagrad, lambda params, lr: AdagradDecay(params, lr=lr),
+                      initial=DECAY_INITIAL, every_step=_decay_all_rows,
+                      description="DeepRec's AdagradDecay: accumulators from 0.1, x0.9 every 100k steps"),
+    )
+}
+
+
+def dense_optimizer(params: list[torch.nn.Parameter], *, kind: str, lr: float) -> torch.optim.Optimizer:
+    """The dense (data-parallel) part's optimizer for `train.optimizer=kind`."""
+    return optimizer_spec(kind).dense(params, lr)

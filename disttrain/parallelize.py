@@ -15,14 +15,14 @@ from disttrain.collectives import Collectives
 from disttrain.data_parallel import DataParallelGrads
 from disttrain.layers import set_collectives
 from disttrain.optim import SparseRowOptimizer, dense_optimizer
-from disttrain.sharding.embedding import ShardedEmbeddingCollection
 from disttrain.sharding.plan import ShardingPlan
+from disttrain.sharding.sharded_embedding_bags import ShardedEmbeddingBagCollection
 
 
 @dataclass
 class Parallelized:
     model: torch.nn.Module
-    embeddings: ShardedEmbeddingCollection
+    embeddings: ShardedEmbeddingBagCollection
     grads: DataParallelGrads
     dense_optimizer: torch.optim.Optimizer
     sparse_optimizer: SparseRowOptimizer
@@ -51,7 +51,7 @@ def parallelize(
 ) -> Parallelized:
     """`model` must expose `tables` (its EmbeddingTableSpec list) and an `embeddings` submodule. Everything
     (shards, dense parameters, the gradient buffer) lives on `device`."""
-    embeddings = ShardedEmbeddingCollection(model.tables, plan, comm, seed=seed, device=device)
+    embeddings = ShardedEmbeddingBagCollection(model.tables, plan, comm, seed=seed, device=device)
     model.embeddings = embeddings
     set_collectives(model, comm)
     model.to(device)

@@ -1,5 +1,5 @@
-"""The one worker entry point. Every launcher starts processes that run `python -m disttrain.worker`
-(or `disttrain train`) with the torchrun environment set; a plain process is a world of one."""
+"""The one worker entry point. Every launcher starts processes that run `python -m disttrain.worker` (or
+`disttrain train`) with the torchrun environment set; a plain process is a world of one."""
 
 from __future__ import annotations
 
@@ -12,35 +12,29 @@ from pathlib import Path
 
 from disttrain import config as config_mod
 from disttrain.errors import DisttrainError
+from disttrain.launchers import LAUNCHERS, launcher_of_worker
 from disttrain.runtime.bootstrap import bootstrap
 from disttrain.runtime.env import worker_env_from
 
 SERVE = "DISTTRAIN_SERVE"  # JSON {mode, iterations, exact_max_length}: run_worker serves instead of training
 
 
-def launcher_name(environ: Mapping[str, str]) -> str:
-    if "DISTTRAIN_LAUNCHER" in environ:
-        return environ["DISTTRAIN_LAUNCHER"]
-    if "TORCHELASTIC_RUN_ID" in environ:
-        return "torchrun"
-    if "HOROVOD_RANK" in environ:
-        return "horovod"
-    return "none"
-
-
 def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] = os.environ) -> dict | None:
-    """Place (pin, threads, allocator; may re-execute this process once), join the process group, train;
-    returns the summary on rank 0."""
+    """Place (pin, threads, allocator; may re-execute this process once), join the process group, train (or
+    serve, for `disttrain infer --nproc`); returns the summary on rank 0."""
     placement = bootstrap(cfg, environ)  # before torch is imported: nothing is lost by a re-exec
-    if environ.get(SERVE):
+    serve = environ.get(SERVE)
+    if serve:
         # The infer command prints the figures (or --json) on stdout; workers' logs would bury them. Errors
         # still reach stderr.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the process's stdout until it exits)
 
-    import torch.distributed as dist
-
+    from disttrain.collectives import close_collectives, open_collectives
+    from disttrain.engine.sharded_serve import serve as serve_sharded
+    from disttrain.engine.summary import write_json
+    from disttrain.engine.trainer import Trainer
     from disttrain.runtime.affinity import apply_threads
-    from disttrain.trainer import Trainer, make_collectives, training_device, write_json
+    from disttrain.runtime.backend import training_device
 
     env = worker_env_from(environ)
     apply_threads(placement["threads"])
@@ -49,24 +43,19 @@ def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] = os.environ) 
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(config_mod.to_yaml(cfg))
         print("resolved config:\n" + config_mod.to_yaml(cfg), flush=True)
-    launcher = launcher_name(environ)
-    device = training_device(cfg, placement)
-    comm = make_collectives(env, cfg, launcher=launcher)
+    launcher = launcher_of_worker(environ)
+    device = training_device(cfg.launch.backend, placement)
+    horovod = launcher in LAUNCHERS and LAUNCHERS[launcher].horovod_collectives
+    comm = open_collectives(env, cfg, horovod=horovod)
     trainer = Trainer(cfg, env, comm, launcher=launcher, placement=placement, device=device)
-    serve = environ.get(SERVE)
     if serve:  # `disttrain infer --nproc N`: serve the checkpoint instead of training; figures to infer.json
         request = json.loads(serve)
-        summary = trainer.serve(request["mode"], request["iterations"], request.get("exact_max_length", 0))
+        summary = serve_sharded(trainer, request["mode"], request["iterations"], request.get("exact_max_length", 0))
         if summary is not None:
             write_json(Path(cfg.run.output_dir) / "infer.json", summary)
     else:
         summary = trainer.run()
-    # Orderly shutdown: nobody tears down its transport while another rank still writes or talks.
-    comm.barrier()
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    if hasattr(comm, "shutdown"):
-        comm.shutdown()
+    close_collectives(comm)
     return summary
 
 

@@ -34,7 +34,7 @@ from disttrain.runtime.bootstrap import CPU_SLOTS, USER_SET, user_set_variables
 from disttrain.runtime.env import RUN_ID, WorkerEnv, free_port, split_endpoint, transport_env, wait_for_tcp
 
 INSTALL_HINT = "pip install 'ray[default,train]==2.60.0' (or pip install -e '.[ray]')"
-FORWARDED = ("DISTTRAIN_FAULT",)  # test hook: fault injection (disttrain.trainer)
+FORWARDED = ("DISTTRAIN_FAULT",)  # test hook: fault injection (disttrain.engine.faults)
 REPORTED = ("train_loss", "eval_auc", "eval_logloss", "eval_accuracy", "samples_per_s", "steps", "world_size")
 
 

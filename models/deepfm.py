@@ -17,11 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from disttrain.models.dlrm import config_tables
+from disttrain.models.spec import CTR_SOURCES, ModelSpec, config_tables
 from torch import nn
 
-from disttrain.embedding import EmbeddingBagCollection, EmbeddingTableSpec, KeyedBags
-from disttrain.layers import BatchNorm
+from disttrain.batch import KeyedBags
+from disttrain.layers import BatchNorm, EmbeddingBagCollection
+from disttrain.tables import EmbeddingTableSpec
 
 
 @dataclass(frozen=True)
@@ -83,3 +84,12 @@ def build_deepfm(cfg, *, embedding_device: str = "cpu") -> DeepFM:
     tables = config_tables(cfg, base, pooling="mean")
     return DeepFM(num_dense=cfg.data.num_dense, tables=tables, hidden=base.hidden, final=base.final,
                   seed=cfg.train.seed, embedding_device=embedding_device)
+
+
+SPEC = ModelSpec(
+    name="deepfm",
+    flavors=DEEPFM_FLAVORS,
+    build=build_deepfm,
+    data_sources=CTR_SOURCES,
+    description="DeepFM as DeepRec's model zoo (global-batch BatchNorm)",
+)

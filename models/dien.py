@@ -23,7 +23,7 @@ Layers (all as the benchmark builds them):
   80 Dice -> 2 softmax. The BNs are TF's `batch_normalization` in inference mode with untouched moving
   statistics (an affine layer); Dice uses batch statistics (global across ranks when sharded).
 The click logit returned is z_click - z_noclick (the 2-way softmax's log-odds); the benchmark's loss is the
-2-class cross-entropy averaged over both classes, i.e. half the binary log loss (`ctr_loss_scale`).
+2-class cross-entropy averaged over both classes, i.e. half the binary log loss (the spec's `loss_scale`).
 Deviation, documented: the history sum here skips padding positions (the benchmark adds the embedding of
 padding id 0 once per padded position).
 """
@@ -33,12 +33,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from disttrain.models.spec import ModelSpec
 from torch import nn
 from torch.nn import functional as F
 
-from disttrain.embedding import EmbeddingBagCollection, EmbeddingTableSpec, KeyedBags
+from disttrain.batch import KeyedBags
 from disttrain.errors import ConfigError
-from disttrain.layers import TFGRU, Dice, FrozenBatchNorm
+from disttrain.layers import TFGRU, Dice, EmbeddingBagCollection, FrozenBatchNorm
+from disttrain.tables import EmbeddingTableSpec
 
 MASKED_SCORE = -(2.0**32) + 1.0
 # Amazon Books vocabularies of the benchmark: uid_voc.pkl, mid_voc.pkl, cat_voc.pkl.
@@ -79,8 +81,6 @@ def sigmoid_mlp(in_features: int, sizes: tuple[int, ...], out: int) -> nn.Sequen
 
 
 class DIEN(nn.Module):
-    ctr_loss_scale = 0.5  # the benchmark averages its 2-class cross-entropy over both classes
-
     def __init__(self, *, tables: list[EmbeddingTableSpec], attention: tuple[int, ...], aux: tuple[int, ...],
                  hidden: tuple[int, ...], seed: int = 0, embedding_device: str = "cpu"):
         super().__init__()
@@ -137,9 +137,6 @@ class DIEN(nn.Module):
             return logits
         return logits, self._aux_loss(states, history, negatives, mask, steps)
 
-    # Linear layers whose weights this model reads directly (int8 quantization leaves them in fp32).
-    weights_read_directly = ("attention.0",)
-
     def _attention(self, target: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[q, k, q - k, q * k] -> 80 -> 40 -> 1 with the first layer split by blocks: W [q, k, q - k, q*k] =
         (W_q + W_d) q + (W_k - W_d) k + W_p (q * k), so the query's share is computed once per sample."""
@@ -183,3 +180,24 @@ def build_dien(cfg, *, embedding_device: str = "cpu") -> DIEN:
     base = DIEN_FLAVORS[cfg.model.flavor]
     return DIEN(tables=dien_tables(cfg, base), attention=base.attention, aux=base.aux, hidden=base.hidden,
                 seed=cfg.train.seed, embedding_device=embedding_device)
+
+
+def history_positions(tables: list[EmbeddingTableSpec]) -> int:
+    """The longest history the model reads: the `mid` feature holds 1 + 2L positions (target, history,
+    negatives)."""
+    return (tables[1].bags_per_sample - 1) // 2
+
+
+SPEC = ModelSpec(
+    name="dien",
+    flavors=DIEN_FLAVORS,
+    build=build_dien,
+    # The benchmark's files, or generated behaviour sequences with a planted signal.
+    data_sources={"synthetic": "dien_synthetic", "dien": "dien"},
+    description="DIEN as Alibaba's DIEN_TF2 benchmark (GRU, attention, AUGRU, auxiliary loss)",
+    loss_scale=0.5,  # the benchmark averages its 2-class cross-entropy over both classes: half the log loss
+    auxiliary_loss=True,
+    weights_read_directly=("attention.0",),  # `_attention` splits this layer's weight by blocks itself
+    onnx=False,
+    history_positions=history_positions,
+)

@@ -6,13 +6,17 @@ collection and synchronises the dense parameters' gradients. This file never imp
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
+from disttrain.models.spec import CTR_SOURCES, ModelSpec, config_tables
 from torch import nn
 
-from disttrain.embedding import EmbeddingBagCollection, EmbeddingTableSpec, KeyedBags
-from disttrain.interaction import dot_interaction
+from disttrain.batch import KeyedBags
+from disttrain.errors import DataError
+from disttrain.layers import EmbeddingBagCollection, dot_interaction
+from disttrain.tables import EmbeddingTableSpec
 
 CRITEO_KAGGLE_ROWS = (
     1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
@@ -98,18 +102,6 @@ class DLRM(nn.Module):
         return self.top(self.interact(dense_BD, self.embeddings(sparse))).squeeze(1)
 
 
-def config_tables(cfg, flavor, *, extra_cols: int = 0, pooling: str | None = None) -> list[EmbeddingTableSpec]:
-    """Tables t0.. of a flavor (anything with `table_rows` and `embedding_dim`) as the config adjusts them:
-    `model.table_sizes` replaces the rows, `model.max_rows` caps them, `model.embedding_dim` replaces the dim;
-    `extra_cols` columns are appended to every table (fused per-id weights); `pooling` (the model's own
-    combiner) replaces `model.pooling`."""
-    rows = list(cfg.model.table_sizes) or list(flavor.table_rows)
-    if cfg.model.max_rows:
-        rows = [min(r, cfg.model.max_rows) for r in rows]
-    dim = (cfg.model.embedding_dim or flavor.embedding_dim) + extra_cols
-    return [EmbeddingTableSpec(f"t{i}", r, dim, pooling=pooling or cfg.model.pooling) for i, r in enumerate(rows)]
-
-
 def build_dlrm(cfg, *, embedding_device: str = "cpu") -> DLRM:
     """Build from a `disttrain.config.Config`; `embedding_device="meta"` when the tables will be sharded."""
     base = DLRM_FLAVORS[cfg.model.flavor]
@@ -125,3 +117,35 @@ def build_dlrm(cfg, *, embedding_device: str = "cpu") -> DLRM:
         seed=cfg.train.seed,
         embedding_device=embedding_device,
     )
+
+
+# Facebook's dlrm_s_pytorch.py --save-model: emb_l.N.weight tables, bot_l/top_l Sequentials of Linear and ReLU.
+_REFERENCE_KEY = re.compile(r"^(?:module\.)?(emb_l|bot_l|top_l)\.(\d+)\.(weight|bias)$")
+
+
+def from_reference(state_dict: dict) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    """(table weights in order, {this model's dense parameter name: tensor}) of a reference DLRM state_dict."""
+    tables: dict[int, torch.Tensor] = {}
+    dense: dict[str, torch.Tensor] = {}
+    for key, tensor in state_dict.items():
+        match = _REFERENCE_KEY.match(key)
+        if not match:
+            continue
+        group, index, kind = match.group(1), int(match.group(2)), match.group(3)
+        if group == "emb_l":
+            tables[index] = tensor
+        else:
+            dense[f"{'bottom' if group == 'bot_l' else 'top'}.{index}.{kind}"] = tensor
+    if not tables:
+        raise DataError("no emb_l.N.weight tensors in state_dict; expected the reference DLRM layout")
+    return [tables[i] for i in range(len(tables))], dense
+
+
+SPEC = ModelSpec(
+    name="dlrm",
+    flavors=DLRM_FLAVORS,
+    build=build_dlrm,
+    data_sources=CTR_SOURCES,
+    description="Facebook's DLRM: bottom MLP, pooled embeddings, dot/cat interaction, top MLP",
+    reference_import=from_reference,
+)

@@ -13,10 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from disttrain.models.dlrm import config_tables, mlp
+from disttrain.models.dlrm import mlp
+from disttrain.models.spec import CTR_SOURCES, ModelSpec, config_tables
 from torch import nn
 
-from disttrain.embedding import EmbeddingBagCollection, EmbeddingTableSpec, KeyedBags
+from disttrain.batch import KeyedBags
+from disttrain.layers import EmbeddingBagCollection
+from disttrain.tables import EmbeddingTableSpec
 
 
 @dataclass(frozen=True)
@@ -60,3 +63,12 @@ def build_wide_deep(cfg, *, embedding_device: str = "cpu") -> WideDeep:
     tables = config_tables(cfg, base, extra_cols=1)  # the extra column: each id's wide weight
     return WideDeep(num_dense=cfg.data.num_dense, tables=tables, hidden=base.hidden, seed=cfg.train.seed,
                     embedding_device=embedding_device)
+
+
+SPEC = ModelSpec(
+    name="wide_deep",
+    flavors=WIDE_DEEP_FLAVORS,
+    build=build_wide_deep,
+    data_sources=CTR_SOURCES,
+    description="Wide&Deep as Intel's wide_deep_large_ds (the wide weight fused into each table)",
+)

@@ -11,16 +11,16 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from disttrain.models import MODELS
+from disttrain.models import model_spec
 
 from disttrain.collectives import SingleProcess, TorchCollectives
 from disttrain.config import load_config
-from disttrain.data.sources import make_source
 from disttrain.data.synthetic import SyntheticCTR
+from disttrain.engine.build import build_model, build_plan, open_data
+from disttrain.engine.loss import training_loss
 from disttrain.optim import ADAGRAD_EPS, ADAM_BETAS, ADAM_EPS, DECAY_INITIAL
 from disttrain.parallelize import parallelize
 from disttrain.runtime.env import free_port
-from disttrain.trainer import build_plan, training_loss
 
 
 def _entry(rank: int, world: int, port: int, out_dir: str, fn: Callable, args: tuple) -> None:
@@ -98,14 +98,14 @@ def reference_optimizers(model, kind: str, lr: float):
 
 def make_data(cfg, tables, comm=None):
     if cfg.model.name == "dien":  # generated sequences (the planted-signal generator)
-        return make_source(cfg, tables, comm=comm or SingleProcess(), rank=comm.rank if comm else 0)
+        return open_data(cfg, tables, comm=comm or SingleProcess(), rank=comm.rank if comm else 0)
     return SyntheticCTR(tables, num_dense=cfg.data.num_dense, global_batch=cfg.train.batch_size, seed=cfg.train.seed,
                         distribution=cfg.data.distribution, multi_hot_max=cfg.data.multi_hot_max)
 
 
-def loss_sum(model, batch, global_batch: int) -> torch.Tensor:
-    """The trainer's loss (the same function) for a plain or a parallelized model."""
-    return training_loss(model, batch, global_batch)[0]
+def loss_sum(model, batch, global_batch: int, name: str) -> torch.Tensor:
+    """The trainer's loss (the same function) for a plain or a parallelized model of `model.name=name`."""
+    return training_loss(model, batch, global_batch, model_spec(name))[0]
 
 
 def first_logits(model, batch) -> torch.Tensor:
@@ -119,7 +119,7 @@ def first_logits(model, batch) -> torch.Tensor:
 def reference_run(overrides: list[str], steps: int):
     """Logits of batch 0 before training, then parameters after `steps` steps, on one process."""
     cfg = load_config(None, overrides)
-    model = MODELS[cfg.model.name](cfg)
+    model = build_model(cfg)
     data = make_data(cfg, model.tables)
     optimizers = reference_optimizers(model, cfg.train.optimizer, cfg.train.lr)
     logits0 = first_logits(model, data.batch(0))
@@ -127,7 +127,7 @@ def reference_run(overrides: list[str], steps: int):
         batch = data.batch(step)
         for opt in optimizers:
             opt.zero_grad()
-        loss_sum(model, batch, cfg.train.batch_size).backward()
+        loss_sum(model, batch, cfg.train.batch_size, cfg.model.name).backward()
         for opt in optimizers:
             opt.step()
     return logits0, model
@@ -143,7 +143,7 @@ def sharded_run(comm, overrides: list[str], steps: int):
     for step in range(steps):
         batch = data.batch(step, rank=comm.rank, world_size=comm.world_size)
         par.zero_grad()
-        loss_sum(par.model, batch, cfg.train.batch_size).backward()
+        loss_sum(par.model, batch, cfg.train.batch_size, cfg.model.name).backward()
         par.step()
     return logits0, par, plan
 
@@ -177,4 +177,4 @@ def compare_with_reference(comm, cases: list[tuple[list[str], int]]) -> list[dic
 
 def _initial_tables(overrides):
     cfg = load_config(None, overrides)
-    return [bag.weight.detach() for bag in MODELS[cfg.model.name](cfg).embeddings.bags]
+    return [bag.weight.detach() for bag in build_model(cfg).embeddings.bags]

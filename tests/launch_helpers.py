@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +28,31 @@ def clean_env(**extra: str) -> dict[str, str]:
 def disttrain(*args: str, timeout: int = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "disttrain.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env or clean_env())
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`disttrain ARGS` in this process (`disttrain.cli.main`): exit code, stdout and stderr as a subprocess run
+    would give them, without the seconds a new interpreter and torch import cost. For verbs that start no
+    process (errors, plan, topology, export, infer, quantize, data): a run that would start workers or re-execute
+    itself stops with an AssertionError instead, and the environment is restored afterwards."""
+    from disttrain.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_environ, saved_execve, saved_popen = dict(os.environ), os.execve, subprocess.Popen
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError(f"disttrain {' '.join(args)} tried to start a process; use disttrain() for it")
+
+    os.environ.update(env or {})
+    os.execve, subprocess.Popen = refuse, refuse
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main([str(a) for a in args])
+    finally:
+        os.execve, subprocess.Popen = saved_execve, saved_popen
+        os.environ.clear()
+        os.environ.update(saved_environ)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def summary(path: Path) -> dict:

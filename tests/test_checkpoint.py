@@ -13,10 +13,18 @@ import pytest
 import torch
 
 from disttrain.export import load_exported, unsharded_state
-from tests.launch_helpers import clean_env, disttrain, summary
+from tests.launch_helpers import clean_env, cli, disttrain, summary
 
 BASE = ["model.flavor=debug", "train.batch_size=96", "train.log_every=10", "data.eval_batches=2",
-        "run.progress=false", "data.multi_hot_max=2"]
+        "run.progress=false", "data.multi_hot_max=2", "run.tensorboard=false"]
+# Uninterrupted 30-step runs, a checkpoint and an evaluation every 10 steps: what the resumed, resharded,
+# restarted and crashed runs below must reproduce. Evaluations do not change training (no RNG, no BatchNorm).
+PAIRS = {"table_wise": "adagrad", "row_wise": "rowwise_adagrad", "column_wise": "adam"}
+
+
+def _common(strategy: str) -> list[str]:
+    return [f"sharding.strategy={strategy}", f"train.optimizer={PAIRS[strategy]}", "train.lr=0.02", "train.steps=30",
+            "train.eval_every=10"]
 
 
 def _launch(tmp_path, name: str, *overrides: str, env: dict | None = None) -> dict:
@@ -32,71 +40,83 @@ def _same_state(a, b, tol: float = 0.0) -> None:
         assert torch.allclose(a[name], b[name], rtol=0, atol=tol), (name, (a[name] - b[name]).abs().max())
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """`uninterrupted(strategy)`: (summary, checkpoint.dir) of the 30-step run (trained on first use)."""
+    done = {}
+
+    def get(strategy: str):
+        if strategy not in done:
+            root = tmp_path_factory.mktemp(f"full-{strategy}")
+            run = _launch(root, "run", *_common(strategy), f"checkpoint.dir={root}/ck", "checkpoint.every_steps=10",
+                          "checkpoint.keep_last=0")
+            done[strategy] = (run, root / "ck")
+        return done[strategy]
+
+    return get
+
+
+def _eval_at(run: dict, step: int) -> dict:
+    return next(h for h in run["history"] if h["step"] == step and "split" in h)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("strategy", "optimizer"), [("table_wise", "adagrad"), ("row_wise", "rowwise_adagrad"),
-                                                     ("column_wise", "adam")])
-def test_resume_equals_uninterrupted(tmp_path, strategy, optimizer):
-    common = [f"sharding.strategy={strategy}", f"train.optimizer={optimizer}", "train.lr=0.02", "train.steps=30"]
-    full = _launch(tmp_path, "full", *common, f"checkpoint.dir={tmp_path}/ck", "checkpoint.every_steps=10",
-                   "checkpoint.keep_last=0")
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["step_00000010", "step_00000020", "step_00000030"]
-    resumed = _launch(tmp_path, "resumed", *common, f"train.resume={tmp_path}/ck/step_00000010",
+@pytest.mark.parametrize("strategy", list(PAIRS))
+def test_resume_equals_uninterrupted(tmp_path, uninterrupted, strategy):
+    full, ck = uninterrupted(strategy)
+    assert sorted(p.name for p in ck.iterdir()) == ["step_00000010", "step_00000020", "step_00000030"]
+    resumed = _launch(tmp_path, "resumed", *_common(strategy), f"train.resume={ck}/step_00000010",
                       f"checkpoint.dir={tmp_path}/ck2")
     assert "resumed from" in resumed["_stdout"] and "at step 10" in resumed["_stdout"]
     for key in ("train_loss", "eval_auc", "eval_logloss"):
         assert resumed[key] == full[key], key  # bitwise: same shards, same order of operations
-    assert resumed["steps"] == 30 and [h["step"] for h in resumed["history"]] == [10, 20, 30]
-    _same_state(unsharded_state(tmp_path / "ck" / "step_00000030")[1], unsharded_state(tmp_path / "ck2")[1])
+    assert resumed["steps"] == 30 and [h["step"] for h in resumed["history"] if "loss" in h] == [10, 20, 30]
+    assert resumed["history"] == full["history"][:2] + resumed["history"][2:]  # the saved history carried over
+    _same_state(unsharded_state(ck / "step_00000030")[1], unsharded_state(tmp_path / "ck2")[1])
 
 
 @pytest.mark.slow
-def test_reshard_to_other_world_sizes_and_plans(tmp_path):
-    """Saved by 2 ranks under one plan, loaded by 1 or 3 ranks under another: the same predictions, and
-    training goes on as it would have (optimizer state moved too)."""
-    train = ["train.optimizer=adagrad", "train.lr=0.02"]
-    sources = {
-        "table_wise": _launch(tmp_path, "src_tw", *train, "train.steps=10", "sharding.strategy=table_wise",
-                              f"checkpoint.dir={tmp_path}/tw"),
-        "column_wise": _launch(tmp_path, "src_cw", *train, "train.steps=10", "sharding.strategy=column_wise",
-                               f"checkpoint.dir={tmp_path}/cw"),
-    }
-    cases = [("table_wise", 1, "table_wise"), ("table_wise", 3, "row_wise"), ("column_wise", 2, "table_wise")]
-    for source, world, strategy in cases:
-        moved = [f"train.resume={tmp_path}/{source[:1]}w", f"launch.nproc_per_node={world}",
-                 f"sharding.strategy={strategy}", "launch.allow_oversubscribe=true", *train]
-        # No training: the loaded model's predictions on the held-out batches are the saved model's.
-        evaluated = _launch(tmp_path, f"eval_{source}_{world}_{strategy}", *moved, "train.steps=10")
-        assert evaluated["eval_logloss"] == pytest.approx(sources[source]["eval_logloss"], abs=1e-6)
-        assert evaluated["eval_auc"] == pytest.approx(sources[source]["eval_auc"], abs=1e-6)
-        assert [t["type"] for t in evaluated["plan"]["tables"]] == [strategy] * 4
-        # Five more steps after the move == five more steps on the original layout.
-        went_on = _launch(tmp_path, f"more_{source}_{world}_{strategy}", *moved, "train.steps=15")
-        stayed = _launch(tmp_path, f"stay_{source}_{world}_{strategy}", *train, "train.steps=15",
-                         f"train.resume={tmp_path}/{source[:1]}w", f"sharding.strategy={source}")
-        assert went_on["train_loss"] == pytest.approx(stayed["train_loss"], abs=1e-5)
-        assert went_on["eval_logloss"] == pytest.approx(stayed["eval_logloss"], abs=1e-5)
+@pytest.mark.parametrize(("source", "world", "strategy"),
+                         [("table_wise", 1, "table_wise"), ("table_wise", 3, "row_wise"), ("column_wise", 2, "table_wise")])
+def test_reshard_to_other_world_sizes_and_plans(tmp_path, uninterrupted, source, world, strategy):
+    """Saved by 2 ranks under one plan at step 10, loaded by 1, 2 or 3 ranks under another: the same
+    predictions, and training goes on to step 30 as it went on without the move (optimizer state moved too)."""
+    full, ck = uninterrupted(source)
+    moved = [*_common(source), f"train.resume={ck}/step_00000010", f"launch.nproc_per_node={world}",
+             f"sharding.strategy={strategy}", "launch.allow_oversubscribe=true"]
+    # No training: the loaded model's predictions on the held-out batches are the saved model's at step 10.
+    evaluated = _launch(tmp_path, "evaluated", *moved, "train.steps=10")
+    assert evaluated["eval_logloss"] == pytest.approx(_eval_at(full, 10)["logloss"], abs=1e-6)
+    assert evaluated["eval_auc"] == pytest.approx(_eval_at(full, 10)["auc"], abs=1e-6)
+    assert [t["type"] for t in evaluated["plan"]["tables"]] == [strategy] * 4
+    assert evaluated["world_size"] == world
+    # Twenty more steps after the move == the same steps on the original layout.
+    went_on = _launch(tmp_path, "went_on", *moved)
+    assert went_on["train_loss"] == pytest.approx(full["train_loss"], abs=1e-5)
+    assert went_on["eval_logloss"] == pytest.approx(full["eval_logloss"], abs=1e-5)
+    assert _eval_at(went_on, 20)["logloss"] == pytest.approx(_eval_at(full, 20)["logloss"], abs=1e-5)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["local", "torchrun"])
-def test_sigkilled_rank_restarts_and_finishes_like_an_uninterrupted_run(tmp_path, launcher):
-    common = ["sharding.strategy=row_wise", "train.optimizer=rowwise_adagrad", "train.lr=0.02", "train.steps=30",
-              "checkpoint.every_steps=10", f"launch.launcher={launcher}", "launch.timeout_s=120"]
-    clean = _launch(tmp_path, "clean", *common, f"checkpoint.dir={tmp_path}/clean")
-    killed = _launch(tmp_path, "killed", *common, f"checkpoint.dir={tmp_path}/killed", "launch.max_restarts=2",
+def test_sigkilled_rank_restarts_and_finishes_like_an_uninterrupted_run(tmp_path, uninterrupted, launcher):
+    full, ck = uninterrupted("row_wise")
+    killed = _launch(tmp_path, "killed", *_common("row_wise"), f"checkpoint.dir={tmp_path}/killed",
+                     "checkpoint.every_steps=10", f"launch.launcher={launcher}", "launch.timeout_s=120",
+                     "launch.max_restarts=2",
                      env=clean_env(DISTTRAIN_FAULT="1:25:kill"))  # rank 1: SIGKILL at step 25, first attempt only
     log = killed["_stdout"] + killed["_stderr"]
     assert "resumed from" in log and "step_00000020 at step 20" in log
     if launcher == "local":
         assert "restarting all workers (1/2)" in killed["_stderr"]
-    assert killed["train_loss"] == clean["train_loss"] and killed["eval_auc"] == clean["eval_auc"]
-    _same_state(unsharded_state(tmp_path / "clean")[1], unsharded_state(tmp_path / "killed")[1])
+    assert killed["train_loss"] == full["train_loss"] and killed["eval_auc"] == full["eval_auc"]
+    _same_state(unsharded_state(ck)[1], unsharded_state(tmp_path / "killed")[1])
 
 
 @pytest.mark.slow
-def test_crash_while_writing_keeps_the_previous_checkpoint(tmp_path):
-    common = ["train.optimizer=adam", "train.lr=0.01", "train.steps=30", "checkpoint.every_steps=10",
-              f"checkpoint.dir={tmp_path}/ck"]
+def test_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, uninterrupted):
+    full, _ = uninterrupted("column_wise")
+    common = [*_common("column_wise"), "checkpoint.every_steps=10", f"checkpoint.dir={tmp_path}/ck"]
     crashed = disttrain("launch", *BASE, *common, f"run.output_dir={tmp_path}/crashed",
                         env=clean_env(DISTTRAIN_FAULT="0:20:checkpoint"))
     assert crashed.returncode == 19, crashed.stderr[-2000:]
@@ -105,18 +125,15 @@ def test_crash_while_writing_keeps_the_previous_checkpoint(tmp_path):
     assert any(name.startswith(".tmp-step_00000020") for name in entries)  # the partial one, never listed
     resumed = _launch(tmp_path, "resumed", *common, "train.resume=auto")
     assert "at step 10" in resumed["_stdout"]
-    clean = _launch(tmp_path, "clean", "train.optimizer=adam", "train.lr=0.01", "train.steps=30")
-    assert resumed["train_loss"] == clean["train_loss"]
+    assert resumed["train_loss"] == full["train_loss"]
     # The partial one was cleaned by the next save; checkpoint.keep_last=2 (default) pruned step 10.
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["step_00000020", "step_00000030"]
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    root = tmp_path_factory.mktemp("saved")
-    result = disttrain("launch", *BASE, "train.steps=5", f"checkpoint.dir={root}/ck", f"run.output_dir={root}/run")
-    assert result.returncode == 0, result.stderr[-2000:]
-    return root / "ck" / "step_00000005"
+def saved(trained):
+    """The session's 2-rank DLRM checkpoint (conftest `trained`): read only; damaged copies are made."""
+    return trained("dlrm").step_dir
 
 
 def _broken_copy(saved, tmp_path, how: str):
@@ -146,8 +163,8 @@ def test_bad_checkpoints_are_one_line_and_change_nothing(saved, tmp_path, how, e
     else:
         target = tmp_path / "nowhere"
     before = {p: p.read_bytes() for p in saved.rglob("*") if p.is_file()}
-    result = disttrain("launch", *BASE, "train.steps=8", f"train.resume={target}", *extra,
-                       f"run.output_dir={tmp_path}/out")
+    result = cli("launch", *BASE, "train.steps=8", f"train.resume={target}", *extra,
+                 f"run.output_dir={tmp_path}/out")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     if victim := (message.split(" is ")[0] if how in ("truncate", "corrupt") else None):
@@ -159,14 +176,14 @@ def test_bad_checkpoints_are_one_line_and_change_nothing(saved, tmp_path, how, e
 
 
 def test_export_gives_the_sharded_models_predictions(saved, tmp_path):
-    result = disttrain("export", str(saved), "--out", str(tmp_path / "model.pt"))
+    result = cli("export", str(saved), "--out", str(tmp_path / "model.pt"))
     assert result.returncode == 0, result.stderr
     model, cfg = load_exported(tmp_path / "model.pt")
     _, state, step = unsharded_state(saved)
-    assert step == 5
+    assert step == 60
     _same_state({k: v for k, v in model.state_dict().items() if k in state}, state)
     raw = torch.load(tmp_path / "model.pt", weights_only=True)  # plain tensors and strings only
-    assert raw["format"] == "disttrain-export-v1" and raw["step"] == 5
+    assert raw["format"] == "disttrain-export-v1" and raw["step"] == 60
 
 
 # ----- Facebook's reference DLRM checkpoint layout ------------------------------------------------------------
@@ -205,11 +222,11 @@ def _reference_forward(state, dense, ids, num_tables):
 
 
 def test_import_reference_checkpoint_reproduces_its_predictions(tmp_path):
-    from disttrain.embedding import KeyedBags
+    from disttrain.batch import KeyedBags
 
     tables, dim = [50, 101, 7, 33], 8
     state = _reference_file(tmp_path / "ref.pt", tables, dim, bottom=[13, 16, 8], top=[8 + 10, 16, 1])
-    result = disttrain("import", str(tmp_path / "ref.pt"), "--out", str(tmp_path / "ck"), "model.flavor=debug")
+    result = cli("import", str(tmp_path / "ref.pt"), "--out", str(tmp_path / "ck"), "model.flavor=debug")
     assert result.returncode == 0, result.stderr
     cfg, ours, _ = unsharded_state(tmp_path / "ck")
     from disttrain.models import build_dlrm
@@ -242,11 +259,11 @@ def test_import_refuses_what_is_not_a_reference_checkpoint(tmp_path):
             return (os.system, ("echo pwned",))
 
     torch.save({"state_dict": {}, "extra": Evil()}, tmp_path / "evil.pt", _use_new_zipfile_serialization=True)
-    result = disttrain("import", str(tmp_path / "evil.pt"), "--out", str(tmp_path / "ck"))
+    result = cli("import", str(tmp_path / "evil.pt"), "--out", str(tmp_path / "ck"))
     assert result.returncode == 2 and "pwned" not in result.stdout
     assert "not a loadable reference DLRM checkpoint" in result.stderr.strip().splitlines()[-1]
     _reference_file(tmp_path / "wide.pt", [10, 20], 8, bottom=[13, 32, 8], top=[8 + 3, 4, 1])
-    result = disttrain("import", str(tmp_path / "wide.pt"), "--out", str(tmp_path / "ck2"), "model.flavor=debug")
+    result = cli("import", str(tmp_path / "wide.pt"), "--out", str(tmp_path / "ck2"), "model.flavor=debug")
     assert result.returncode == 2
     line = result.stderr.strip().splitlines()[-1]
     assert "does not fit the DLRM debug MLPs" in line and "bottom.0.weight is [32, 13] in the file, [16, 13]" in line
@@ -254,11 +271,11 @@ def test_import_refuses_what_is_not_a_reference_checkpoint(tmp_path):
 
 
 def _load_on_rank(comm, path: str) -> str:
-    from disttrain.checkpoint import load_checkpoint
     from disttrain.config import load_config
+    from disttrain.engine.build import build_plan
+    from disttrain.engine.checkpoint import load_checkpoint
     from disttrain.errors import DataError
     from disttrain.parallelize import parallelize
-    from disttrain.trainer import build_plan
 
     cfg = load_config(None, [*BASE, "sharding.strategy=row_wise"])
     model, plan = build_plan(cfg, comm.world_size)

@@ -1,5 +1,6 @@
-"""The real CLI: plan output, bad input (one line, exit 2, no traceback), and end-to-end runs under the
-local launcher and torchrun whose results equal a single-process run."""
+"""The real CLI: plan output, bad input (one line, exit 2, no traceback; checked in-process through
+`disttrain.cli.main`), and end-to-end runs under the local launcher and torchrun, on one node and on two, whose
+results equal a single-process run (the session's `local_reference`)."""
 
 from __future__ import annotations
 
@@ -11,19 +12,11 @@ from pathlib import Path
 
 import pytest
 
-SMALL = ["model.flavor=debug", "train.batch_size=64", "train.steps=12", "train.log_every=4",
-         "data.eval_batches=2", "run.progress=false"]
-
-
-def disttrain(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("OMP_NUM_THREADS", None)
-    return subprocess.run([sys.executable, "-m", "disttrain.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+from tests.launch_helpers import PARITY, assert_same_training, clean_env, cli, disttrain
 
 
 def test_plan_json_without_processes():
-    out = disttrain("plan", "model.flavor=kaggle", "model.max_rows=1000000", "--world-size", "2", "--json")
+    out = cli("plan", "model.flavor=kaggle", "model.max_rows=1000000", "--world-size", "2", "--json")
     assert out.returncode == 0, out.stderr
     plan = json.loads(out.stdout)
     assert len(plan["tables"]) == 26 and len(plan["ranks"]) == 2
@@ -32,13 +25,13 @@ def test_plan_json_without_processes():
 
 
 def test_plan_accepts_a_gpu_backend():
-    out = disttrain("plan", "launch.backend=nccl", "--world-size", "2", "--json")
+    out = cli("plan", "launch.backend=nccl", "--world-size", "2", "--json")
     assert out.returncode == 0, out.stderr
     assert len(json.loads(out.stdout)["tables"]) == 4
 
 
 def test_plan_text_lists_tables_and_ranks():
-    out = disttrain("plan", "sharding.strategy=row_wise", "train.batch_size=48", "--world-size", "3")
+    out = cli("plan", "sharding.strategy=row_wise", "train.batch_size=48", "--world-size", "3")
     assert out.returncode == 0, out.stderr
     assert "row_wise" in out.stdout and "0: 17x8, 1: 17x8, 2: 16x8" in out.stdout
 
@@ -66,7 +59,7 @@ def test_plan_text_lists_tables_and_ranks():
     ],
 )
 def test_bad_input_is_one_line(args, message, tmp_path):
-    out = disttrain(*args, f"run.output_dir={tmp_path}/out")
+    out = cli(*args, f"run.output_dir={tmp_path}/out")
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     lines = out.stderr.strip().splitlines()
@@ -79,58 +72,52 @@ def _summary(path: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_local_and_torchrun_launchers_equal_single_process(tmp_path):
-    single = disttrain("train", *SMALL, f"run.output_dir={tmp_path}/single", "sharding.strategy=row_wise")
+def test_local_and_torchrun_launchers_equal_single_process(tmp_path, local_reference):
+    single = disttrain("train", *PARITY, f"run.output_dir={tmp_path}/single")
     assert single.returncode == 0, single.stderr
-    local = disttrain("launch", *SMALL, f"run.output_dir={tmp_path}/local", "sharding.strategy=row_wise",
-                      "launch.nproc_per_node=2")
-    assert local.returncode == 0, local.stderr
-    torchrun = disttrain("launch", *SMALL, f"run.output_dir={tmp_path}/torchrun", "sharding.strategy=row_wise",
-                         "launch.launcher=torchrun", "launch.nproc_per_node=2")
+    torchrun = disttrain("launch", *PARITY, f"run.output_dir={tmp_path}/torchrun", "launch.launcher=torchrun")
     assert torchrun.returncode == 0, torchrun.stderr + torchrun.stdout
     ref = _summary(tmp_path / "single")
     assert ref["world_size"] == 1 and ref["launcher"] == "none"
-    for name in ("local", "torchrun"):
-        summary = _summary(tmp_path / name)
+    for name, summary in (("local", local_reference), ("torchrun", _summary(tmp_path / "torchrun"))):
         assert summary["launcher"] == name and summary["world_size"] == 2
         assert summary["train_loss"] == pytest.approx(ref["train_loss"], abs=1e-5)
         assert summary["eval_auc"] == pytest.approx(ref["eval_auc"], abs=1e-4)
         assert summary["eval_logloss"] == pytest.approx(ref["eval_logloss"], abs=1e-5)
-        assert summary["samples_per_s"] > 0 and summary["steps"] == 12
-        assert [t["type"] for t in summary["plan"]["tables"]] == ["row_wise"] * 4
+        assert summary["samples_per_s"] > 0 and summary["steps"] == 16
+        assert {t["type"] for t in summary["plan"]["tables"]} == {"table_wise", "row_wise"}  # auto: both kinds
         assert [w["rank"] for w in summary["workers"]] == [0, 1]
         assert len({w["pid"] for w in summary["workers"]}) == 2
         assert all(w["cpus"] and w["threads"] >= 1 for w in summary["workers"])
-        assert (tmp_path / name / "config.yaml").exists()
+    assert_same_training(_summary(tmp_path / "torchrun"), local_reference)
+    assert (tmp_path / "torchrun" / "config.yaml").exists()
     # One log line per interval from rank 0 only (plus the final one).
-    assert local.stdout.count("step      4  loss") == 1
-    assert "samples/s" in local.stdout and "eval @ step 12: auc" in local.stdout
+    assert torchrun.stdout.count("step      8  loss") == 1
+    assert "samples/s" in torchrun.stdout and "eval @ step 16: auc" in torchrun.stdout
 
 
 @pytest.mark.slow
-def test_local_launcher_pins_workers_to_disjoint_cores(tmp_path):
+def test_local_launcher_pins_workers_to_disjoint_cores(local_reference):
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs 2 CPUs")
-    out = disttrain("launch", *SMALL, f"run.output_dir={tmp_path}/pinned", "launch.affinity=core")
-    assert out.returncode == 0, out.stderr
-    workers = _summary(tmp_path / "pinned")["workers"]
+    workers = local_reference["workers"]
     cpus = [set(w["cpus"]) for w in workers]
     assert cpus[0] and cpus[1] and not cpus[0] & cpus[1]
-    plan = json.loads(disttrain("topology", "--nproc-per-node", "2", "--affinity", "core", "--json").stdout)
+    plan = json.loads(cli("topology", "--nproc-per-node", "2", "--affinity", "core", "--json").stdout)
     for worker, planned in zip(workers, plan["ranks"]):
         assert worker["cpus"] == planned["cpus"] == worker["planned_cpus"]  # real affinity == plan
         assert worker["threads"] == len(planned["cpus"])
         assert worker["env"]["OMP_NUM_THREADS"] == str(len(planned["cpus"]))
     # The pinning table is in the log.
-    assert "memory" in out.stdout and "allocator" in out.stdout
+    assert "memory" in local_reference["_stdout"] and "allocator" in local_reference["_stdout"]
 
 
 @pytest.mark.slow
 def test_user_thread_setting_and_allocator_choice_are_honoured(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
-        [sys.executable, "-m", "disttrain.cli", "launch", *SMALL, f"run.output_dir={tmp_path}/user",
-         "launch.nproc_per_node=1", "launch.allocator=off"],
+        [sys.executable, "-m", "disttrain.cli", "launch", *PARITY, f"run.output_dir={tmp_path}/user",
+         "launch.nproc_per_node=1", "launch.allocator=off", "train.steps=2", "run.tensorboard=false"],
         capture_output=True, text=True, timeout=120, env=env,
     )
     assert out.returncode == 0, out.stderr
@@ -144,8 +131,8 @@ def test_user_thread_setting_and_allocator_choice_are_honoured(tmp_path):
 def test_a_failing_worker_stops_the_launch(tmp_path):
     env_fault = {"DISTTRAIN_FAULT": "1:5"}  # rank 1 dies abruptly at step 5 (fault injection)
     out = subprocess.run(
-        [sys.executable, "-m", "disttrain.cli", "launch", *SMALL, f"run.output_dir={tmp_path}/fail",
-         "train.steps=1000"],
+        [sys.executable, "-m", "disttrain.cli", "launch", *PARITY, f"run.output_dir={tmp_path}/fail",
+         "train.steps=1000", "run.tensorboard=false"],
         capture_output=True, text=True, timeout=120, env={**os.environ, **env_fault},
     )
     assert out.returncode == 17, out.stderr
@@ -163,22 +150,20 @@ def test_a_rendezvous_nobody_answers_fails_in_one_line(launcher, key, tmp_path):
 
     port = free_port()
     where = [f"launch.rdzv_endpoint=127.0.0.1:{port}"] if key == "launch.rdzv_endpoint" else [f"launch.master_port={port}"]
-    out = disttrain("launch", *SMALL, f"launch.launcher={launcher}", "launch.nnodes=2", "launch.node_rank=1",
-                    "launch.nproc_per_node=1", "launch.timeout_s=3", *where, f"run.output_dir={tmp_path}/out",
-                    timeout=60)
+    out = cli("launch", *PARITY, f"launch.launcher={launcher}", "launch.nnodes=2", "launch.node_rank=1",
+              "launch.nproc_per_node=1", "launch.timeout_s=2", *where, f"run.output_dir={tmp_path}/out")
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"{key}: nothing answers at 127.0.0.1:{port} within 3 s (launch.timeout_s)" in lines[0]
+    assert len(lines) == 1 and f"{key}: nothing answers at 127.0.0.1:{port} within 2 s (launch.timeout_s)" in lines[0]
 
 
 def _two_nodes(tmp_path, launcher: str, extra: list[str]) -> list[subprocess.CompletedProcess]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "disttrain.cli", "launch", *SMALL, f"run.output_dir={tmp_path}/node{node}",
+            [sys.executable, "-m", "disttrain.cli", "launch", *PARITY, f"run.output_dir={tmp_path}/node{node}",
              f"launch.launcher={launcher}", "launch.nnodes=2", f"launch.node_rank={node}",
-             "launch.nproc_per_node=1", "sharding.strategy=table_wise", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+             "launch.nproc_per_node=1", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
         )
         for node in (0, 1)
     ]
@@ -194,7 +179,7 @@ def _two_nodes(tmp_path, launcher: str, extra: list[str]) -> list[subprocess.Com
     ("launcher", "rendezvous"),
     [("torchrun", "static"), ("torchrun", "c10d"), ("local", "static")],
 )
-def test_two_nodes_on_loopback(tmp_path, launcher, rendezvous):
+def test_two_nodes_on_loopback(tmp_path, launcher, rendezvous, local_reference):
     from disttrain.runtime.env import free_port
 
     port = free_port()
@@ -208,7 +193,4 @@ def test_two_nodes_on_loopback(tmp_path, launcher, rendezvous):
     assert written == ["node0"] if rendezvous == "static" else len(written) == 1
     summary = _summary(tmp_path / written[0])
     assert summary["world_size"] == 2 and summary["launcher"] == launcher
-    assert sorted(t["ranks"][0] for t in summary["plan"]["tables"]) == [0, 0, 1, 1]
-    single = disttrain("train", *SMALL, f"run.output_dir={tmp_path}/single", "sharding.strategy=table_wise")
-    assert single.returncode == 0, single.stderr
-    assert summary["train_loss"] == pytest.approx(_summary(tmp_path / "single")["train_loss"], abs=1e-5)
+    assert_same_training(summary, local_reference)  # one rank on each node == two ranks on one

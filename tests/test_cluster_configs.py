@@ -49,7 +49,7 @@ def test_gpu_node_config_places_one_rank_per_gpu_on_its_numa_node(tmp_path):
 
 
 def test_ray_and_horovod_configs_size_their_worlds():
-    from disttrain.cli import launch_world
+    from disttrain.launch import launch_world
 
     ray = load_config(ROOT / "cluster_configs" / "ray.yaml")
     assert launch_world(ray) == (2, 0)  # Ray workers place themselves on whichever node they land

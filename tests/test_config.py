@@ -56,11 +56,21 @@ def test_round_trip_through_yaml(tmp_path):
         (["model.table_sizes=[4,0]"], r"model.table_sizes\[1\]: got 0, expected a positive number of rows"),
         (["train"], r"override 'train': expected KEY=VALUE"),
         (["train=3"], r"train: got 3, expected a section"),
+        # Names that live in registries, checked against them (disttrain.launch.load_checked, as the CLI loads).
+        (["model.name=two_tower"], r"model.name: got 'two_tower', expected one of dlrm, wide_deep, deepfm, dien"),
+        (["model.flavor=intel"], r"model.flavor: got 'intel', expected one of debug, kaggle, mlperf for model.name=dlrm"),
+        (["data.source=dien"], r"data.source: got 'dien' with model.name=dlrm; expected synthetic or criteo"),
+        (["model.name=dien", "data.source=criteo"], r"data.source: got 'criteo' with model.name=dien; expected synthetic or dien"),
+        (["data.source=criteo"], r"data.path: empty with data.source=criteo; expected the directory written by"),
+        (["train.epochs=2"], r"train.epochs: got 2.0, but data.source=synthetic has no epochs; expected train.steps \(or data.source=criteo\)"),
+        (["launch.launcher=slurm"], r"launch.launcher: got 'slurm', expected one of local, torchrun, ray, horovod"),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):
+    from disttrain.launch import load_checked
+
     with pytest.raises(ConfigError, match=message):
-        load_config(None, overrides)
+        load_checked(None, overrides)
 
 
 def test_bad_file(tmp_path):

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from disttrain.data.criteo import CriteoData, open_dataset
-from disttrain.data.criteo_prep import PrepOptions, compute_splits, prepare
-from disttrain.embedding import EmbeddingTableSpec
 from disttrain.errors import DataError
+from disttrain.prepare.criteo import prepare
+from disttrain.prepare.criteo_inputs import PrepOptions, compute_splits
+from disttrain.tables import EmbeddingTableSpec
 from tests.criteo_helpers import HEADER, python_parse, python_vocab_ids, raw_rows, read_processed, write_raw
-from tests.launch_helpers import clean_env, disttrain, summary
+from tests.launch_helpers import clean_env, cli, disttrain, summary
 
 ROWS = raw_rows(3000, seed=1)
 
@@ -145,24 +146,26 @@ def test_bad_rows_stop_with_file_line_or_are_skipped(tmp_path, line, reason):
 
 
 def test_damaged_directory_is_refused_before_training(tmp_path, tsv):
+    """By a worker (`disttrain train`, as torchrun by hand runs it) and by the launcher's pre-flight (in-process
+    here: it fails before any process starts)."""
     out = _prep(tmp_path, [tsv], "d")
-    args = ["train", "data.source=criteo", f"data.path={out}", "model.flavor=debug", "train.steps=2",
+    args = ["data.source=criteo", f"data.path={out}", "model.flavor=debug", "train.steps=2",
             "train.batch_size=64", "run.progress=false", f"run.output_dir={tmp_path}/run"]
-    ok = disttrain(*args)
-    assert ok.returncode == 0, ok.stderr[-2000:]
     data = bytearray((out / "dense.f32").read_bytes())
     data[100] ^= 0x40  # same size, other content
     (out / "dense.f32").write_bytes(bytes(data))
-    bad = disttrain(*args)
+    bad = disttrain("train", *args)
     assert bad.returncode == 2 and "dense.f32: sha256" in bad.stderr and bad.stderr.strip().count("\n") == 0, bad.stderr
     assert "train_auc" not in bad.stdout  # refused before the first step
+    bad = cli("launch", *args)
+    assert bad.returncode == 2 and "dense.f32: sha256" in bad.stderr and bad.stderr.strip().count("\n") == 0, bad.stderr
     (out / "labels.u8").write_bytes(b"\0" * 10)
-    bad = disttrain(*args)
+    bad = cli("launch", *args)
     assert bad.returncode == 2 and "labels.u8: 10 bytes, expected 3000" in bad.stderr, bad.stderr
     (out / "meta.json").write_text("{")
-    bad = disttrain(*args)
+    bad = cli("launch", *args)
     assert bad.returncode == 2 and "meta.json: unreadable metadata" in bad.stderr, bad.stderr
-    missing = disttrain(*args[:2], f"data.path={tmp_path}/nope", *args[3:])
+    missing = cli("launch", args[0], f"data.path={tmp_path}/nope", *args[2:])
     assert missing.returncode == 2 and "is not a directory" in missing.stderr
 
 
@@ -182,7 +185,7 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path):
     proc.wait()
     assert list(tmp_path.glob(".tmp-out-*")), "the run never started writing"
     assert not (out / "meta.json").exists()
-    bad = disttrain("train", "data.source=criteo", f"data.path={out}", "run.progress=false")
+    bad = cli("launch", "data.source=criteo", f"data.path={out}", "run.progress=false")
     assert bad.returncode == 2 and "interrupted `disttrain data criteo`" in bad.stderr, bad.stderr
     done = disttrain("data", "criteo", str(raw), "--out", str(out), "--quiet")
     assert done.returncode == 0, done.stderr

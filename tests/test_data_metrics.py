@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from disttrain.data.synthetic import SyntheticCTR
-from disttrain.embedding import EmbeddingTableSpec
 from disttrain.metrics import accuracy, auc, log_loss
+from disttrain.tables import EmbeddingTableSpec
 
 TABLES = [EmbeddingTableSpec("a", 1000, 4), EmbeddingTableSpec("b", 7, 4), EmbeddingTableSpec("c", 100_000, 4)]
 

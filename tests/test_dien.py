@@ -9,20 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from disttrain.models import MODELS
 
 from disttrain.config import load_config
-from disttrain.data.dien import (
-    DienData,
-    generate,
-    load_vocab,
-    open_dien,
-    read_negative_pool,
-    read_samples,
-    write_files,
-)
+from disttrain.data.dien import DienData
+from disttrain.data.dien_files import load_vocab, open_dien, read_negative_pool, read_samples
+from disttrain.data.dien_generate import generate
+from disttrain.engine.build import build_model
 from disttrain.errors import DataError
 from disttrain.layers import TFGRU
+from disttrain.prepare.dien_synthetic import write_files
 from tests.launch_helpers import disttrain, summary
 
 SHARED_TINY = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-books-dien"
@@ -158,7 +153,7 @@ def test_written_files_read_back_as_generated(tmp_path):
 def _source(world_batch=32, **overrides):
     cfg = load_config(None, ["model.name=dien", "model.table_sizes=[50,80,9]", "data.max_history=6",
                              f"train.batch_size={world_batch}"])
-    tables = MODELS["dien"](cfg, embedding_device="meta").tables
+    tables = build_model(cfg, embedding_device="meta").tables
     data = generate(users=50, items=80, cats=9, train_samples=600, seed=1, max_history=20)
     return DienData(data, tables, global_batch=world_batch, seed=5, **overrides), data
 

@@ -7,52 +7,36 @@ import json
 
 import pytest
 
-from tests.launch_helpers import disttrain, summary
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("infer")
-    runs = {}
-    for model, extra in (("dlrm", ["train.batch_size=128"]),
-                         ("dien", ["train.batch_size=64", "data.synthetic_samples=3000", "train.optimizer=adam",
-                                   "train.lr=0.003"])):
-        result = disttrain("launch", f"model.name={model}", "train.steps=20", "launch.nproc_per_node=2",
-                           "sharding.strategy=row_wise", "run.progress=false", f"run.output_dir={root}/{model}",
-                           f"checkpoint.dir={root}/{model}/ck", *extra)
-        assert result.returncode == 0, result.stderr[-3000:]
-        runs[model] = (root / model / "ck", summary(root / model))
-    return runs
+from tests.launch_helpers import cli, disttrain
 
 
 @pytest.mark.parametrize("model", ["dlrm", "dien"])
 def test_accuracy_mode_reproduces_the_run_evaluation(trained, model):
-    ck, run = trained[model]
-    result = disttrain("infer", "--checkpoint", str(ck), "--mode", "accuracy", "--json")
+    ck, run = trained(model).ck, trained(model).run
+    result = cli("infer", "--checkpoint", str(ck), "--mode", "accuracy", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout)
-    assert out["step"] == 20 and out["samples"] == run["eval_samples"]
+    assert out["step"] == run["steps"] and out["samples"] == run["eval_samples"]
     assert abs(out["auc"] - run["eval_auc"]) < 1e-6 and abs(out["logloss"] - run["eval_logloss"]) < 1e-6
-    bf16 = json.loads(disttrain("infer", "--checkpoint", str(ck), "--mode", "accuracy", "--precision", "bf16",
-                                "--json").stdout)
+    bf16 = json.loads(cli("infer", "--checkpoint", str(ck), "--mode", "accuracy", "--precision", "bf16",
+                          "--json").stdout)
     assert abs(bf16["auc"] - out["auc"]) < 0.01 and bf16["precision"] == "bf16"
 
 
 def test_throughput_and_latency_modes(trained):
-    ck, _ = trained["dien"]
-    result = disttrain("infer", "--checkpoint", str(ck), "--mode", "throughput", "--batch-size", "32",
+    ck = trained("dien").ck
+    result = cli("infer", "--checkpoint", str(ck), "--mode", "throughput", "--batch-size", "32",
                        "--iterations", "5")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "batch 32:" in result.stdout and "recommendations/second" in result.stdout
-    latency = json.loads(disttrain("infer", "--checkpoint", str(ck), "--mode", "latency", "--iterations", "30",
-                                   "--exact-max-length", "10", "--json").stdout)
+    latency = json.loads(cli("infer", "--checkpoint", str(ck), "--mode", "latency", "--iterations", "30",
+                             "--exact-max-length", "10", "--json").stdout)
     assert latency["batch_size"] == 1 and latency["iterations"] == 30
     assert 0 < latency["p50_ms"] <= latency["p90_ms"] <= latency["p99_ms"]
 
 
 def test_bad_flags_are_one_line(trained):
-    dlrm, _ = trained["dlrm"]
-    dien, _ = trained["dien"]
+    dlrm, dien = trained("dlrm").ck, trained("dien").ck
     for args, message in (
         ([str(dlrm), "--mode", "latency", "--exact-max-length", "5"], "has no behaviour history"),
         ([str(dien), "--mode", "latency", "--exact-max-length", "500"], "more than the model's history of 10"),
@@ -60,7 +44,7 @@ def test_bad_flags_are_one_line(trained):
          "more than the model's history of 10"),
         ([str(dlrm) + "/nope", "--mode", "accuracy"], "--checkpoint"),
     ):
-        result = disttrain("infer", "--checkpoint", *args)
+        result = cli("infer", "--checkpoint", *args)
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert result.stderr.strip().count("\n") == 0, result.stderr
 
@@ -68,7 +52,7 @@ def test_bad_flags_are_one_line(trained):
 @pytest.mark.parametrize("model", ["dlrm", "dien"])
 def test_sharded_inference_equals_one_process(trained, model):
     """`--nproc 2`: the checkpoint resharded over two worker processes serves the same evaluation."""
-    ck, run = trained[model]
+    ck, run = trained(model).ck, trained(model).run
     result = disttrain("infer", "--checkpoint", str(ck), "--mode", "accuracy", "--nproc", "2", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout)
@@ -83,7 +67,7 @@ def test_sharded_inference_equals_one_process(trained, model):
         latency = json.loads(disttrain("infer", "--checkpoint", str(ck), "--mode", "latency", "--nproc", "2",
                                        "--iterations", "20", "--json").stdout)
         assert latency["batch_size"] == 2 and 0 < latency["p50_ms"] <= latency["p90_ms"] <= latency["p99_ms"]
-        bad = disttrain("infer", "--checkpoint", str(ck), "--mode", "throughput", "--nproc", "2", "--batch-size", "3")
+        bad = cli("infer", "--checkpoint", str(ck), "--mode", "throughput", "--nproc", "2", "--batch-size", "3")
         assert bad.returncode == 2 and "expected a multiple of --nproc 2" in bad.stderr
         assert bad.stderr.strip().count("\n") == 0, bad.stderr
 
@@ -91,14 +75,14 @@ def test_sharded_inference_equals_one_process(trained, model):
 def test_dien_int8(trained, tmp_path):
     """DIEN quantizes too: its tables and the linears inference runs (not the auxiliary net, nor the attention
     layer whose weight the model splits itself); the saved model reproduces the report."""
-    ck, _ = trained["dien"]
-    result = disttrain("quantize", "--checkpoint", str(ck), "--out", str(tmp_path / "int8"), "--json")
+    ck = trained("dien").ck
+    result = cli("quantize", "--checkpoint", str(ck), "--out", str(tmp_path / "int8"), "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     names = {layer["name"] for layer in report["layers"]}
     assert {"embeddings.uid", "embeddings.mid", "embeddings.cat", "query", "fcn.0"} <= names
     assert not any(n.startswith(("aux_net", "attention.0")) for n in names)
     assert report["tuning"]["relative_auc_loss"] <= 0.01
-    int8 = json.loads(disttrain("infer", "--checkpoint", str(tmp_path / "int8"), "--precision", "int8", "--mode",
-                                "accuracy", "--json").stdout)
+    int8 = json.loads(cli("infer", "--checkpoint", str(tmp_path / "int8"), "--precision", "int8", "--mode",
+                          "accuracy", "--json").stdout)
     assert abs(int8["auc"] - report["final"]["int8"]["auc"]) < 1e-9

@@ -7,18 +7,20 @@ import pytest
 import torch
 
 from disttrain import optim
+from disttrain.batch import KeyedBags
 from disttrain.collectives import SingleProcess
-from disttrain.embedding import EmbeddingBagCollection, EmbeddingTableSpec, KeyedBags
 from disttrain.errors import DataError
-from disttrain.layers import BatchNorm, _GlobalBatchNorm
-from disttrain.sharding.embedding import ShardedEmbeddingCollection
+from disttrain.layers import EmbeddingBagCollection
+from disttrain.layers.batch_stats import BatchNorm, _GlobalBatchNorm
 from disttrain.sharding.planner import plan_sharding
+from disttrain.sharding.sharded_embedding_bags import ShardedEmbeddingBagCollection
+from disttrain.tables import EmbeddingTableSpec
 
 
 def test_adagraddecay_decays_every_period_and_floors_at_the_initial_value(monkeypatch):
     monkeypatch.setattr(optim, "DECAY_STEPS", 3)
     tables = [EmbeddingTableSpec("t", 5, 2)]
-    sharded = ShardedEmbeddingCollection(tables, plan_sharding(tables, world_size=1, strategy="table_wise"),
+    sharded = ShardedEmbeddingBagCollection(tables, plan_sharding(tables, world_size=1, strategy="table_wise"),
                                          SingleProcess(), seed=0)
     sparse = optim.SparseRowOptimizer(sharded, kind="adagraddecay", lr=0.1)
     dense_param = torch.nn.Parameter(torch.zeros(2))
@@ -43,7 +45,7 @@ def test_adagraddecay_decays_every_period_and_floors_at_the_initial_value(monkey
 
 def test_sequences_shorter_than_the_table_allows_and_longer_ones_refused():
     tables = [EmbeddingTableSpec("seq", 9, 3, pooling="none", bags_per_sample=7)]
-    sharded = ShardedEmbeddingCollection(tables, plan_sharding(tables, world_size=1, strategy="row_wise"),
+    sharded = ShardedEmbeddingBagCollection(tables, plan_sharding(tables, world_size=1, strategy="row_wise"),
                                          SingleProcess(), seed=0)
     reference = EmbeddingBagCollection(tables, seed=0)
     lengths = torch.tensor([1, 1, 0, 1, 0, 0])  # 2 samples x 3 positions

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from tests.launch_helpers import disttrain, summary
+from tests.launch_helpers import cli, disttrain, summary
 
 COMMON = ["model.flavor=debug", "train.batch_size=256", "train.steps=40", "train.log_every=10", "train.eval_every=20",
           "train.warmup_steps=5", "data.eval_batches=2", "run.progress=false"]
@@ -58,10 +58,10 @@ def test_event_files_hold_the_expected_tags(runs):
     assert acc.Scalars("train/learning_rate")[0].value == pytest.approx(0.1)
 
 
-def test_no_event_files_when_off(tmp_path):
-    result = disttrain("train", *COMMON, "train.steps=10", "run.tensorboard=false", f"run.output_dir={tmp_path}")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert not list(tmp_path.glob("events.out.tfevents.*"))
+def test_no_event_files_when_off(trained):
+    run = trained("dlrm")  # trained with run.tensorboard=false
+    assert run.run["config"]["run"]["tensorboard"] is False and (run.out / "summary.json").exists()
+    assert not list(run.out.glob("events.out.tfevents.*"))
 
 
 @pytest.mark.parametrize("name", ["two_ranks", "one_rank"])
@@ -107,7 +107,7 @@ def _loaded_images(page) -> tuple[str, str]:
 
 def test_report_overlays_two_runs_and_a_browser_loads_it(runs, tmp_path):
     out = tmp_path / "report"
-    result = disttrain("report", str(runs["two_ranks"][0]), str(runs["one_rank"][0]), "--out", str(out))
+    result = cli("report", str(runs["two_ranks"][0]), str(runs["one_rank"][0]), "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "4 plots" in result.stdout
     for name in ("curves", "throughput", "breakdown", "memory"):
@@ -136,7 +136,7 @@ def test_report_on_incomplete_and_older_runs(runs, tmp_path):
     unfinished = tmp_path / "unfinished"  # config only: the run never wrote its summary
     unfinished.mkdir()
     shutil.copy(run_dir / "config.yaml", unfinished / "config.yaml")
-    result = disttrain("report", str(older), str(unfinished), "--out", str(tmp_path / "r"))
+    result = cli("report", str(older), str(unfinished), "--out", str(tmp_path / "r"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "older: no step-time breakdown" in result.stderr and "unfinished: summary.json is missing" in result.stderr
     assert "older: no peak RSS per worker" in result.stderr
@@ -145,8 +145,8 @@ def test_report_on_incomplete_and_older_runs(runs, tmp_path):
     assert (tmp_path / "r" / "curves.png").exists() and not (tmp_path / "r" / "breakdown.png").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = disttrain("report", str(empty), "--out", str(tmp_path / "e"))
+    result = cli("report", str(empty), "--out", str(tmp_path / "e"))
     assert result.returncode == 2 and "no summary.json or config.yaml" in result.stderr
     assert result.stderr.strip().count("\n") == 0
-    result = disttrain("report", str(tmp_path / "nope"))
+    result = cli("report", str(tmp_path / "nope"))
     assert result.returncode == 2 and "not a directory" in result.stderr

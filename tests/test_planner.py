@@ -3,10 +3,11 @@ from __future__ import annotations
 import pytest
 
 from disttrain.config import load_config
-from disttrain.embedding import EmbeddingTableSpec
+from disttrain.engine.build import build_plan
 from disttrain.errors import ConfigError, PlanError
-from disttrain.sharding.planner import even_split, plan_sharding
-from disttrain.trainer import build_plan
+from disttrain.ranges import even_split
+from disttrain.sharding.planner import plan_sharding
+from disttrain.tables import EmbeddingTableSpec
 
 
 def _tables(rows, dim=8):
@@ -68,9 +69,13 @@ def test_auto_splits_a_dominant_table_row_wise_and_honours_overrides():
 
 
 def test_optimizer_state_counts_in_memory():
-    sgd = plan_sharding(_tables([100]), world_size=1, optimizer="sgd").rank_bytes()[0]
-    adam = plan_sharding(_tables([100]), world_size=1, optimizer="adam").rank_bytes()[0]
-    rowwise = plan_sharding(_tables([100]), world_size=1, optimizer="rowwise_adagrad").rank_bytes()[0]
+    from disttrain.optim import OPTIMIZERS
+
+    def ranks(name):
+        plan = plan_sharding(_tables([100]), world_size=1, optimizer=name, optimizer_state=OPTIMIZERS[name].state_words)
+        return plan.rank_bytes()[0]
+
+    sgd, adam, rowwise = ranks("sgd"), ranks("adam"), ranks("rowwise_adagrad")
     assert sgd["optimizer_bytes"] == 0 and adam["optimizer_bytes"] == 2 * 100 * 8 * 4
     assert rowwise["optimizer_bytes"] == 100 * 4
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from disttrain.runtime.env import free_port
-from tests.launch_helpers import BIN, PARITY, ROOT, assert_same_training, clean_env, disttrain, summary
+from tests.launch_helpers import BIN, PARITY, ROOT, assert_same_training, clean_env, cli, disttrain, summary
 
 pytest.importorskip("ray", reason="Ray is installed by `make test` (the [ray] extra)")
 
@@ -32,7 +32,7 @@ def _stop_head(temp_dir: str) -> None:
             continue
     for proc in mine:
         proc.terminate()
-    _, alive = psutil.wait_procs(mine, timeout=10)
+    _, alive = psutil.wait_procs(mine, timeout=5)
     for proc in alive:
         proc.kill()
 
@@ -105,22 +105,11 @@ def test_ray_job_submit_trains_like_the_local_launcher(ray_head, local_reference
     assert len(checkpoints) == 1 and summary(checkpoints[0].parent)["train_loss"] == result["train_loss"]
 
 
-@pytest.mark.slow
-def test_ray_launcher_connects_to_a_given_address(ray_head, tmp_path):
-    """`launch.ray_address` (no job submission): the driver here, the workers on the cluster."""
-    out = tmp_path / "direct"
-    result = disttrain("launch", "cluster_configs/ray.yaml", *PARITY, "train.steps=4", f"run.output_dir={out}",
-                       f"launch.ray_address=127.0.0.1:{ray_head['gcs']}", f"launch.ray_storage={tmp_path}/st",
-                       env=ray_head["env"], timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert summary(out)["launcher"] == "ray" and summary(out)["steps"] == 4
-
-
 def test_unreachable_ray_cluster_is_one_line(tmp_path):
     port = free_port()
     start = time.monotonic()
-    result = disttrain("launch", "cluster_configs/ray.yaml", f"launch.ray_address=127.0.0.1:{port}",
-                       f"run.output_dir={tmp_path}/out", env=clean_env(RAY_AUTH_MODE="disabled"), timeout=120)
+    result = cli("launch", str(ROOT / "cluster_configs/ray.yaml"), f"launch.ray_address=127.0.0.1:{port}",
+                 "launch.timeout_s=2", f"run.output_dir={tmp_path}/out", env={"RAY_AUTH_MODE": "disabled"})
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"launch.ray_address: no Ray cluster answers at 127.0.0.1:{port}" in lines[0]
@@ -139,7 +128,8 @@ def test_too_few_cpus_on_the_cluster_is_one_line(ray_head, tmp_path):
 
 @pytest.mark.slow
 def test_ray_restarts_a_failed_worker_group_from_the_last_checkpoint(ray_head, local_reference, tmp_path):
-    """FailureConfig(max_failures=launch.max_restarts): rank 1 is SIGKILLed at step 12; Ray starts the worker
+    """`launch.ray_address` (no job submission: the driver here, the workers on the cluster) and
+    FailureConfig(max_failures=launch.max_restarts): rank 1 is SIGKILLed at step 12; Ray starts the worker
     group again, which resumes from step 10 and ends where an uninterrupted run ends."""
     out = tmp_path / "restarted"
     env = {**ray_head["env"], "DISTTRAIN_FAULT": "1:12:kill"}
@@ -149,4 +139,5 @@ def test_ray_restarts_a_failed_worker_group_from_the_last_checkpoint(ray_head, l
                        env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stdout + result.stderr and "at step 10" in result.stdout + result.stderr
+    assert summary(out)["launcher"] == "ray"
     assert_same_training(summary(out), local_reference)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from disttrain.batch import KeyedBags
 from disttrain.collectives import SingleProcess
-from disttrain.embedding import EmbeddingBagCollection, EmbeddingTableSpec, KeyedBags
 from disttrain.errors import DataError
+from disttrain.layers import EmbeddingBagCollection
 from disttrain.optim import SparseRowOptimizer
-from disttrain.sharding.embedding import ShardedEmbeddingCollection
 from disttrain.sharding.planner import plan_sharding
+from disttrain.sharding.sharded_embedding_bags import ShardedEmbeddingBagCollection
+from disttrain.tables import EmbeddingTableSpec
 from tests.dist_helpers import run_ranks
 
 HISTORY = 5
@@ -33,7 +35,7 @@ def _batch(global_batch: int, seed: int) -> KeyedBags:
 def _check(comm, strategy: str) -> list[float]:
     global_batch, lr = 12, 0.5
     plan = plan_sharding(TABLES, world_size=comm.world_size, strategy=strategy)
-    sharded = ShardedEmbeddingCollection(TABLES, plan, comm, seed=1)
+    sharded = ShardedEmbeddingBagCollection(TABLES, plan, comm, seed=1)
     optimizer = SparseRowOptimizer(sharded, kind="sgd", lr=lr)
     reference = EmbeddingBagCollection(TABLES, seed=1)
     full = _batch(global_batch, seed=7)
@@ -70,7 +72,7 @@ def test_sequence_lookup_matches_unsharded():
 
 def test_ids_out_of_range_name_the_table():
     plan = plan_sharding(TABLES, world_size=1)
-    sharded = ShardedEmbeddingCollection(TABLES, plan, SingleProcess())
+    sharded = ShardedEmbeddingBagCollection(TABLES, plan, SingleProcess())
     batch = _batch(4, seed=0)
     batch.values[-1] = 13  # the user table has 13 rows
     with pytest.raises(DataError, match=r"table user: id 13 is out of range; expected 0 <= id < 13"):

@@ -37,7 +37,7 @@ def deepfm(args):
 
 def dien(args):
     sys.path.insert(0, str(ROOT))
-    from disttrain.data.dien import generate
+    from disttrain.data.dien_generate import generate
 
     users, items, cats, maxlen = 543060, 367983, 1601, 100
     data = generate(users=users, items=items, cats=cats, train_samples=args.samples + args.warmup_samples, seed=0,

@@ -23,12 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from disttrain.data.criteo_prep import FORMAT, FORMAT_VERSION
-from disttrain.data.synthetic import Batch
-from disttrain.embedding import EmbeddingTableSpec, KeyedBags
-from disttrain.errors import DataError
+from disttrain.batch import Batch, KeyedBags
+from disttrain.config import Config
+from disttrain.data.contract import SourceSpec, agreed, epochs_to_steps, resume_note
+from disttrain.errors import ConfigError, DataError
 from disttrain.fileio import sha256_file
+from disttrain.tables import EmbeddingTableSpec
 
+FORMAT = "disttrain-criteo"  # meta.json "format" and "version" of a directory `disttrain data criteo` writes
+FORMAT_VERSION = 1
 BLOCK_ROWS = 4096
 SPLITS = ("train", "val", "test")
 VERIFIED_ENV = "DISTTRAIN_VERIFIED_DATA"  # set by the launcher after it checked every checksum
@@ -122,7 +125,9 @@ def open_dataset(path: str | Path, *, verify: str = "size") -> DatasetInfo:
 
 
 class CriteoData:
-    """Batches from a processed directory; the same interface as `SyntheticCTR`."""
+    """Batches from a processed directory (the `DataSource` contract)."""
+
+    held_out = ("val", "test")
 
     def __init__(
         self,
@@ -149,6 +154,7 @@ class CriteoData:
         self.needs_fold = any(t.num_rows < r for t, r in zip(tables, info.table_rows))
         self.train_lo, self.train_hi = info.split("train")
         self.steps_per_epoch = (self.train_hi - self.train_lo) // global_batch
+        self.notes: list[str] = []
         self._windows: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._block_orders: OrderedDict[int, np.ndarray] = OrderedDict()
 
@@ -209,9 +215,13 @@ class CriteoData:
 
     # ---- batches --------------------------------------------------------------------------------------------
 
-    def eval_batches(self, split: str) -> int:
+    def restore(self, saved: dict, step: int) -> str | None:
+        return resume_note(saved, self.position(step))
+
+    def eval_batches(self, split: str, wanted: int = -1) -> int:
         lo, hi = self.info.split(split)
-        return -(-(hi - lo) // self.global_batch)
+        available = -(-(hi - lo) // self.global_batch)
+        return available if wanted < 0 else min(wanted, available)
 
     def _read(self, rows: np.ndarray, valid: np.ndarray | None) -> Batch:
         order = np.argsort(rows, kind="stable")  # read in file order, hand back in batch order
@@ -249,3 +259,30 @@ def verify_for_launch(path: str, verify: str) -> None:
     open_dataset(path, verify=verify)
     if verify == "checksum":
         os.environ[VERIFIED_ENV] = str(Path(path).resolve())
+
+
+def _shape(cfg: Config) -> None:
+    info = open_dataset(cfg.data.path, verify="size")
+    rows = info.table_rows
+    if not cfg.model.table_sizes:
+        cfg.model.table_sizes = list(rows)
+    elif len(cfg.model.table_sizes) != len(rows):
+        raise ConfigError(f"model.table_sizes: {len(cfg.model.table_sizes)} tables, but {cfg.data.path} has "
+                          f"{len(rows)} categorical columns; expected {len(rows)} sizes (or none: the data's)")
+    cfg.data.num_dense = info.num_dense
+    lo, hi = info.split("train")
+    epochs_to_steps(cfg, hi - lo, f"rows of {cfg.data.path}")
+
+
+def _open(cfg: Config, tables: list[EmbeddingTableSpec], comm, rank: int) -> CriteoData:
+    path = Path(cfg.data.path)
+    # The full check once: by the launcher (which says so in the environment) or here by rank 0 for all.
+    checksum = cfg.data.verify == "checksum" and os.environ.get(VERIFIED_ENV) != str(path.resolve())
+    info = agreed(comm, lambda: open_dataset(path, verify="checksum" if checksum and rank == 0 else "size"))
+    return CriteoData(info, tables, global_batch=cfg.train.batch_size, seed=cfg.train.seed,
+                      shuffle=cfg.data.shuffle, shuffle_window=cfg.data.shuffle_window)
+
+
+SPEC = SourceSpec("criteo", open=_open, shape=_shape,
+                  path="the directory written by `disttrain data criteo RAW... --out DIR`",
+                  preflight=lambda cfg: verify_for_launch(cfg.data.path, cfg.data.verify))

@@ -1,331 +1,31 @@
-"""DIEN data: the benchmark's Amazon Books files, a generator with a planted sequential signal, and the batches.
+"""DIEN batches (the `DataSource` contract) from the benchmark's files or generated samples.
 
-Files (alibaba/ai-matrix DIEN_TF2; one directory, `data.path`):
-- `local_train_splitByUser`, `local_test_splitByUser`: tab-separated `label, uid, mid, cat, mid history, cat
-  history`, the histories joined by `\\x02` (one category per item); LF or CRLF line ends.
-- `uid_voc.pkl`, `mid_voc.pkl`, `cat_voc.pkl`: pickled `dict[str, int]`. They are read with an unpickler that
-  refuses every global (class, function), so a hostile or foreign pickle cannot run code; anything but a plain
-  dict of strings to non-negative ints is refused with one line.
-- `reviews-info` (`uid, mid, rating, time`): the pool negatives are sampled from (one entry per review, so
-  popular items are drawn more often); `item-info` (`mid, cat`): a sampled negative's category.
-
-As the benchmark: ids unknown to a vocabulary map to 0 (`default_mid`/`default_cat`; uid 0 is a real user,
-as there) and are counted and reported; the last `max_history` behaviours are kept; each history position
-gets a sampled negative item (from the review pool, never the position's own item); samples are cut into
-buffers of 20 batches and sorted by history length within a buffer (longest first), and every batch is padded
-to its longest history. Unlike the benchmark, the epoch order is a seeded permutation per (seed, epoch) and each
-negative a hash of (seed, epoch, sample, position), so 1 and N ranks see identical global batches and a resume
-continues exactly.
+As the benchmark: the last `max_history` behaviours are kept; each history position gets a sampled negative item
+(from the review pool, never the position's own item); samples are cut into buffers of 20 batches and sorted by
+history length within a buffer (longest first), and every batch is padded to its longest history. Unlike the
+benchmark, the epoch order is a seeded permutation per (seed, epoch) and each negative a hash of (seed, epoch,
+sample, position), so 1 and N ranks see identical global batches and a resume continues exactly.
 """
 
 from __future__ import annotations
 
-import io
-import pickle
-from dataclasses import dataclass, field
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from disttrain.data.synthetic import Batch
-from disttrain.embedding import EmbeddingTableSpec, KeyedBags
+from disttrain.batch import Batch, KeyedBags
+from disttrain.config import Config
+from disttrain.data.contract import SourceSpec, agreed, epochs_to_steps, resume_note
+from disttrain.data.dien_files import DienDataset, DienSamples, count_samples, open_dien, vocab_rows
+from disttrain.data.dien_generate import generate
 from disttrain.errors import DataError
+from disttrain.tables import EmbeddingTableSpec
 
-TRAIN_FILE, TEST_FILE = "local_train_splitByUser", "local_test_splitByUser"
-VOCAB_FILES = ("uid_voc.pkl", "mid_voc.pkl", "cat_voc.pkl")
 SORT_BUFFER_BATCHES = 20  # the benchmark's DataIterator: batch_size * 20 samples sorted by history length
-SPLIT_SALT = {"train": 0, "test": 1}
-
-
-# ----- reading the benchmark's files ------------------------------------------------------------------------
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) == ("_codecs", "encode"):  # how protocol 2 spells a bytes object: harmless
-            import _codecs
-
-            return _codecs.encode
-        raise pickle.UnpicklingError(f"it refers to {module}.{name}")  # every other class, function, reducer
-
-
-def load_vocab(path: str | Path) -> dict[str, int]:
-    """A DIEN vocabulary pickle as a dict of str to int, read without executing anything."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the vocabulary ({exc.strerror})") from None
-    try:
-        vocab = _PlainUnpickler(io.BytesIO(data)).load()
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise DataError(f"{path}: not a plain pickled dict ({exc}); expected a pickle of dict[str, int] as "
-                        "the DIEN benchmark's generate_voc.py writes") from None
-    if not isinstance(vocab, dict):
-        raise DataError(f"{path}: holds a {type(vocab).__name__}; expected a dict of str to int")
-    out = {}
-    for key, value in vocab.items():
-        if isinstance(key, bytes):
-            key = key.decode("utf-8", "replace")
-        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise DataError(f"{path}: entry {key!r}: {value!r}; expected str keys and int ids >= 0")
-        out[key] = value
-    return out
-
-
-@dataclass
-class DienSamples:
-    """Samples as id arrays; histories ragged: sample i's are hist_*[offsets[i]:offsets[i + 1]]."""
-
-    labels: np.ndarray  # uint8 [N]
-    uid: np.ndarray  # int64 [N]
-    mid: np.ndarray
-    cat: np.ndarray
-    offsets: np.ndarray  # int64 [N + 1]
-    hist_mid: np.ndarray  # int64 [total history]
-    hist_cat: np.ndarray
-    unknown: dict[str, int] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return self.labels.size
-
-    @property
-    def history_lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-
-def read_samples(path: str | Path, vocabs: tuple[dict, dict, dict]) -> DienSamples:
-    """Parse a DIEN sample file; a malformed row stops with `file:line` and what was expected."""
-    path = Path(path)
-    uid_voc, mid_voc, cat_voc = vocabs
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: byte {exc.start} is not UTF-8; expected the DIEN sample text") from None
-    labels, uids, mids, cats, lengths, hist_mids, hist_cats = [], [], [], [], [], [], []
-    unknown = {"uid": 0, "mid": 0, "cat": 0}
-    uid_get, mid_get, cat_get = uid_voc.get, mid_voc.get, cat_voc.get
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line:
-            continue
-        fields = line.split("\t")
-        if len(fields) != 6:
-            raise DataError(f"{path}:{number}: {len(fields)} tab-separated fields; expected 6 (label, uid, mid, cat, "
-                            "mid history, cat history)")
-        label, uid, mid, cat, mid_hist, cat_hist = fields
-        if label not in ("0", "1", "0.0", "1.0"):
-            raise DataError(f"{path}:{number}: label {label!r}; expected 0 or 1")
-        item_list = mid_hist.split("\x02") if mid_hist else []
-        cat_list = cat_hist.split("\x02") if cat_hist else []
-        if len(item_list) != len(cat_list):
-            raise DataError(f"{path}:{number}: {len(item_list)} history items but {len(cat_list)} history "
-                            "categories; expected one category per item")
-        labels.append(label[0] == "1")
-        for name, get, key, out in (("uid", uid_get, uid, uids), ("mid", mid_get, mid, mids),
-                                    ("cat", cat_get, cat, cats)):
-            value = get(key)
-            if value is None:
-                unknown[name] += 1
-                value = 0
-            out.append(value)
-        ids = [mid_get(m, -1) for m in item_list]
-        cids = [cat_get(c, -1) for c in cat_list]
-        if -1 in ids or -1 in cids:
-            unknown["mid"] += ids.count(-1)
-            unknown["cat"] += cids.count(-1)
-            ids = [max(i, 0) for i in ids]
-            cids = [max(c, 0) for c in cids]
-        hist_mids.extend(ids)
-        hist_cats.extend(cids)
-        lengths.append(len(ids))
-    if not labels:
-        raise DataError(f"{path}: no samples; expected lines of label, uid, mid, cat, mid history, cat history")
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    as64 = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
-    return DienSamples(np.asarray(labels, dtype=np.uint8), as64(uids), as64(mids), as64(cats), offsets,
-                       as64(hist_mids), as64(hist_cats), unknown)
-
-
-def read_negative_pool(directory: Path, mid_voc: dict, cat_voc: dict) -> tuple[np.ndarray, np.ndarray, int]:
-    """(item ids, their category ids, items without a category) of the review pool, as the benchmark maps them."""
-    categories: dict[str, str] = {}
-    for number, line in enumerate(_lines(directory / "item-info"), 1):
-        parts = line.split("\t")
-        if len(parts) < 2:
-            raise DataError(f"{directory / 'item-info'}:{number}: expected mid<TAB>cat")
-        categories.setdefault(parts[0], parts[1])
-    cat_of_mid = {mid_voc.get(m, 0): cat_voc.get(c, 0) for m, c in categories.items()}
-    pool = []
-    for number, line in enumerate(_lines(directory / "reviews-info"), 1):
-        parts = line.split("\t")
-        if len(parts) < 2:
-            raise DataError(f"{directory / 'reviews-info'}:{number}: expected uid<TAB>mid<TAB>rating<TAB>time")
-        pool.append(mid_voc.get(parts[1], 0))
-    if not pool:
-        raise DataError(f"{directory / 'reviews-info'}: empty; expected the reviews negatives are sampled from")
-    mids = np.asarray(pool, dtype=np.int64)
-    missing = sum(1 for m in set(pool) if m not in cat_of_mid)
-    cats = np.asarray([cat_of_mid.get(m, 0) for m in pool], dtype=np.int64)
-    return mids, cats, missing
-
-
-def _lines(path: Path) -> list[str]:
-    try:
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: byte {exc.start} is not UTF-8") from None
-
-
-@dataclass
-class DienDataset:
-    train: DienSamples
-    test: DienSamples
-    pool_mid: np.ndarray  # negatives are drawn from here (with repetition: popular items more often)
-    pool_cat: np.ndarray
-    table_rows: tuple[int, int, int]
-    description: str = ""
-    notes: list[str] = field(default_factory=list)
-
-
-def vocab_rows(path: str | Path) -> tuple[int, int, int]:
-    """Table rows the vocabularies of a DIEN directory need (largest id + 1)."""
-    return tuple(max(load_vocab(Path(path) / name).values(), default=0) + 1 for name in VOCAB_FILES)
-
-
-def count_samples(path: str | Path, split: str = "train") -> int:
-    name = TRAIN_FILE if split == "train" else TEST_FILE
-    try:
-        data = (Path(path) / name).read_bytes()
-    except OSError as exc:
-        raise DataError(f"{Path(path) / name}: cannot read ({exc.strerror})") from None
-    return data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
-
-
-def open_dien(path: str | Path) -> DienDataset:
-    directory = Path(path)
-    if not directory.is_dir():
-        raise DataError(f"data.path: {directory} is not a directory; expected the DIEN benchmark's files")
-    vocabs = tuple(load_vocab(directory / name) for name in VOCAB_FILES)
-    train = read_samples(directory / TRAIN_FILE, vocabs)
-    test = read_samples(directory / TEST_FILE, vocabs)
-    pool_mid, pool_cat, missing = read_negative_pool(directory, vocabs[1], vocabs[2])
-    rows = tuple(max(v.values(), default=0) + 1 for v in vocabs)
-    notes = []
-    for split, samples in (("train", train), ("test", test)):
-        counts = ", ".join(f"{n} {k}" for k, n in samples.unknown.items() if n)
-        if counts:
-            notes.append(f"{split}: ids not in the vocabularies mapped to 0 as the benchmark does: {counts}")
-    if missing:
-        notes.append(f"reviews-info: {missing} items have no category in item-info; their negatives use category 0")
-    return DienDataset(train, test, pool_mid, pool_cat, rows, description=str(directory), notes=notes)
-
-
-# ----- generated data with a planted sequential signal ------------------------------------------------------
-
-
-def generate(*, users: int, items: int, cats: int, train_samples: int, seed: int = 0,
-             mean_history: float = 12.0, max_history: int = 100) -> DienDataset:
-    """Samples in the benchmark's shape whose clicks follow the user's *latest* interest.
-
-    Every item belongs to one category (id 0 of items and categories is the reserved default and never
-    drawn). A user's behaviour categories walk a fixed chain: each step stays in its category (p 0.5), moves
-    to that category's fixed successor (p 0.4) or jumps anywhere (p 0.1); items are drawn within the
-    category. A clicked target (label 1) is the walk's next step; its non-clicked twin (label 0, same user
-    and history, as in the benchmark's files) carries the clicked target of another random sample, so targets
-    alone say nothing (AUC 0.5 without the history) and the signal sits in the order of the history.
-    """
-    rng = np.random.Generator(np.random.Philox(key=[seed & (2**64 - 1), 0xD1E4]))
-    cat_of_item = np.zeros(items, dtype=np.int64)
-    cat_of_item[1:] = rng.integers(1, cats, items - 1)
-    order = np.argsort(cat_of_item[1:], kind="stable") + 1
-    starts = np.searchsorted(cat_of_item[order], np.arange(cats + 1))
-    nonempty = np.flatnonzero(np.diff(starts) > 0)  # categories that hold items
-    successor = rng.permutation(nonempty)
-    succ = np.zeros(cats, dtype=np.int64)
-    succ[nonempty] = successor
-
-    def draw_item(c: np.ndarray) -> np.ndarray:
-        lo, hi = starts[c], starts[c + 1]
-        return order[lo + (rng.random(c.size) * (hi - lo)).astype(np.int64)]
-
-    def walk_step(c: np.ndarray) -> np.ndarray:
-        u = rng.random(c.size)
-        jump = nonempty[rng.integers(0, nonempty.size, c.size)]
-        return np.where(u < 0.5, c, np.where(u < 0.9, succ[c], jump))
-
-    def make(pairs: int) -> DienSamples:
-        lengths = np.minimum(1 + rng.geometric(1.0 / mean_history, pairs) - 1, max_history)
-        lengths = np.maximum(lengths, 1)
-        offsets = np.zeros(pairs + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        hist_cat = np.empty(offsets[-1], dtype=np.int64)
-        current = nonempty[rng.integers(0, nonempty.size, pairs)]
-        for t in range(int(lengths.max())):
-            alive = np.flatnonzero(lengths > t)
-            hist_cat[offsets[alive] + t] = current[alive]
-            current[alive] = walk_step(current[alive])
-        # `current` is now each walk's next step: the clicked target's category
-        pos_item = draw_item(current)
-        neg_item = pos_item[np.roll(rng.permutation(pairs), 1)] if pairs > 1 else pos_item
-        uid = rng.integers(0, users, pairs)
-        hist_mid = draw_item(hist_cat)
-        # two samples per pair, clicked first, sharing user and history
-        rep = np.repeat(np.arange(pairs), 2)
-        lengths2 = lengths[rep]
-        offsets2 = np.zeros(2 * pairs + 1, dtype=np.int64)
-        np.cumsum(lengths2, out=offsets2[1:])
-        gather = np.repeat(offsets[rep] - offsets2[:-1], lengths2) + np.arange(offsets2[-1])
-        target = np.stack([pos_item, neg_item], 1).reshape(-1)
-        return DienSamples(
-            labels=np.tile(np.array([1, 0], dtype=np.uint8), pairs), uid=uid[rep], mid=target,
-            cat=cat_of_item[target], offsets=offsets2, hist_mid=hist_mid[gather], hist_cat=hist_cat[gather])
-
-    train = make(max(1, train_samples // 2))
-    test = make(max(1, train_samples // 20))
-    # the negative pool: every behaviour of the training split (as reviews-info holds every review)
-    return DienDataset(train, test, train.hist_mid.copy(), train.hist_cat.copy(), (users, items, cats),
-                       description=f"generated ({len(train)} train / {len(test)} test samples, seed {seed})")
-
-
-def write_files(dataset: DienDataset, out: str | Path) -> None:
-    """Write a dataset in the benchmark's file format (ids as strings U<n>, M<n>, C<n>; 0 = the defaults)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    users, items, cats = dataset.table_rows
-    mid_name = lambda i: "default_mid" if i == 0 else f"M{i}"  # noqa: E731
-    cat_name = lambda i: "default_cat" if i == 0 else f"C{i}"  # noqa: E731
-    for name, samples in ((TRAIN_FILE, dataset.train), (TEST_FILE, dataset.test)):
-        lines = []
-        for i in range(len(samples)):
-            lo, hi = samples.offsets[i], samples.offsets[i + 1]
-            lines.append("\t".join([
-                str(int(samples.labels[i])), f"U{samples.uid[i]}", mid_name(samples.mid[i]), cat_name(samples.cat[i]),
-                "\x02".join(mid_name(m) for m in samples.hist_mid[lo:hi]),
-                "\x02".join(cat_name(c) for c in samples.hist_cat[lo:hi])]))
-        (out / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    vocabs = ({f"U{u}": u for u in range(users)}, {mid_name(m): m for m in range(items)},
-              {cat_name(c): c for c in range(cats)})
-    for name, vocab in zip(VOCAB_FILES, vocabs):
-        with open(out / name, "wb") as f:
-            pickle.dump(vocab, f, protocol=2)
-    cat_of = {}
-    for mids, cs in ((dataset.pool_mid, dataset.pool_cat), (dataset.train.mid, dataset.train.cat)):
-        cat_of.update(zip(mids.tolist(), cs.tolist()))
-    (out / "item-info").write_text("".join(f"{mid_name(m)}\t{cat_name(c)}\n" for m, c in sorted(cat_of.items())))
-    (out / "reviews-info").write_text("".join(f"U0\t{mid_name(m)}\t5.0\t0\n" for m in dataset.pool_mid.tolist()))
-
-
-# ----- batches ----------------------------------------------------------------------------------------------
-
 
 class DienData:
-    """Global batches of DIEN samples; every rank builds only its slice. Same interface as `SyntheticCTR`."""
+    """Global batches of DIEN samples (the `DataSource` contract); every rank builds only its slice."""
+
+    held_out = ("test", "test")  # the benchmark has train and test only
 
     def __init__(self, dataset: DienDataset, tables: list[EmbeddingTableSpec], *, global_batch: int, seed: int = 0,
                  shuffle: bool = True, use_history: bool = True):
@@ -384,8 +84,12 @@ class DienData:
                 "steps_per_epoch": self.steps_per_epoch, "rows_consumed": step * self.global_batch,
                 "seed": self.seed, "shuffle": self.shuffle}
 
-    def eval_batches(self, split: str) -> int:
-        return -(-len(self.data.test) // self.global_batch)
+    def restore(self, saved: dict, step: int) -> str | None:
+        return resume_note(saved, self.position(step))
+
+    def eval_batches(self, split: str, wanted: int = -1) -> int:
+        available = -(-len(self.data.test) // self.global_batch)
+        return available if wanted < 0 else min(wanted, available)
 
     # ---- batches ----
 
@@ -460,3 +164,39 @@ def _hash_index(keys: np.ndarray, salt: int, size: int) -> np.ndarray:
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     x ^= x >> np.uint64(31)
     return (x % np.uint64(size)).astype(np.int64)
+
+
+def _open_files(cfg: Config, tables: list[EmbeddingTableSpec], comm, rank: int) -> DienData:
+    return agreed(comm, lambda: _batches(cfg, tables, open_dien(cfg.data.path)))
+
+
+def _open_generated(cfg: Config, tables: list[EmbeddingTableSpec], comm, rank: int) -> DienData:
+    users, items, cats = (t.num_rows for t in tables)
+
+    def make() -> DienData:
+        dataset = generate(users=users, items=items, cats=cats, train_samples=cfg.data.synthetic_samples,
+                           seed=cfg.train.seed, max_history=(tables[1].bags_per_sample - 1) // 2)
+        return _batches(cfg, tables, dataset)
+
+    return agreed(comm, make)
+
+
+def _batches(cfg: Config, tables: list[EmbeddingTableSpec], dataset: DienDataset) -> DienData:
+    return DienData(dataset, tables, global_batch=cfg.train.batch_size, seed=cfg.train.seed,
+                    shuffle=cfg.data.shuffle, use_history=cfg.data.use_history)
+
+
+def _shape_files(cfg: Config) -> None:
+    if not cfg.model.table_sizes:
+        cfg.model.table_sizes = list(vocab_rows(cfg.data.path))
+    epochs_to_steps(cfg, count_samples(cfg.data.path), "samples")
+
+
+def _shape_generated(cfg: Config) -> None:
+    epochs_to_steps(cfg, cfg.data.synthetic_samples // 2 * 2, "samples")
+
+
+# The benchmark's files (data.source=dien), and generated sequences (what data.source=synthetic means for DIEN).
+SPEC = SourceSpec("dien", open=_open_files, shape=_shape_files,
+                  path="the directory of the DIEN benchmark's files (or `disttrain data dien-synthetic --out DIR`)")
+GENERATED_SPEC = SourceSpec("dien_synthetic", open=_open_generated, shape=_shape_generated)

@@ -10,34 +10,21 @@ and a hashed per-row weight of every id; its probabilities give the oracle AUC p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from disttrain.embedding import EmbeddingTableSpec, KeyedBags
+from disttrain.batch import Batch, KeyedBags
+from disttrain.config import Config
+from disttrain.data.contract import SourceSpec, resume_note
+from disttrain.tables import EmbeddingTableSpec
 
 SPLITS = {"train": 0, "eval": 1}
 SCRAMBLE_PRIMES = (2654435761, 2246822519, 3266489917, 668265263)
 DENSE_SCALE = 1.0
 SPARSE_SCALE = 2.0
 BIAS = -1.3
-
-
-@dataclass
-class Batch:
-    dense: torch.Tensor  # [B, num_dense] float32
-    labels: torch.Tensor  # [B] float32
-    sparse: KeyedBags
-    probabilities: torch.Tensor | None = None  # the planted model's click probability (synthetic only)
-    valid: torch.Tensor | None = None  # [B] bool: False for padding rows of a last, partial eval batch
-
-    def to(self, device: torch.device) -> Batch:
-        if device.type == "cpu":
-            return self
-        move = lambda t: t.to(device, non_blocking=True) if t is not None else None  # noqa: E731
-        return Batch(move(self.dense), move(self.labels), self.sparse.to(device, non_blocking=True),
-                     move(self.probabilities), move(self.valid))
+EVAL_BATCHES = 8  # global batches per evaluation unless data.eval_batches says otherwise
 
 
 def _hash_unit(ids: np.ndarray, salt: int) -> np.ndarray:
@@ -49,6 +36,11 @@ def _hash_unit(ids: np.ndarray, salt: int) -> np.ndarray:
 
 
 class SyntheticCTR:
+    """Generated click logs (the `DataSource` contract): batches are a function of (seed, split, step)."""
+
+    held_out = ("eval", "eval")
+    steps_per_epoch = 0  # no epochs: every step draws fresh samples
+
     def __init__(
         self,
         tables: list[EmbeddingTableSpec],
@@ -62,6 +54,7 @@ class SyntheticCTR:
     ):
         self.tables, self.num_dense, self.global_batch = tables, num_dense, global_batch
         self.seed, self.distribution, self.alpha, self.multi_hot = seed, distribution, zipf_exponent, multi_hot_max
+        self.notes: list[str] = []
         per_table = 1 if multi_hot_max == 1 else 1 + multi_hot_max
         self.draws = num_dense + 1 + per_table * len(tables)
         self.blocks = -(-self.draws // 4)  # Philox emits 4 values per counter step
@@ -116,6 +109,12 @@ class SyntheticCTR:
         return {"source": "synthetic", "seed": self.seed, "batches_consumed": step,
                 "rows_consumed": step * self.global_batch}
 
+    def restore(self, saved: dict, step: int) -> str | None:
+        return resume_note(saved, self.position(step))
+
+    def eval_batches(self, split: str, wanted: int = -1) -> int:
+        return EVAL_BATCHES if wanted < 0 else wanted
+
     def batch(self, step: int, *, rank: int = 0, world_size: int = 1, split: str = "train") -> Batch:
         """This rank's slice (samples [rank*B/W, (rank+1)*B/W)) of the global batch number `step`."""
         local = self.global_batch // world_size
@@ -151,3 +150,13 @@ class SyntheticCTR:
             sparse=sparse,
             probabilities=torch.from_numpy(probabilities.astype(np.float32)),
         )
+
+
+def _open(cfg: Config, tables: list[EmbeddingTableSpec], comm, rank: int) -> SyntheticCTR:
+    data = cfg.data
+    return SyntheticCTR(tables, num_dense=data.num_dense, global_batch=cfg.train.batch_size, seed=cfg.train.seed,
+                        distribution=data.distribution, zipf_exponent=data.zipf_exponent,
+                        multi_hot_max=data.multi_hot_max)
+
+
+SPEC = SourceSpec("synthetic", open=_open, epochs=False)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from disttrain.errors import ConfigError
+from disttrain.ranges import even_split
 from disttrain.runtime.topology import Topology, format_cpus, parse_cpu_list
-from disttrain.sharding.planner import even_split
 
 
 class AffinityMode(str, Enum):

@@ -51,3 +51,16 @@ def resolve_backend(requested: str, *, for_training: bool = True) -> str:
             )
         return "nccl"
     raise ConfigError(f"launch.backend: got {requested!r}, expected one of auto, gloo, nccl, ccl")
+
+
+def training_device(backend: str, placement: dict):
+    """CPU, or with nccl this rank's GPU (its placement's; the only visible one where a scheduler such as Ray
+    narrowed CUDA_VISIBLE_DEVICES). Set as the current device before the process group starts."""
+    import torch
+
+    if resolve_backend(backend) != "nccl":
+        return torch.device("cpu")
+    gpu = placement.get("plan", {}).get("gpu")
+    index = gpu if gpu is not None and gpu < torch.cuda.device_count() else 0
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)

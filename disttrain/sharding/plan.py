@@ -20,10 +20,8 @@ class ShardingType(str, Enum):
     DATA_PARALLEL = "data_parallel"  # replicated on every rank; row gradients gathered
 
 
-# Optimizer state kept per embedding element (e) or per row (r), in 4-byte words.
 # Bytes per stored embedding element, by model.embedding_dtype (optimizer state is always fp32).
 WEIGHT_BYTES = {"fp32": 4, "bf16": 2}
-OPTIMIZER_STATE = {"sgd": (0, 0), "adagrad": (1, 0), "adagraddecay": (1, 0), "rowwise_adagrad": (0, 1), "adam": (2, 0)}
 
 
 @dataclass(frozen=True)
@@ -40,9 +38,10 @@ class Shard:
     def num_cols(self) -> int:
         return self.cols[1] - self.cols[0]
 
-    def state_bytes(self, optimizer: str, weight_bytes: int = 4) -> tuple[int, int]:
-        """(weights, optimizer state) bytes; `weight_bytes` per stored element (bf16: 2); state is fp32."""
-        per_elem, per_row = OPTIMIZER_STATE[optimizer]
+    def state_bytes(self, optimizer_state: tuple[int, int], weight_bytes: int = 4) -> tuple[int, int]:
+        """(weights, optimizer state) bytes; `weight_bytes` per stored element (bf16: 2); `optimizer_state`:
+        fp32 words of optimizer state per element and per row (`disttrain.optim.OPTIMIZERS`)."""
+        per_elem, per_row = optimizer_state
         weights = self.num_rows * self.num_cols * weight_bytes
         return weights, (self.num_rows * self.num_cols * per_elem + self.num_rows * per_row) * 4
 
@@ -67,6 +66,7 @@ class ShardingPlan:
     optimizer: str
     tables: tuple[TablePlan, ...]
     embedding_dtype: str = "fp32"  # how rows are stored and exchanged: fp32 | bf16
+    optimizer_state: tuple[int, int] = (0, 0)  # fp32 words of the optimizer's state per element, per row
 
     @property
     def weight_bytes(self) -> int:
@@ -86,7 +86,7 @@ class ShardingPlan:
         out = [{"rank": r, "weight_bytes": 0, "optimizer_bytes": 0, "num_shards": 0} for r in range(self.world_size)]
         for table in self.tables:
             for shard in table.shards:
-                weights, state = shard.state_bytes(self.optimizer, self.weight_bytes)
+                weights, state = shard.state_bytes(self.optimizer_state, self.weight_bytes)
                 out[shard.rank]["weight_bytes"] += weights
                 out[shard.rank]["optimizer_bytes"] += state
                 out[shard.rank]["num_shards"] += 1

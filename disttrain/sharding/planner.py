@@ -7,36 +7,14 @@ the least combined load (longest-processing-time greedy). Per-table overrides al
 
 from __future__ import annotations
 
-from disttrain.embedding import EmbeddingTableSpec
 from disttrain.errors import PlanError
-from disttrain.sharding.plan import (
-    OPTIMIZER_STATE,
-    WEIGHT_BYTES,
-    Shard,
-    ShardingPlan,
-    ShardingType,
-    TablePlan,
-)
+from disttrain.ranges import even_split
+from disttrain.sharding.plan import WEIGHT_BYTES, Shard, ShardingPlan, ShardingType, TablePlan
+from disttrain.tables import EmbeddingTableSpec
 
 
-def even_split(total: int, parts: int) -> list[tuple[int, int]]:
-    """[start, stop) ranges of `parts` near-equal pieces of `total`; empty pieces are dropped.
-
-    >>> even_split(10, 3)
-    [(0, 4), (4, 7), (7, 10)]
-    """
-    base, extra = divmod(total, parts)
-    ranges, start = [], 0
-    for i in range(parts):
-        stop = start + base + (1 if i < extra else 0)
-        if stop > start:
-            ranges.append((start, stop))
-        start = stop
-    return ranges
-
-
-def _memory(spec: EmbeddingTableSpec, rows: int, cols: int, optimizer: str, weight_bytes: int = 4) -> float:
-    per_elem, per_row = OPTIMIZER_STATE[optimizer]
+def _memory(spec: EmbeddingTableSpec, rows: int, cols: int, state: tuple[int, int], weight_bytes: int = 4) -> float:
+    per_elem, per_row = state
     return float(weight_bytes * rows * cols + 4 * (rows * cols * per_elem + rows * per_row))
 
 
@@ -69,18 +47,19 @@ class _Loads:
 
 
 def _choose_types(
-    tables: list[EmbeddingTableSpec], *, world_size: int, strategy: str, overrides: dict[str, str], optimizer: str
+    tables: list[EmbeddingTableSpec], *, world_size: int, strategy: str, overrides: dict[str, str],
+    state: tuple[int, int]
 ) -> list[ShardingType]:
     names = {t.name for t in tables}
     for name in overrides:
         if name not in names:
             raise PlanError(f"sharding.tables.{name}: no table named {name!r} (tables: {', '.join(sorted(names))})")
-    total = sum(_memory(t, t.num_rows, t.dim, optimizer) for t in tables)
+    total = sum(_memory(t, t.num_rows, t.dim, state) for t in tables)
     types = []
     for spec in tables:
         chosen = overrides.get(spec.name, strategy)
         if chosen == "auto":
-            too_big = world_size > 1 and _memory(spec, spec.num_rows, spec.dim, optimizer) > total / world_size
+            too_big = world_size > 1 and _memory(spec, spec.num_rows, spec.dim, state) > total / world_size
             chosen = "row_wise" if too_big else "table_wise"
         types.append(ShardingType(chosen))
     return types
@@ -94,16 +73,19 @@ def plan_sharding(
     overrides: dict[str, str] | None = None,
     num_column_shards: int = 0,
     optimizer: str = "sgd",
+    optimizer_state: tuple[int, int] = (0, 0),
     embedding_dtype: str = "fp32",
 ) -> ShardingPlan:
+    """`optimizer` names the optimizer (for the record); `optimizer_state` is its state in fp32 words per
+    element and per row (`disttrain.optim.OPTIMIZERS[name].state_words`), counted in each rank's memory."""
     if world_size < 1:
         raise PlanError(f"world size: got {world_size}, expected at least 1")
     weight_bytes = WEIGHT_BYTES[embedding_dtype]
     types = _choose_types(
-        tables, world_size=world_size, strategy=strategy, overrides=overrides or {}, optimizer=optimizer
+        tables, world_size=world_size, strategy=strategy, overrides=overrides or {}, state=optimizer_state
     )
     column_shards = num_column_shards or world_size
-    total_memory = sum(_memory(t, t.num_rows, t.dim, optimizer, weight_bytes) for t in tables)
+    total_memory = sum(_memory(t, t.num_rows, t.dim, optimizer_state, weight_bytes) for t in tables)
     total_work = sum(_lookup_work(t, t.dim) for t in tables)
     loads = _Loads(world_size, total_memory, total_work)
     shards: dict[int, list[Shard]] = {}
@@ -120,14 +102,14 @@ def plan_sharding(
         for shard in shards[index]:
             loads.add(
                 shard.rank,
-                _memory(spec, shard.num_rows, shard.num_cols, optimizer, weight_bytes),
+                _memory(spec, shard.num_rows, shard.num_cols, optimizer_state, weight_bytes),
                 _lookup_work(spec, shard.num_cols) / len(shards[index]),
             )
 
     pending: list[tuple[float, int, tuple[int, int]]] = []
     for index, (spec, kind) in enumerate(zip(tables, types)):
         if kind == ShardingType.TABLE_WISE:
-            pending.append((_memory(spec, spec.num_rows, spec.dim, optimizer, weight_bytes), index, (0, spec.dim)))
+            pending.append((_memory(spec, spec.num_rows, spec.dim, optimizer_state, weight_bytes), index, (0, spec.dim)))
         elif kind == ShardingType.COLUMN_WISE:
             if column_shards > spec.dim:
                 raise PlanError(
@@ -135,7 +117,7 @@ def plan_sharding(
                     f"{spec.dim}; expected at most {spec.dim}"
                 )
             for cols in even_split(spec.dim, column_shards):
-                pending.append((_memory(spec, spec.num_rows, cols[1] - cols[0], optimizer, weight_bytes), index, cols))
+                pending.append((_memory(spec, spec.num_rows, cols[1] - cols[0], optimizer_state, weight_bytes), index, cols))
             shards[index] = []
     pending.sort(key=lambda item: (-item[0], item[1], item[2]))
     for memory, index, cols in pending:
@@ -156,4 +138,5 @@ def plan_sharding(
         )
         for index, (spec, kind) in enumerate(zip(tables, types))
     )
-    return ShardingPlan(world_size=world_size, optimizer=optimizer, tables=plans, embedding_dtype=embedding_dtype)
+    return ShardingPlan(world_size=world_size, optimizer=optimizer, tables=plans, embedding_dtype=embedding_dtype,
+                        optimizer_state=tuple(optimizer_state))

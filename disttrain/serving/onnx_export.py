@@ -26,11 +26,14 @@ import torch
 from torch import nn
 
 from disttrain import config as config_mod
-from disttrain.embedding import KeyedBags
+from disttrain.batch import KeyedBags
+from disttrain.collectives import SingleProcess
+from disttrain.engine.build import open_data
 from disttrain.errors import ConfigError, DataError, DisttrainError
+from disttrain.models import MODELS, model_spec
+from disttrain.serving.export import plain_model
 
 OPSET = 17
-SUPPORTED = ("dlrm", "wide_deep", "deepfm")
 TOLERANCE = 1e-5  # largest |logit difference| accepted between onnxruntime and PyTorch (fp32)
 
 
@@ -86,6 +89,14 @@ class Serving(nn.Module):
         return logit, torch.sigmoid(logit)
 
 
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise DisttrainError("onnx is not installed; `pip install -e .[onnx]` (make test installs it)") from None
+    return onnx
+
+
 def _ort():
     try:
         import onnxruntime
@@ -119,19 +130,15 @@ def read_metadata(sess, path: str | Path) -> dict[str, str]:
 def export_onnx(checkpoint: str | Path, out: str | Path, *, overrides: list[str] | None = None,
                 verify_batch: int = 1024) -> dict:
     """Write `out` (only once it matches PyTorch within TOLERANCE on a real batch) and return what was checked."""
-    import onnx
-
-    from disttrain.collectives import SingleProcess
-    from disttrain.data.sources import eval_splits, make_source
-    from disttrain.export import plain_model
-
     model, cfg, step = plain_model(checkpoint, overrides)
-    if cfg.model.name not in SUPPORTED:
-        raise ConfigError(f"model.name: got {cfg.model.name!r}; export-onnx supports {', '.join(SUPPORTED)}")
+    if not model_spec(cfg.model.name).onnx:
+        supported = ", ".join(name for name, spec in MODELS.items() if spec.onnx)
+        raise ConfigError(f"model.name: got {cfg.model.name!r}; export-onnx supports {supported}")
+    onnx = _onnx()
     stored = config_mod.to_yaml(cfg)  # the metadata keeps the run's own batch size
     cfg.train.batch_size = verify_batch
-    source = make_source(cfg, model.tables, comm=SingleProcess(), rank=0)
-    batch = source.batch(0, split=eval_splits(cfg)[1])
+    source = open_data(cfg, model.tables, comm=SingleProcess(), rank=0)
+    batch = source.batch(0, split=source.held_out[1])
     serving = Serving(model)
     sparse = padded_ids(batch.sparse, len(model.tables))
     example = torch.cat([sparse, torch.full_like(sparse[:, :, :1], -1)], dim=2)  # H >= 2 so H stays symbolic

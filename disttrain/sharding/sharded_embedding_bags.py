@@ -1,4 +1,4 @@
-"""The sharded embedding collection: model-parallel tables, pooled vectors exchanged by all-to-all.
+"""The sharded embedding-bag collection: model-parallel tables, pooled vectors exchanged by all-to-all.
 
 Per step, on every rank (B = local batch):
 
@@ -21,87 +21,32 @@ gradients on the wire; row-wise partial sums are added in fp32, and the vectors 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from disttrain.batch import KeyedBags
 from disttrain.collectives import Collectives, all_gather_rows
-from disttrain.embedding import EmbeddingTableSpec, KeyedBags, init_table_rows
 from disttrain.errors import DataError
 from disttrain.phases import phase
+from disttrain.sharding.exchange_layout import (
+    MAX_LAYOUTS,
+    Layout,
+    StepState,
+    bag_of_value,
+    build_layout,
+    deinterleave,
+    interleave,
+    pool,
+    row_grads,
+    slots_of,
+)
 from disttrain.sharding.plan import Shard, ShardingPlan, ShardingType, TablePlan
-
-MAX_LAYOUTS = 512
-
-
-@dataclass(frozen=True)
-class Slot:
-    """One shard's place in the exchange: which feature it serves and where it lives in a fused weight."""
-
-    table: TablePlan
-    shard: Shard
-    spec: EmbeddingTableSpec
-    group: str = ""  # fused weight key on the owner ("mp<width>" or "dp<width>")
-    base: int = 0  # first row of this shard in that fused weight
-
-    def bags(self, batch: int, bags: tuple[int, ...]) -> int:
-        return batch * bags[self.table.index]
-
-
-@dataclass
-class _Layout:
-    """Split sizes and per-bag lookups for one local batch size and bags per sample; built once, reused."""
-
-    send_length_splits: list[int]
-    recv_length_splits: list[int]
-    bag_group: torch.Tensor  # owner side: group index of every received bag
-    bag_base: torch.Tensor  # owner side: fused-row base of every received bag
-    segments: list[tuple[int, int, int]]  # owner side: (group index, bags, width) per (source, slot)
-    send_output_splits: list[int]  # owner -> sources
-    recv_output_splits: list[int]  # sources <- owners
-    recv_chunks: list[tuple[int, Slot]]  # source side: (elements, slot) per (owner, slot)
-
-
-@dataclass
-class _StepState:
-    """What backward needs from forward."""
-
-    layout: _Layout
-    batch: int
-    bags: tuple[int, ...]
-    group_rows: list[torch.Tensor] = field(default_factory=list)
-    group_bag_of_value: list[torch.Tensor | None] = field(default_factory=list)
-    # Source side: 1/bag length for mean-pooled features ([B, bags, 1]); owners always sum.
-    mean_scale: dict[int, torch.Tensor] = field(default_factory=dict)
-    dp_rows: dict[str, torch.Tensor] = field(default_factory=dict)
-    dp_bag_of_value: dict[str, torch.Tensor | None] = field(default_factory=dict)
-    dp_lengths: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-def _bag_of_value(lengths: torch.Tensor, num_values: int) -> torch.Tensor | None:
-    """Index of the bag each id belongs to; None when every bag holds exactly one id (the identity)."""
-    if num_values == lengths.numel() and bool((lengths == 1).all()):
-        return None
-    return torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
-
-
-def _pool(weight, rows, lengths, bag_scale) -> torch.Tensor:
-    offsets = torch.cumsum(lengths, 0) - lengths
-    pooled = F.embedding_bag(rows, weight, offsets, mode="sum")
-    return pooled * bag_scale.unsqueeze(1) if bag_scale is not None else pooled
-
-
-def _row_grads(grad_bags, bag_of_value, bag_scale) -> torch.Tensor:
-    if bag_scale is not None:
-        grad_bags = grad_bags * bag_scale.unsqueeze(1)
-    return grad_bags if bag_of_value is None else grad_bags.index_select(0, bag_of_value)
+from disttrain.tables import EmbeddingTableSpec, init_table_rows
 
 
 class _Exchange(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, module: ShardedEmbeddingCollection, features: KeyedBags, anchor: torch.Tensor):
+    def forward(ctx, module: ShardedEmbeddingBagCollection, features: KeyedBags, anchor: torch.Tensor):
         outputs, state = module._forward(features, keep_state=True)
         ctx.module, ctx.state = module, state
         return tuple(outputs)
@@ -113,7 +58,7 @@ class _Exchange(torch.autograd.Function):
         return None, None, None
 
 
-class ShardedEmbeddingCollection(nn.Module):
+class ShardedEmbeddingBagCollection(nn.Module):
     """Drop-in for `EmbeddingBagCollection` on each rank; returns the local batch's vectors per feature."""
 
     def __init__(
@@ -132,26 +77,18 @@ class ShardedEmbeddingCollection(nn.Module):
             raise ValueError(f"plan is for {plan.world_size} ranks, process group has {comm.world_size}")
         self.tables, self.plan, self.comm, self.rank = list(tables), plan, comm, comm.rank
         self.dtype = torch.bfloat16 if plan.embedding_dtype == "bf16" else torch.float32
-        self.layout_of_rank = [self._slots_of(plan.shards_on(r)) for r in range(plan.world_size)]
-        self.my_slots = self.layout_of_rank[self.rank]
+        self.slots_of_rank = [slots_of(self.tables, plan.shards_on(r)) for r in range(plan.world_size)]
+        self.my_slots = self.slots_of_rank[self.rank]
         self.group_keys = sorted({s.group for s in self.my_slots})
         self.dp_tables = [t for t in plan.tables if t.type == ShardingType.DATA_PARALLEL]
         self.dp_bases: dict[int, tuple[str, int]] = {}
         self._allocate(seed)
         self.pending: list[tuple[str, torch.Tensor, torch.Tensor]] = []
         self._in_flight: list = []  # (handle, received gradients, step state) of backward all-to-alls
-        self._layouts: dict[tuple[int, tuple[int, ...]], _Layout] = {}
+        self._layouts: dict[tuple[int, tuple[int, ...]], Layout] = {}
         self.anchor = torch.zeros((), requires_grad=True, device=self.device)
 
     # ----- construction -------------------------------------------------------------------------------------
-    def _slots_of(self, owned: list[tuple[TablePlan, Shard]]) -> list[Slot]:
-        slots, next_row = [], {}
-        for table, shard in owned:
-            key = f"mp{shard.num_cols}"
-            slots.append(Slot(table, shard, self.tables[table.index], key, next_row.get(key, 0)))
-            next_row[key] = next_row.get(key, 0) + shard.num_rows
-        return slots
-
     def _allocate(self, seed: int) -> None:
         """Allocate and initialise this rank's fused weights: model-parallel shards, then replicated tables."""
         blocks: dict[str, list[torch.Tensor]] = {}
@@ -193,40 +130,14 @@ class ShardedEmbeddingCollection(nn.Module):
             out.append((table, table.shards[self.rank], self.weight(key)[base : base + table.num_rows]))
         return out
 
-    def _layout(self, batch: int, bags: tuple[int, ...]) -> _Layout:
+    def _layout(self, batch: int, bags: tuple[int, ...]) -> Layout:
         key = (batch, bags)
         if key not in self._layouts:
             if len(self._layouts) >= MAX_LAYOUTS:  # sequence lengths vary per batch: keep the cache bounded
                 self._layouts.pop(next(iter(self._layouts)))
-            self._layouts[key] = self._build_layout(batch, bags)
+            self._layouts[key] = build_layout(self.plan, self.slots_of_rank, self.rank, self.group_keys, batch, bags,
+                                                 self.device)
         return self._layouts[key]
-
-    def _build_layout(self, batch: int, bags: tuple[int, ...]) -> _Layout:
-        world = self.plan.world_size
-        mine = self.my_slots
-        group_index = {key: i for i, key in enumerate(self.group_keys)}
-        bag_group, bag_base, segments = [], [], []
-        for _source in range(world):
-            for slot in mine:
-                n = slot.bags(batch, bags)
-                bag_group.append(torch.full((n,), group_index[slot.group], device=self.device))
-                bag_base.append(torch.full((n,), slot.base, device=self.device))
-                segments.append((group_index[slot.group], n, slot.shard.num_cols))
-        cat = lambda parts, dtype: torch.cat(parts) if parts else torch.zeros(0, dtype=dtype, device=self.device)  # noqa: E731
-        return _Layout(
-            send_length_splits=[sum(s.bags(batch, bags) for s in self.layout_of_rank[d]) for d in range(world)],
-            recv_length_splits=[sum(s.bags(batch, bags) for s in mine)] * world,
-            bag_group=cat(bag_group, torch.int64),
-            bag_base=cat(bag_base, torch.int64),
-            segments=segments,
-            send_output_splits=[sum(s.bags(batch, bags) * s.shard.num_cols for s in mine)] * world,
-            recv_output_splits=[
-                sum(s.bags(batch, bags) * s.shard.num_cols for s in self.layout_of_rank[d]) for d in range(world)
-            ],
-            recv_chunks=[
-                (s.bags(batch, bags) * s.shard.num_cols, s) for d in range(world) for s in self.layout_of_rank[d]
-            ],
-        )
 
     # ----- forward ------------------------------------------------------------------------------------------
     def forward(self, features: KeyedBags) -> list[torch.Tensor]:
@@ -256,7 +167,7 @@ class ShardedEmbeddingCollection(nn.Module):
         """Lengths and ids to send, in (destination, slot) order, and the id count per destination."""
         lengths_out, values_out, value_splits = [], [], []
         bag_ids: dict[int, torch.Tensor] = {}
-        for dest_slots in self.layout_of_rank:
+        for dest_slots in self.slots_of_rank:
             count = 0
             for slot in dest_slots:
                 lengths, values = per_feature[slot.table.index]
@@ -290,7 +201,7 @@ class ShardedEmbeddingCollection(nn.Module):
         layout = self._layout(batch, bags)
         per_feature = features.split()
         self._check_ids(per_feature)
-        state = _StepState(layout=layout, batch=batch, bags=bags)
+        state = StepState(layout=layout, batch=batch, bags=bags)
 
         # 1. input dist: lengths (fixed sizes), then ids (sizes from the lengths).
         send_lengths, send_values, send_value_splits = self._route(per_feature, batch)
@@ -324,7 +235,7 @@ class ShardedEmbeddingCollection(nn.Module):
             return torch.bfloat16
         return torch.float32
 
-    def _apply_means(self, per_feature, batch: int, outputs, state: _StepState) -> None:
+    def _apply_means(self, per_feature, batch: int, outputs, state: StepState) -> None:
         """Mean pooling is applied here, where the full bag lengths are known (row shards see only part)."""
         for index, spec in enumerate(self.tables):
             if spec.pooling == "mean" and outputs[index] is not None:
@@ -333,7 +244,7 @@ class ShardedEmbeddingCollection(nn.Module):
                 state.mean_scale[index] = scale
                 outputs[index] = outputs[index] * scale
 
-    def _lookup(self, lengths, values, state: _StepState, keep_state: bool) -> torch.Tensor:
+    def _lookup(self, lengths, values, state: StepState, keep_state: bool) -> torch.Tensor:
         layout = state.layout
         bases = torch.repeat_interleave(layout.bag_base, lengths)
         if len(self.group_keys) <= 1:
@@ -345,35 +256,17 @@ class ShardedEmbeddingCollection(nn.Module):
             ]
         pooled = []
         for key, (group_lengths, rows) in zip(self.group_keys, selections):
-            pooled.append(_pool(self.weight(key), rows, group_lengths, None))
+            pooled.append(pool(self.weight(key), rows, group_lengths, None))
             if keep_state:
                 state.group_rows.append(rows)
-                state.group_bag_of_value.append(_bag_of_value(group_lengths, rows.numel()))
+                state.group_bag_of_value.append(bag_of_value(group_lengths, rows.numel()))
         if len(pooled) == 1:
             return pooled[0].reshape(-1)
         if not pooled:
             return torch.zeros(0, device=self.device, dtype=self.dtype)
-        return self._interleave(pooled, layout.segments)
+        return interleave(pooled, layout.segments)
 
-    @staticmethod
-    def _interleave(per_group: list[torch.Tensor], segments) -> torch.Tensor:
-        """Group outputs [bags_g, width_g] -> one flat buffer in (source, slot) order."""
-        cursor = [0] * len(per_group)
-        parts = []
-        for g, bags, _width in segments:
-            parts.append(per_group[g][cursor[g] : cursor[g] + bags].reshape(-1))
-            cursor[g] += bags
-        return torch.cat(parts)
-
-    @staticmethod
-    def _deinterleave(flat: torch.Tensor, segments, num_groups: int) -> list[torch.Tensor]:
-        per_group: list[list[torch.Tensor]] = [[] for _ in range(num_groups)]
-        pieces = torch.split(flat, [bags * width for _g, bags, width in segments])
-        for (g, bags, width), piece in zip(segments, pieces):
-            per_group[g].append(piece.view(bags, width))
-        return [torch.cat(parts) for parts in per_group]
-
-    def _combine(self, recv_output: torch.Tensor, layout: _Layout, batch: int, bags) -> list[torch.Tensor | None]:
+    def _combine(self, recv_output: torch.Tensor, layout: Layout, batch: int, bags) -> list[torch.Tensor | None]:
         outputs: list[torch.Tensor | None] = [None] * len(self.tables)
         chunks = torch.split(recv_output, [n for n, _ in layout.recv_chunks])
         for chunk, (_, slot) in zip(chunks, layout.recv_chunks):
@@ -391,26 +284,26 @@ class ShardedEmbeddingCollection(nn.Module):
                 outputs[index][:, :, c0:c1] = piece
         return outputs
 
-    def _lookup_replicated(self, per_feature, batch, outputs, state: _StepState, keep_state: bool) -> None:
+    def _lookup_replicated(self, per_feature, batch, outputs, state: StepState, keep_state: bool) -> None:
         for table in self.dp_tables:
             key, base = self.dp_bases[table.index]
             lengths, values = per_feature[table.index]
             spec = self.tables[table.index]
             scale = 1.0 / lengths.clamp(min=1).float() if spec.pooling == "mean" else None
             rows = values + base
-            outputs[table.index] = _pool(self.weight(key), rows, lengths, scale).view(batch, state.bags[table.index],
+            outputs[table.index] = pool(self.weight(key), rows, lengths, scale).view(batch, state.bags[table.index],
                                                                                       spec.dim)
             if keep_state:
                 state.dp_rows[spec.name] = rows
-                state.dp_bag_of_value[spec.name] = _bag_of_value(lengths, rows.numel())
+                state.dp_bag_of_value[spec.name] = bag_of_value(lengths, rows.numel())
                 state.dp_lengths[spec.name] = lengths
 
     # ----- backward -----------------------------------------------------------------------------------------
-    def _backward(self, state: _StepState, grads) -> None:
+    def _backward(self, state: StepState, grads) -> None:
         with phase("embedding_lookup"):
             self._backward_timed(state, grads)
 
-    def _backward_timed(self, state: _StepState, grads) -> None:
+    def _backward_timed(self, state: StepState, grads) -> None:
         layout, batch = state.layout, state.batch
         grads = [
             g if g is not None else torch.zeros(batch, bags, spec.dim, device=self.device)
@@ -445,14 +338,14 @@ class ShardedEmbeddingCollection(nn.Module):
             if len(self.group_keys) == 1:
                 per_group = [recv_grad.view(-1, layout.segments[0][2])]
             else:
-                per_group = self._deinterleave(recv_grad, layout.segments, len(self.group_keys))
-            for key, grad_bags, rows, bag_of_value in zip(
+                per_group = deinterleave(recv_grad, layout.segments, len(self.group_keys))
+            for key, grad_bags, rows, value_bags in zip(
                 self.group_keys, per_group, state.group_rows, state.group_bag_of_value
             ):
-                self.pending.append((key, rows, _row_grads(grad_bags, bag_of_value, None)))
+                self.pending.append((key, rows, row_grads(grad_bags, value_bags, None)))
         self._in_flight = []
 
-    def _backward_replicated(self, state: _StepState, grads) -> None:
+    def _backward_replicated(self, state: StepState, grads) -> None:
         by_key: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         for table in self.dp_tables:
             spec = self.tables[table.index]
@@ -462,7 +355,7 @@ class ShardedEmbeddingCollection(nn.Module):
             scale = 1.0 / lengths.clamp(min=1).float() if spec.pooling == "mean" else None
             rows_list, grads_list = by_key.setdefault(key, ([], []))
             rows_list.append(state.dp_rows[spec.name])
-            grads_list.append(_row_grads(grad_bags, state.dp_bag_of_value[spec.name], scale))
+            grads_list.append(row_grads(grad_bags, state.dp_bag_of_value[spec.name], scale))
         for key in sorted(by_key):
             with phase("all_to_all"):
                 rows, values = all_gather_rows(self.comm, torch.cat(by_key[key][0]), torch.cat(by_key[key][1]))

@@ -16,18 +16,20 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from disttrain import config as config_mod
-from disttrain.checkpoint import META, find_checkpoint, load_checkpoint, verify
 from disttrain.collectives import SingleProcess
+from disttrain.engine.build import build_model, open_data
+from disttrain.engine.checkpoint import META, find_checkpoint, load_checkpoint, verify
+from disttrain.engine.evaluation import held_out_metrics
+from disttrain.engine.sharded_serve import MODES, WARMUP, default_iterations, timing_figures
 from disttrain.errors import ConfigError
+from disttrain.models import MODELS, model_spec
+from disttrain.serving.export import single_process
 
-MODES = ("throughput", "latency", "accuracy")
 PRECISIONS = ("fp32", "bf16", "int8")
 RUNTIMES = ("torch", "onnxruntime")
-WARMUP = 3
 
 
 class _Predictor:
@@ -40,7 +42,7 @@ class _Predictor:
     def prepare(self, batch):
         if self.session is None:
             return batch.dense, batch.sparse
-        from disttrain.onnx_export import padded_ids
+        from disttrain.serving.onnx_export import padded_ids
 
         return {"dense": batch.dense.numpy(), "sparse": padded_ids(batch.sparse, self.tables).numpy()}
 
@@ -50,7 +52,7 @@ class _Predictor:
         return torch.from_numpy(self.session.run(["logit"], prepared)[0])
 
 
-def _config(stored: str, source: str, config: str | None, overrides: list[str]) -> config_mod.Config:
+def run_config(stored: str, source: str, config: str | None, overrides: list[str]) -> config_mod.Config:
     """The run's own config unless one is given (its model must match the checkpoint's), plus overrides."""
     return config_mod.load_config(config, overrides) if config else config_mod.config_from_yaml(
         stored, overrides, source=source)
@@ -59,7 +61,7 @@ def _config(stored: str, source: str, config: str | None, overrides: list[str]) 
 def _open(checkpoint: str, config: str | None, overrides: list[str], precision: str, runtime: str, scratch: str):
     """(config, predictor, step, path) for a checkpoint, a `disttrain quantize` output or an ONNX file."""
     if runtime == "onnxruntime":
-        from disttrain.onnx_export import export_onnx, read_metadata, session
+        from disttrain.serving.onnx_export import export_onnx, read_metadata, session
 
         if precision != "fp32":
             raise ConfigError(f"--precision: got {precision!r} with --runtime onnxruntime; expected fp32 (the "
@@ -69,48 +71,48 @@ def _open(checkpoint: str, config: str | None, overrides: list[str], precision: 
             path = Path(export_onnx(checkpoint, Path(scratch) / "model.onnx", overrides=overrides)["onnx"])
         sess = session(path)
         meta = read_metadata(sess, path)
-        cfg = _config(meta["disttrain.config"], f"{path}: disttrain.config", config, overrides)
+        cfg = run_config(meta["disttrain.config"], f"{path}: disttrain.config", config, overrides)
         return cfg, _Predictor(session=sess), int(meta.get("disttrain.step", 0)), path
     if precision == "int8":
-        from disttrain.quantize import load_quantized
+        from disttrain.serving.int8 import load_quantized
 
         model, stored, step, path = load_quantized(checkpoint)
-        cfg = _config(stored, str(path), config, overrides)
+        cfg = run_config(stored, str(path), config, overrides)
         return cfg, _Predictor(model), step, path
-    from disttrain.export import _single_process
-    from disttrain.quantize import is_quantized
+    from disttrain.serving.int8 import is_quantized
 
     if is_quantized(checkpoint):
         raise ConfigError(f"--checkpoint: {checkpoint} holds an int8 model (disttrain quantize); expected "
                           "--precision int8 with it")
     path = find_checkpoint(str(checkpoint), "", key="--checkpoint")
     meta = verify(path)
-    cfg = _config(meta["config"], f"{path / META}", config, overrides)
-    par = _single_process(cfg)
+    cfg = run_config(meta["config"], f"{path / META}", config, overrides)
+    par = single_process(cfg)
     load_checkpoint(path, par=par, comm=SingleProcess(), cfg=cfg)
     return cfg, _Predictor(par.model.eval()), meta["step"], path
 
 
-def _check_exact_length(cfg, tables, exact_max_length: int) -> None:
-    """--exact-max-length fits the model: DIEN only, at most its history (its `mid` table's positions)."""
+def check_exact_length(cfg, tables, exact_max_length: int) -> None:
+    """--exact-max-length fits the model: one with a behaviour history (its spec's `history_positions`), at most
+    that history."""
     if not exact_max_length:
         return
-    if cfg.model.name != "dien":
+    positions = model_spec(cfg.model.name).history_positions
+    if positions is None:
+        with_history = ", ".join(name for name, spec in MODELS.items() if spec.history_positions is not None)
         raise ConfigError(f"--exact-max-length: got {exact_max_length}, but model.name={cfg.model.name} has no "
-                          "behaviour history; expected it with DIEN only")
-    longest = (tables[1].bags_per_sample - 1) // 2
+                          f"behaviour history; expected it with {with_history} only")
+    longest = positions(tables)
     if exact_max_length > longest:
         raise ConfigError(f"--exact-max-length: got {exact_max_length}, more than the model's history of "
                           f"{longest} positions (data.max_history); expected 1..{longest}")
 
 
 def _source(cfg, tables, batch_size: int, exact_max_length: int):
-    from disttrain.data.sources import make_source
-
     if batch_size:
         cfg.train.batch_size = batch_size
-    _check_exact_length(cfg, tables, exact_max_length)
-    source = make_source(cfg, tables, comm=SingleProcess(), rank=0)
+    check_exact_length(cfg, tables, exact_max_length)
+    source = open_data(cfg, tables, comm=SingleProcess(), rank=0)
     if exact_max_length:
         source.exact_history = exact_max_length
     return source
@@ -133,9 +135,7 @@ def run_inference(checkpoint: str, *, mode: str, config: str | None = None, prec
         batch_size = 1
     with tempfile.TemporaryDirectory(prefix="disttrain-infer-") as scratch:
         cfg, predictor, step, path = _open(checkpoint, config, overrides or [], precision, runtime, scratch)
-        from disttrain.models import MODELS
-
-        tables = MODELS[cfg.model.name](cfg, embedding_device="meta").tables
+        tables = build_model(cfg, embedding_device="meta").tables
         predictor.tables = len(tables)
         source = _source(cfg, tables, batch_size, exact_max_length)
         result = {"checkpoint": str(path), "step": step, "model": cfg.model.name, "flavor": cfg.model.flavor,
@@ -155,87 +155,9 @@ def run_inference(checkpoint: str, *, mode: str, config: str | None = None, prec
     return result | timing_figures(mode, times, cfg.train.batch_size)
 
 
-def default_iterations(mode: str) -> int:
-    return 200 if mode == "latency" else 20
-
-
-def timing_figures(mode: str, seconds, batch_size: int) -> dict:
-    """The figures of timed batches (`seconds`, one per batch of `batch_size` requests): throughput gives
-    recommendations/second and ms per batch; latency the per-request p50 / p90 / p99 milliseconds."""
-    seconds = np.asarray(seconds, dtype=np.float64)
-    out = {"iterations": int(seconds.size), "recommendations_per_s": batch_size * seconds.size / float(seconds.sum())}
-    if mode == "throughput":
-        return out | {"ms_per_batch": float(seconds.mean() * 1e3)}
-    p50, p90, p99 = np.percentile(seconds * 1e3, [50, 90, 99])
-    return out | {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99)}
-
-
-def held_out_metrics(predict, batches) -> dict:
-    """AUC, log loss, accuracy and the sample count over `batches` (padding rows of a last partial batch
-    masked out); `predict(batch)` gives the logits (or a tuple led by them)."""
-    from disttrain.metrics import evaluate
-
-    preds, labels, valid = [], [], []
-    for batch in batches:
-        out = predict(batch)
-        preds.append(torch.sigmoid((out[0] if isinstance(out, tuple) else out).float()))
-        labels.append(batch.labels)
-        valid.append(batch.valid if batch.valid is not None else torch.ones_like(batch.labels, dtype=torch.bool))
-    keep = torch.cat(valid).numpy()
-    return evaluate(torch.cat(labels).numpy()[keep], torch.cat(preds).numpy()[keep]) | {"samples": int(keep.sum())}
-
-
-def run_sharded_inference(checkpoint: str, *, nproc: int, mode: str, config: str | None = None,
-                          precision: str = "fp32", batch_size: int = 0, iterations: int = 0, exact_max_length: int = 0,
-                          overrides: list[str] | None = None) -> dict:
-    """The checkpoint sharded over `nproc` local worker processes (the same workers, plan and resharding as
-    training; tables that fit no single worker are split), served in one of the modes."""
-    import json
-    import os
-
-    from disttrain.cli import launch, prepare_launch
-    from disttrain.worker import SERVE
-
-    if precision == "int8":
-        raise ConfigError("--precision int8 with --nproc: the int8 model serves in one process; expected --nproc 1")
-    path = find_checkpoint(str(checkpoint), "", key="--checkpoint")
-    cfg = _config(verify(path)["config"], f"{path / META}", config, overrides or [])
-    if mode == "latency":
-        batch_size = nproc  # one request per rank at a time
-    if batch_size:
-        cfg.train.batch_size = batch_size
-    if cfg.train.batch_size % nproc:
-        raise ConfigError(f"--batch-size: got {cfg.train.batch_size}, expected a multiple of --nproc {nproc} "
-                          "(each rank serves an equal part of every batch)")
-    cfg.launch.launcher, cfg.launch.nnodes, cfg.launch.node_rank = "local", 1, 0
-    cfg.launch.nproc_per_node, cfg.launch.max_restarts, cfg.launch.master_port = nproc, 0, 0
-    cfg.train.resume, cfg.train.steps, cfg.train.precision = str(path), 0, precision
-    from disttrain.models import MODELS
-
-    _check_exact_length(cfg, MODELS[cfg.model.name](cfg, embedding_device="meta").tables, exact_max_length)
-    cfg.checkpoint.dir, cfg.run.progress, cfg.run.tensorboard = "", False, False  # serving writes no events
-    with tempfile.TemporaryDirectory(prefix="disttrain-infer-") as scratch:
-        cfg.run.output_dir = scratch
-        request = {"mode": mode, "iterations": iterations or default_iterations(mode),
-                   "exact_max_length": exact_max_length}
-        os.environ[SERVE] = json.dumps(request)
-        try:
-            code = launch(cfg, prepare_launch(cfg))
-        finally:
-            os.environ.pop(SERVE, None)
-        result_file = Path(scratch) / "infer.json"
-        if code != 0 or not result_file.is_file():
-            raise ConfigError(f"sharded inference over {nproc} workers failed (exit code {code}); their errors are above")
-        served = json.loads(result_file.read_text())
-    return {"checkpoint": str(path), "model": cfg.model.name, "flavor": cfg.model.flavor, "mode": mode,
-            "precision": precision, "runtime": "torch", "batch_size": cfg.train.batch_size, **served}
-
-
 def _accuracy(cfg, source, predictor) -> dict:
-    from disttrain.data.sources import eval_batches, eval_splits
-
-    split = eval_splits(cfg)[1]
-    batches = (source.batch(i, split=split) for i in range(eval_batches(cfg, source, split)))
+    split = source.held_out[1]
+    batches = (source.batch(i, split=split) for i in range(source.eval_batches(split, cfg.data.eval_batches)))
     metrics = held_out_metrics(lambda batch: predictor(predictor.prepare(batch)), batches)
     return {"split": split, **{k: metrics[k] for k in ("samples", "auc", "logloss", "accuracy")}}
 

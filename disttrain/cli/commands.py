@@ -1,0 +1,249 @@
+"""What each `disttrain` verb does: read the arguments, call the layer below, print the result."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from disttrain import config as config_mod
+from disttrain.errors import DisttrainError
+
+BENCH_CONFIG = Path(__file__).parents[1] / "configs" / "bench_kaggle.yaml"
+
+
+def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
+    """The first argument without '=' is the config file; the rest are overrides."""
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    return None, items
+
+
+def _load(items: list[str], base: str | None = None):
+    from disttrain.launch import load_checked
+
+    path, overrides = _split_args(items)
+    if path is not None and base is not None:
+        raise DisttrainError(f"{path}: unexpected argument, expected key=value overrides")
+    return load_checked(path or base, overrides)
+
+
+def cmd_train(args) -> int:
+    from disttrain.worker import run_worker
+
+    run_worker(_load(args.items))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from disttrain.serving.export import export_model
+
+    if args.items:
+        raise DisttrainError(f"export: unexpected arguments {' '.join(args.items)}; expected CHECKPOINT --out FILE")
+    out = export_model(args.checkpoint, args.out)
+    print(f"exported {args.checkpoint} -> {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+def cmd_infer(args) -> int:
+    from disttrain.serving.infer import describe, run_inference
+
+    config = args.items[0] if args.items and "=" not in args.items[0] else None
+    overrides = args.items[1:] if config else args.items
+    if args.nproc > 1:
+        from disttrain.serving.sharded_infer import run_sharded_inference
+
+        if args.runtime != "torch":
+            raise DisttrainError(f"--runtime {args.runtime} with --nproc {args.nproc}: sharded inference runs on "
+                                 "torch; expected --nproc 1 with onnxruntime")
+        result = run_sharded_inference(args.checkpoint, nproc=args.nproc, mode=args.mode, config=config,
+                                       precision=args.precision, batch_size=args.batch_size,
+                                       iterations=args.iterations, exact_max_length=args.exact_max_length,
+                                       overrides=overrides)
+        print(json.dumps(result, indent=2) if args.json else describe(result))
+        return 0
+    result = run_inference(args.checkpoint, mode=args.mode, config=config, precision=args.precision,
+                           runtime=args.runtime,
+                           batch_size=args.batch_size, iterations=args.iterations,
+                           exact_max_length=args.exact_max_length, overrides=overrides)
+    print(json.dumps(result, indent=2) if args.json else describe(result))
+    return 0
+
+
+def cmd_export_onnx(args) -> int:
+    from disttrain.serving.onnx_export import export_onnx
+
+    checkpoint = args.checkpoint_opt or args.checkpoint
+    if not checkpoint:
+        raise DisttrainError("export-onnx: no checkpoint; expected CHECKPOINT (or --checkpoint PATH) --out FILE.onnx")
+    result = export_onnx(checkpoint, args.out, overrides=[*args.items], verify_batch=args.verify_batch)
+    print(json.dumps(result, indent=2) if args.json else
+          f"exported {checkpoint} -> {result['onnx']} ({result['bytes'] / 2**20:.1f} MiB, opset {result['opset']}); "
+          f"onnxruntime matches PyTorch on {result['verified_rows']} test rows: max |logit diff| "
+          f"{result['max_abs_logit_diff']:.2g}")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from disttrain.serving.quantize import describe, quantize
+
+    report = quantize(args.checkpoint, args.out, overrides=[*args.items],
+                      max_relative_auc_loss=args.max_relative_auc_loss)
+    print(json.dumps(report, indent=2) if args.json else describe(report))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from disttrain.report import render
+
+    runs = [*args.runs, *args.items]
+    result = render(runs, args.out or Path(runs[0]) / "report")
+    for label, missing in result["missing"].items():
+        for item in missing:
+            print(f"report: {label}: {item}", file=sys.stderr)
+    print(f"wrote {result['html']} ({len(result['plots'])} plots: "
+          f"{', '.join(Path(p).name for p in result['plots']) or 'none'})")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from disttrain.serving.reference_import import import_reference
+
+    path = import_reference(args.reference, args.out, [*args.items])
+    print(f"imported {args.reference} -> {path}; train or evaluate it sharded with "
+          f"`disttrain launch train.resume={path} ...` (train.steps=0: evaluate only)")
+    return 0
+
+
+def cmd_launch(args, base: str | None = None) -> int:
+    from disttrain.launch import launch, prepare_launch
+
+    cfg = _load(args.items, base)
+    return launch(cfg, prepare_launch(cfg))
+
+
+
+
+def cmd_plan(args) -> int:
+    from disttrain.engine.build import build_plan
+    from disttrain.launch import launch_world
+    from disttrain.runtime.bootstrap import resolve_nproc
+    from disttrain.runtime.topology import detect_topology
+
+    cfg = _load(args.items)
+    cfg.launch.nproc_per_node = resolve_nproc(cfg, detect_topology())
+    world = args.world_size or launch_world(cfg)[0]
+    _, plan = build_plan(cfg, world)
+    print(json.dumps(plan.to_json(), indent=2) if args.json else plan.describe())
+    return 0
+
+
+def cmd_bench(args) -> int:
+    code = cmd_launch(args, base=str(BENCH_CONFIG))
+    if code == 0:
+        cfg = _load(args.items, str(BENCH_CONFIG))
+        summary = json.loads((Path(cfg.run.output_dir) / "summary.json").read_text())
+        print(
+            f"BENCH dlrm/{summary['flavor']} world_size={summary['world_size']} "
+            f"global_batch={summary['global_batch_size']} samples_per_s={summary['samples_per_s']:.0f}"
+        )
+    return code
+
+
+def cmd_topology(args) -> int:
+    """The machine and each local rank's placement, without starting anything."""
+    from disttrain.runtime.bootstrap import placements_for, resolve_nproc, user_set_variables
+    from disttrain.runtime.topology import detect_topology
+
+    cfg = _load(args.items)
+    if args.affinity:
+        cfg.launch.affinity = args.affinity
+    if args.nproc_per_node:
+        cfg.launch.nproc_per_node = args.nproc_per_node if args.nproc_per_node == "auto" else positive(args.nproc_per_node)
+    config_mod.validate(cfg)
+    topology = detect_topology(args.lscpu)
+    nproc = resolve_nproc(cfg, topology)
+    placements = placements_for(cfg, topology, nproc=nproc, user_env=user_set_variables(os.environ))
+    if args.json:
+        machine = {
+            "sockets": topology.sockets, "numa_nodes": topology.nodes,
+            "physical_cores": len(topology.physical_cores()), "logical_cpus": len(topology.cpus),
+            "gpus": [{"index": g.index, "numa_node": g.numa_node, "pci_bus": g.pci_bus} for g in topology.gpus],
+        }
+        print(json.dumps({"machine": machine, "affinity": cfg.launch.affinity,
+                          "ranks": [p.to_json() for p in placements]}, indent=2))
+        return 0
+    from disttrain.runtime.topology import format_cpus
+
+    print(topology.describe())
+    print(f"{nproc} local rank(s), affinity {cfg.launch.affinity}:")
+    for p in placements:
+        cpus = format_cpus(p.cpus) if p.cpus is not None else "any"
+        env = " ".join(f"{k}={v}" for k, v in p.env.items())
+        gpu = f" GPU {p.gpu}" if p.gpu is not None else ""
+        print(f"  local rank {p.local_rank}: CPUs {cpus} (NUMA {','.join(map(str, p.numa_nodes))}){gpu}, "
+              f"{p.threads} thread(s){' [shared cores]' if p.shared else ''}  {env}")
+    return 0
+
+
+def cmd_data_criteo(args) -> int:
+    from disttrain.prepare.criteo import prepare
+    from disttrain.prepare.criteo_inputs import PrepOptions
+
+    if args.items:
+        raise DisttrainError(f"data criteo: unexpected arguments {' '.join(args.items)}; expected RAW... --out DIR")
+    opts = PrepOptions(
+        out=Path(args.out), vocab_threshold=args.vocab_threshold, hash_rows=args.hash_rows, split=args.split,
+        delimiter=args.delimiter, header=args.header, label_column=args.label_column,
+        dense_columns=args.dense_columns, sparse_columns=args.sparse_columns, skip_bad_rows=args.skip_bad_rows,
+        workers=args.workers, force=args.force, progress=not args.quiet,
+    )
+    meta = prepare(args.raw, opts)
+    seconds = meta["seconds"]["total"]
+    bad = sum(s["bad_rows"] for s in meta["sources"])
+    print(f"wrote {args.out}: {meta['rows']:,} rows in {seconds:.1f} s ({meta['rows'] / max(seconds, 1e-9):,.0f} rows/s; "
+          f"parse {meta['seconds']['parse']:.1f} s, ids {meta['seconds']['ids']:.1f} s)")
+    for s in meta["sources"]:
+        print(f"  {s['path']}: {s['rows']:,} rows" + (f", {s['bad_rows']:,} bad rows skipped" if s["bad_rows"] else ""))
+        for example in s["bad_examples"]:
+            print(f"    skipped {example}")
+    if bad:
+        print(f"  {bad:,} bad rows skipped in all")
+    splits = meta["splits"]
+    print("  splits: " + ", ".join(f"{k} rows [{lo:,}, {hi:,})" for k, (lo, hi) in splits.items()))
+    mode = meta["options"]["mode"]
+    rule = (f"ids of values seen >= {meta['options']['vocab_threshold']} times in train, 0 = other"
+            if mode == "vocabulary" else f"hash modulo {meta['options']['hash_rows']}, numbered densely")
+    print(f"  tables ({mode}: {rule}): " + " ".join(f"{t['name']}={t['rows']:,}" for t in meta["tables"]))
+    print(f"train on it: disttrain launch data.source=criteo data.path={args.out} ...")
+    return 0
+
+
+def cmd_data_dien_synthetic(args) -> int:
+    from disttrain.prepare.dien_synthetic import write_synthetic
+
+    if args.items:
+        raise DisttrainError(f"data dien-synthetic: unexpected arguments {' '.join(args.items)}; expected --out DIR")
+    data = write_synthetic(args.out, samples=args.samples, users=args.users, items=args.num_items, cats=args.cats,
+                           max_history=args.max_history, seed=args.seed, force=args.force)
+    print(f"wrote {args.out}: {len(data.train):,} train / {len(data.test):,} test samples, tables "
+          f"uid={args.users:,} mid={args.num_items:,} cat={args.cats:,}, mean history "
+          f"{data.train.history_lengths.mean():.1f}")
+    print(f"train on it: disttrain launch model.name=dien data.source=dien data.path={args.out} ...")
+    return 0
+
+
+def cmd_data_verify(args) -> int:
+    from disttrain.data.criteo import open_dataset
+
+    info = open_dataset(args.dir, verify="checksum")
+    print(f"{args.dir}: ok ({info.rows:,} rows, {len(info.table_rows)} tables, {len(info.meta['files'])} files "
+          f"match their sha256; fingerprint {info.fingerprint})")
+    return 0
+
+
+def positive(text: str, flag: str = "--nproc-per-node") -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise DisttrainError(f"{flag}: got {text!r}, expected a positive integer" + (" or auto" if flag == "--nproc-per-node" else ""))
+    return int(text)

@@ -1,0 +1,86 @@
+"""From a config to the pieces a run is made of: the checked config, the model, its plan, its data.
+
+The config file's own checks (types, ranges) happen where it is parsed (`disttrain.config`); the names that
+live in registries are checked here, against the registries themselves: `model.name` and `model.flavor`
+(`disttrain.models.MODELS`), `data.source` (the model's spec, then `disttrain.data.sources.SOURCES`) and
+`train.optimizer` (`disttrain.optim.OPTIMIZERS`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from disttrain.config import Config
+from disttrain.data.contract import DataSource, SourceSpec
+from disttrain.data.sources import open_source, source_spec
+from disttrain.errors import ConfigError
+from disttrain.models import ModelSpec, model_spec
+from disttrain.optim import optimizer_spec
+from disttrain.sharding.plan import ShardingPlan
+from disttrain.sharding.planner import plan_sharding
+from disttrain.tables import EmbeddingTableSpec
+
+
+def check_config(cfg: Config) -> ModelSpec:
+    """The registry checks of a parsed config; returns the model's spec. One line per problem, naming the key."""
+    spec = model_spec(cfg.model.name)
+    spec.check_flavor(cfg.model.flavor)
+    source = data_source_spec(cfg, spec)
+    if source.path and not cfg.data.path:
+        raise ConfigError(f"data.path: empty with data.source={cfg.data.source}; expected {source.path}")
+    if cfg.train.epochs and not source.epochs:
+        with_epochs = [name for name, key in spec.data_sources.items() if source_spec(key).epochs]
+        raise ConfigError(f"train.epochs: got {cfg.train.epochs}, but data.source={cfg.data.source} has no epochs; "
+                          "expected train.steps" + (f" (or data.source={' or '.join(with_epochs)})" if with_epochs else ""))
+    optimizer_spec(cfg.train.optimizer)
+    return spec
+
+
+def data_source_spec(cfg: Config, spec: ModelSpec | None = None) -> SourceSpec:
+    """The registered source `data.source` means for this config's model."""
+    spec = spec or model_spec(cfg.model.name)
+    return source_spec(spec.source_key(cfg.data.source))
+
+
+def apply_data_shapes(cfg: Config) -> Config:
+    """What the dataset imposes on the config (its table sizes unless model.table_sizes is set, its dense width,
+    train.steps from train.epochs). In place and idempotent; returns `cfg`."""
+    data_source_spec(cfg, check_config(cfg)).shape(cfg)
+    return cfg
+
+
+def build_model(cfg: Config, *, embedding_device: str = "cpu", data_shapes: bool = True) -> torch.nn.Module:
+    """The plain model for this config, shaped by its data (`embedding_device="meta"`: the tables are declared,
+    not allocated, for the planner or the sharded layer). `data_shapes=False`: the config already holds the
+    data's shapes (a saved run's config), so the data need not be present."""
+    spec = check_config(cfg)
+    if data_shapes:
+        apply_data_shapes(cfg)
+    return spec.build(cfg, embedding_device=embedding_device)
+
+
+def build_plan(cfg: Config, world_size: int) -> tuple[torch.nn.Module, ShardingPlan]:
+    """The model (tables not allocated) and its sharding plan for `world_size` ranks."""
+    if cfg.train.batch_size % world_size:
+        raise ConfigError(
+            f"train.batch_size: got {cfg.train.batch_size}, expected a multiple of the world size {world_size}"
+        )
+    model = build_model(cfg, embedding_device="meta")
+    optimizer = optimizer_spec(cfg.train.optimizer)
+    plan = plan_sharding(
+        model.tables,
+        world_size=world_size,
+        strategy=cfg.sharding.strategy,
+        overrides=cfg.sharding.tables,
+        num_column_shards=cfg.sharding.num_column_shards,
+        optimizer=optimizer.name,
+        optimizer_state=optimizer.state_words,
+        embedding_dtype=cfg.model.embedding_dtype,
+    )
+    return model, plan
+
+
+def open_data(cfg: Config, tables: list[EmbeddingTableSpec], *, comm, rank: int) -> DataSource:
+    """The batch source `data.source` means for this model (collective: every rank opens it)."""
+    spec = model_spec(cfg.model.name)
+    return open_source(spec.source_key(cfg.data.source), cfg, tables, comm=comm, rank=rank)

@@ -1,0 +1,121 @@
+"""Loading is resharding: each rank of the new job (any world size, any plan) reads, for each of its shards, the
+saved pieces that overlap it (row and column ranges) and copies the overlap. Files are checked against the
+manifest (size, sha256) before anything is read. Row-wise Adagrad state of a column shard is kept per column
+shard while training; merging column shards weights each piece's accumulator by its column count (exact when the
+new shard is a union of old ones).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from disttrain.engine.checkpoint.layout import META, dense_parameters, rank_dir
+from disttrain.engine.checkpoint.verify import check_fits, verify_shared
+from disttrain.optim import ELEMENT
+from disttrain.ranges import overlap
+
+
+@dataclass
+class Loaded:
+    step: int
+    history: list[dict]
+    path: Path
+    optimizer_restored: bool
+    data: dict | None = None
+
+
+class _Reader:
+    """Reads saved tensors by key from the rank directories, once each."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def get(self, rank: int, key: str, shape: list[int], dtype=torch.float32) -> torch.Tensor:
+        import torch.distributed.checkpoint as dcp
+
+        if key not in self.cache:
+            out = {key: torch.empty(shape, dtype=dtype)}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                dcp.load(out, storage_reader=dcp.FileSystemReader(str(self.path / rank_dir(rank))), no_dist=True)
+            self.cache[key] = out[key]
+        return self.cache[key]
+
+
+def load_checkpoint(path: Path, *, par, comm, cfg) -> Loaded:
+    """Fill this rank's shards, the dense part and the optimizers from `path`, whatever plan wrote it."""
+    collection, sparse = par.embeddings, par.sparse_optimizer
+    locations = collection.shard_locations()
+    meta = json.loads((path / META).read_text())
+    by_table: dict[str, list[dict]] = {}
+    for record in meta["shards"]:
+        by_table.setdefault(record["table"], []).append(record)
+    # Verify what this rank will read: rank 0's files (dense part) and those of every overlapping writer.
+    needed = {rank_dir(0)}
+    for table, shard, _, _ in locations:
+        for rec in by_table.get(table.name, []):
+            if overlap(shard.rows, tuple(rec["rows"])) and overlap(shard.cols, tuple(rec["cols"])):
+                needed.add(rank_dir(rec["rank"]))
+    meta = verify_shared(path, comm, needed)
+    check_fits(meta, path, model=cfg.model.name, tables=collection.tables,
+               dense_shapes={n: list(p.shape) for n, p in dense_parameters(par.model)})
+    same_optimizer = meta["optimizer"] == sparse.kind
+    reader = _Reader(path)
+    kinds = {name: kind == ELEMENT for name, kind in sparse.spec.state.items()} if same_optimizer else {}
+    with torch.no_grad():
+        for table, shard, key, base in locations:
+            weight = collection.weight(key)
+            opt_state = sparse.state_for(key, weight)
+            if kinds.get("sum") is False:
+                opt_state["sum"][base : base + shard.num_rows] = 0
+            for rec in by_table[table.name]:
+                rows, cols = overlap(shard.rows, tuple(rec["rows"])), overlap(shard.cols, tuple(rec["cols"]))
+                if rows is None or cols is None:
+                    continue
+                saved_shape = [rec["rows"][1] - rec["rows"][0], rec["cols"][1] - rec["cols"][0]]
+                src_rows = slice(rows[0] - rec["rows"][0], rows[1] - rec["rows"][0])
+                src_cols = slice(cols[0] - rec["cols"][0], cols[1] - rec["cols"][0])
+                dst_rows = slice(base + rows[0] - shard.rows[0], base + rows[1] - shard.rows[0])
+                dst_cols = slice(cols[0] - shard.cols[0], cols[1] - shard.cols[0])
+                saved = reader.get(rec["rank"], f"{rec['key']}/weight", saved_shape)
+                weight[dst_rows, dst_cols] = saved[src_rows, src_cols].to(weight.device)
+                for state_name, has_cols in kinds.items():
+                    if has_cols:
+                        piece = reader.get(rec["rank"], f"{rec['key']}/opt/{state_name}", saved_shape)
+                        opt_state[state_name][dst_rows, dst_cols] = piece[src_rows, src_cols].to(weight.device)
+                    else:  # row-wise accumulator: weight each saved column piece by its share of the columns
+                        piece = reader.get(rec["rank"], f"{rec['key']}/opt/{state_name}", saved_shape[:1])
+                        share = (cols[1] - cols[0]) / shard.num_cols
+                        opt_state[state_name][dst_rows] += piece[src_rows].to(weight.device) * share
+        for name, param in dense_parameters(par.model):
+            param.copy_(reader.get(0, f"dense/{name}", meta["dense"][name]))
+    dense_restored = same_optimizer and _load_dense_optimizer(par.dense_optimizer, meta, reader)
+    if same_optimizer:
+        sparse.steps = meta["sparse_steps"]
+    if meta["world_size"] == comm.world_size:
+        torch.set_rng_state(reader_rng(path, comm.rank))
+    return Loaded(step=meta["step"], history=meta["history"], path=path,
+                  optimizer_restored=same_optimizer and dense_restored, data=meta.get("data"))
+
+
+def reader_rng(path: Path, rank: int) -> torch.Tensor:
+    return _Reader(path).get(rank, "rng/torch", list(torch.get_rng_state().shape), dtype=torch.uint8)
+
+
+def _load_dense_optimizer(optimizer: torch.optim.Optimizer, meta: dict, reader: _Reader) -> bool:
+    saved = meta["dense_optimizer_state"]
+    current = optimizer.state_dict()
+    state = {}
+    for index, values in saved.items():
+        state[int(index)] = {}
+        for vname, (shape, dtype) in values.items():
+            tensor = reader.get(0, f"dense_opt/{index}/{vname}", shape, dtype=getattr(torch, dtype))
+            state[int(index)][vname] = tensor.clone()
+    optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+    return True

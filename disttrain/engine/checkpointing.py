@@ -1,0 +1,74 @@
+"""The training run's side of checkpoints: which one to resume from, and when to save."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from disttrain.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from disttrain.engine.state import RunState
+from disttrain.runtime.env import RUN_ID
+
+
+def resume(trainer, state: RunState) -> int:
+    """Load `train.resume` (or, after a restart, this run's newest checkpoint) into the trainer's model, optimizers
+    and `state`; returns the first step to run (0 for a fresh run)."""
+    cfg, comm = trainer.cfg, trainer.comm
+    target = None
+    if comm.rank == 0:  # one decision for all ranks, even if a checkpoint lands meanwhile
+        if cfg.train.resume:
+            target = find_checkpoint(cfg.train.resume, cfg.checkpoint.dir)
+        elif cfg.launch.max_restarts and cfg.checkpoint.dir and os.environ.get(RUN_ID):
+            target = find_checkpoint("auto", cfg.checkpoint.dir, run_id=os.environ[RUN_ID])
+    target = comm.all_gather_object(str(target) if target else None)[0]
+    if target is None:
+        if cfg.train.resume == "auto":
+            trainer.log.line(f"resume: no checkpoint in {cfg.checkpoint.dir} yet; starting at step 0")
+        return 0
+    start = time.perf_counter()
+    loaded = load_checkpoint(Path(target), par=trainer.par, comm=comm, cfg=cfg)
+    seconds = max(comm.all_gather_object(time.perf_counter() - start))
+    state.step, state.history = loaded.step, list(loaded.history)
+    note = trainer.data.restore(loaded.data or {}, loaded.step)
+    if note:
+        trainer.log.line(note)
+    fresh = "" if loaded.optimizer_restored else " (optimizer changed: its state starts fresh)"
+    trainer.log.line(f"resumed from {loaded.path} at step {loaded.step} ({seconds:.2f} s){fresh}")
+    return min(loaded.step, cfg.train.steps)
+
+
+class PeriodicCheckpoint:
+    """Saves to `checkpoint.dir` every `checkpoint.every_steps` steps, at the last step and when the target AUC
+    is reached (the run stops there)."""
+
+    def __init__(self, trainer, faults):
+        self.trainer, self.faults = trainer, faults
+        cfg = trainer.cfg.checkpoint
+        self.dir, self.every, self.keep_last = cfg.dir, cfg.every_steps, cfg.keep_last
+        self.last_step = trainer.cfg.train.steps
+
+    def before(self, step: int) -> None:
+        return None
+
+    def after(self, state: RunState) -> bool:
+        due = (state.step == self.last_step or state.reached_target_at == state.step
+               or self.every and state.step % self.every == 0)
+        if self.dir and due:
+            self.save(state)
+            state.restart_interval()
+        return False
+
+    def save(self, state: RunState) -> Path:
+        trainer = self.trainer
+        start = time.perf_counter()
+        path = save_checkpoint(
+            self.dir, step=state.step, par=trainer.par, comm=trainer.comm, cfg=trainer.cfg, history=state.history,
+            run_id=os.environ.get(RUN_ID, ""), keep_last=self.keep_last,
+            fault_before_commit=self.faults.crash_in_checkpoint(state.step), data=trainer.data.position(state.step),
+        )
+        trainer.log.line(f"checkpoint: {path} ({time.perf_counter() - start:.2f} s)")
+        return path
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,44 @@
+"""Injected faults, for the tests of restarts: `DISTTRAIN_FAULT=RANK:STEP[:KIND]` makes that rank die at that step
+of a fresh run (never after a resume): `exit` (code 17, the default), `kill` (SIGKILL), or `checkpoint` (rank 0
+dies while writing that step's checkpoint, after its files and before the commit)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from disttrain.engine.state import RunState
+
+FAULT = "DISTTRAIN_FAULT"
+
+
+def injected_fault(rank: int, environ=os.environ) -> tuple[int, str]:
+    """(step, kind) of this rank's injected fault; (-1, "") when none."""
+    parts = environ.get(FAULT, "").split(":")
+    if len(parts) >= 2 and int(parts[0]) == rank:
+        return int(parts[1]), parts[2] if len(parts) > 2 else "exit"
+    return -1, ""
+
+
+class FaultInjection:
+    def __init__(self, rank: int, *, fresh: bool):
+        self.step, self.kind = injected_fault(rank) if fresh else (-1, "")
+
+    def crash_in_checkpoint(self, step: int) -> bool:
+        """Whether the checkpoint of `step` must die before its commit."""
+        return self.kind == "checkpoint" and step == self.step
+
+    def before(self, step: int) -> None:
+        if step != self.step or self.kind == "checkpoint":
+            return
+        sys.stdout.flush()
+        if self.kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        os._exit(17)
+
+    def after(self, state: RunState) -> bool:
+        return False
+
+    def close(self) -> None:
+        return None

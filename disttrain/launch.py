@@ -1,0 +1,75 @@
+"""`disttrain launch`: check everything that can fail before any process starts, then start the workers with
+`launch.launcher` (the table in `disttrain.launchers`).
+
+The pre-flight: the config against the registries, the backend, the pinning plan, the sharding plan, the data
+(checksums once, here, not in every worker) and the checkpoint to resume (whole, and fitting this model); then
+the resolved config the workers read is written to `<run.output_dir>/config.yaml`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from disttrain import config as config_mod
+from disttrain.engine.build import build_plan, check_config, data_source_spec
+from disttrain.engine.checkpoint import VERIFIED, check_fits, find_checkpoint, verify
+from disttrain.launchers import launcher_for
+from disttrain.runtime.backend import resolve_backend
+from disttrain.runtime.bootstrap import placements_for, resolve_nproc, user_set_variables
+from disttrain.runtime.topology import detect_topology
+
+
+def load_checked(path: str | None, overrides: list[str]) -> config_mod.Config:
+    """A config file plus overrides, checked against the registries too (model, data source, optimizer,
+    launcher): every key's problem is a one-line error before anything runs."""
+    cfg = config_mod.load_config(path, overrides)
+    check_config(cfg)
+    launcher_for(cfg.launch.launcher)
+    return cfg
+
+
+def launch_world(cfg: config_mod.Config) -> tuple[int, int]:
+    """(world size, ranks on this machine; 0 = not known here) for `launch.launcher`."""
+    return launcher_for(cfg.launch.launcher).world(cfg)
+
+
+def prepare_launch(cfg: config_mod.Config) -> str:
+    """Validate everything that can fail before any process starts (config, plan, pinning, data, the checkpoint
+    to resume); resolve `launch.nproc_per_node=auto`; write the resolved config the workers will read."""
+    launcher = launcher_for(cfg.launch.launcher)
+    check_config(cfg)
+    # Where the workers may have GPUs the driver lacks (Ray), nccl is checked where they run.
+    cfg.launch.backend = resolve_backend(cfg.launch.backend, for_training=launcher.driver_sees_workers)
+    topology = detect_topology()
+    cfg.launch.nproc_per_node = resolve_nproc(cfg, topology)
+    world, local = launcher.world(cfg)
+    if local:  # Ray workers land on whichever nodes have room and place themselves there
+        placements_for(cfg, topology, nproc=local, user_env=user_set_variables(os.environ))
+    model, _ = build_plan(cfg, world)
+    launcher.preflight(cfg)
+    if launcher.driver_sees_workers:  # else the workers may see other storage than this driver
+        data_source_spec(cfg).preflight(cfg)
+        if cfg.train.resume:
+            check_resume(cfg, model)
+    out = Path(cfg.run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "config.yaml"
+    path.write_text(config_mod.to_yaml(cfg))
+    return str(path.resolve())
+
+
+def check_resume(cfg: config_mod.Config, model) -> None:
+    """Before any worker starts: the checkpoint to resume exists, is whole and fits this model."""
+    path = find_checkpoint(cfg.train.resume, cfg.checkpoint.dir)
+    if path is None:
+        return
+    meta = verify(path)
+    dense = {n: list(p.shape) for n, p in model.named_parameters() if not n.startswith("embeddings.")}
+    check_fits(meta, path, model=cfg.model.name, tables=model.tables, dense_shapes=dense)
+    os.environ[VERIFIED] = str(path.resolve())  # the workers check sizes, not hashes, of what was just hashed
+
+
+def launch(cfg: config_mod.Config, config_path: str) -> int:
+    """Start the workers with `launch.launcher`; the exit code of the job."""
+    return launcher_for(cfg.launch.launcher).start(cfg, config_path)

@@ -1,0 +1,233 @@
+"""The inputs of `disttrain data criteo`: the options, each raw file's column layout (Criteo's, or one named by
+--label-column/--dense-columns/--sparse-columns, with or without a header, tab or comma, plain or gzip), the
+byte ranges pass 1 parses, and the train/val/test splits (the reference's arithmetic)."""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from disttrain.errors import DataError
+from disttrain.prepare.criteo_parse import DENSE_NAMES, NUM_DENSE, SPARSE_NAMES, Layout
+
+SPLIT_MODES = ("auto", "kaggle", "days", "files", "none")
+KAGGLE_DAYS = 7
+
+
+@dataclass
+class PrepOptions:
+    out: Path
+    vocab_threshold: int = 1
+    hash_rows: int = 0  # > 0: hash ids modulo this (the reference's --max-ind-range) instead of a vocabulary
+    split: str = "auto"
+    delimiter: str = "auto"  # tab, comma, auto (from the first line)
+    header: str = "auto"  # auto, yes, no
+    label_column: str = ""
+    dense_columns: str = ""
+    sparse_columns: str = ""
+    skip_bad_rows: bool = False
+    workers: int = 0
+    force: bool = False
+    progress: bool = True
+
+
+@dataclass
+class Source:
+    path: Path
+    layout: Layout
+    header_lines: int
+    bytes: int
+    compressed: bool
+    rows: int = 0
+    lines: int = 0
+    bad_rows: int = 0
+    bad_examples: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs: delimiter, header and column mapping
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def open_raw(path: Path):
+    return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
+
+
+def is_gzip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def _first_line(path: Path) -> bytes:
+    with open_raw(path) as f:
+        return f.readline(1 << 20).rstrip(b"\r\n")
+
+
+def _parse_column_list(spec: str, names: list[str] | None, what: str) -> list[int]:
+    """'3', 'I1', '1-13', 'I1,I2,...' -> 0-based column indices (names need a header)."""
+    out: list[int] = []
+    lowered = [n.lower() for n in names] if names else None
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        if "-" in item and all(p.strip().isdigit() for p in item.split("-", 1)):
+            lo, hi = (int(p) for p in item.split("-", 1))
+            out.extend(range(lo, hi + 1))
+        elif item.isdigit():
+            out.append(int(item))
+        elif lowered is not None and item.lower() in lowered:
+            out.append(lowered.index(item.lower()))
+        else:
+            where = f"the header columns {names[:8]}..." if names else "a 0-based column index (the file has no header)"
+            raise DataError(f"--{what}: column {item!r} not found; expected {where}")
+    return out
+
+
+def resolve_layout(path: Path, opts: PrepOptions) -> tuple[Layout, int]:
+    """The layout of one input file and how many header lines it has."""
+    try:
+        first = _first_line(path).decode("utf-8", "replace")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except (gzip.BadGzipFile, EOFError) as exc:
+        raise DataError(f"{path}: not a valid gzip file ({exc})") from exc
+    if opts.delimiter in ("tab", "\t"):
+        delimiter = "\t"
+    elif opts.delimiter in ("comma", ","):
+        delimiter = ","
+    elif opts.delimiter == "auto":
+        delimiter = "\t" if first.count("\t") >= first.count(",") else ","
+    else:
+        raise DataError(f"--delimiter: got {opts.delimiter!r}, expected tab, comma or auto")
+    fields = first.split(delimiter)
+    label_text = fields[0].strip() if fields else ""
+    if opts.header == "auto":
+        has_header = not _is_number(label_text) and bool(label_text)
+    elif opts.header in ("yes", "no"):
+        has_header = opts.header == "yes"
+    else:
+        raise DataError(f"--header: got {opts.header!r}, expected auto, yes or no")
+    names = [f.strip() for f in fields] if has_header else None
+    n = len(fields)
+    if names and not (opts.label_column or opts.dense_columns or opts.sparse_columns):
+        lowered = [x.lower() for x in names]
+        wanted = ["label", *[x.lower() for x in DENSE_NAMES], *[x.lower() for x in SPARSE_NAMES]]
+        if all(w in lowered for w in wanted):  # the model zoos' header: label, I1..I13, C1..C26 in any order
+            label, dense, sparse = lowered.index("label"), [lowered.index(w) for w in wanted[1:14]], \
+                [lowered.index(w) for w in wanted[14:]]
+        else:
+            label, dense, sparse = 0, list(range(1, 1 + NUM_DENSE)), list(range(1 + NUM_DENSE, n))
+    else:
+        label = _parse_column_list(opts.label_column, names, "label-column")[0] if opts.label_column else 0
+        dense = (_parse_column_list(opts.dense_columns, names, "dense-columns") if opts.dense_columns
+                 else list(range(1, 1 + NUM_DENSE)))
+        sparse = (_parse_column_list(opts.sparse_columns, names, "sparse-columns") if opts.sparse_columns
+                  else list(range(1 + NUM_DENSE, n)))
+    used = [label, *dense, *sparse]
+    if max(used) >= n:
+        raise DataError(f"{path}:1: {n} fields separated by {delimiter!r}, but the column mapping uses column "
+                        f"{max(used)} (label {label}, dense {_ranges(dense)}, sparse {_ranges(sparse)})")
+    if not sparse:
+        raise DataError(f"{path}: no categorical columns (expected at least one; see --sparse-columns)")
+    if len(set(used)) != len(used):
+        raise DataError(f"{path}: the column mapping uses a column twice (label {label}, dense {_ranges(dense)}, "
+                        f"sparse {_ranges(sparse)})")
+    if names:
+        col_names = tuple(names)
+    else:
+        generated = [f"col{k}" for k in range(n)]
+        generated[label] = "label"
+        for i, c in enumerate(dense):
+            generated[c] = f"I{i + 1}"
+        for i, c in enumerate(sparse):
+            generated[c] = f"C{i + 1}"
+        col_names = tuple(generated)
+    layout = Layout(num_fields=n, delimiter=delimiter, label=label, dense=tuple(dense), sparse=tuple(sparse),
+                    names=col_names)
+    return layout, int(has_header)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _ranges(cols: list[int]) -> str:
+    if cols and cols == list(range(cols[0], cols[-1] + 1)):
+        return f"{cols[0]}-{cols[-1]}"
+    return ",".join(map(str, cols))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pass 1: parse
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def byte_ranges(path: Path, start: int, size: int, chunk: int) -> list[tuple[int, int]]:
+    """[start, size) cut into ~chunk-byte ranges that end at line ends."""
+    cuts = [start]
+    with open(path, "rb") as f:
+        pos = start + chunk
+        while pos < size:
+            f.seek(pos)
+            tail = f.read(1 << 20)
+            nl = tail.find(b"\n")
+            if nl < 0:
+                break
+            cuts.append(pos + nl + 1)
+            pos = cuts[-1] + chunk
+    if cuts[-1] < size:
+        cuts.append(size)
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def _halves(start: int, stop: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The reference's split of the last day: test = the first half (the larger one), validation = the rest."""
+    mid = start + (stop - start + 1) // 2
+    return (start, mid), (mid, stop)
+
+
+def compute_splits(mode: str, file_rows: list[int]) -> dict[str, list[int]]:
+    total = sum(file_rows)
+    offsets = np.cumsum([0, *file_rows]).tolist()
+    if mode == "auto":
+        mode = "kaggle" if len(file_rows) == 1 else "days"
+    if mode == "none":
+        return {"train": [0, total], "val": [total, total], "test": [total, total]}
+    if mode == "kaggle":  # the reference: 7 equal "days" (the first get the remainder); last day -> test, val
+        per_day, _ = divmod(total, KAGGLE_DAYS)
+        last_day = total - per_day  # the first days take the remainder, the last day never does
+        test, val = _halves(last_day, total)
+        return {"train": [0, last_day], "val": list(val), "test": list(test)}
+    if mode == "days":
+        if len(file_rows) < 2:
+            raise DataError("--split days: expected two or more day files (the last one is split into test and "
+                            f"validation), got {len(file_rows)}")
+        test, val = _halves(offsets[-2], total)
+        return {"train": [0, offsets[-2]], "val": list(val), "test": list(test)}
+    if mode == "files":
+        if len(file_rows) not in (2, 3):
+            raise DataError(f"--split files: expected 2 files (train, test) or 3 (train, validation, test), "
+                            f"got {len(file_rows)}")
+        if len(file_rows) == 2:
+            return {"train": [0, offsets[1]], "val": [offsets[1], total], "test": [offsets[1], total]}
+        return {"train": [0, offsets[1]], "val": [offsets[1], offsets[2]], "test": [offsets[2], total]}
+    if mode.startswith("ratio:"):
+        try:
+            parts = [float(x) for x in mode[6:].split(",")]
+            assert len(parts) == 3 and all(p >= 0 for p in parts) and sum(parts) > 0
+        except (ValueError, AssertionError):
+            raise DataError(f"--split: got {mode!r}, expected ratio:TRAIN,VAL,TEST (three non-negative numbers)") from None
+        a = int(round(total * parts[0] / sum(parts)))
+        b = int(round(total * (parts[0] + parts[1]) / sum(parts)))
+        return {"train": [0, a], "val": [a, b], "test": [b, total]}
+    raise DataError(f"--split: got {mode!r}, expected one of {', '.join(SPLIT_MODES)} or ratio:TRAIN,VAL,TEST")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------------------------

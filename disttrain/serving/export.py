@@ -1,0 +1,85 @@
+"""Sharded checkpoints as one plain model, in one process.
+
+    single_process(cfg)                the parallelized model on a world of one, every table whole
+    unsharded_state(checkpoint)        (config, the plain model's state_dict, step), whatever world wrote it
+    plain_model(checkpoint)            the plain model in eval mode (what serving runs)
+    export_model(checkpoint, out)      one file, unsharded: the plain model's state_dict + its config
+    load_exported(path)                -> (plain model in eval mode, config); never unpickles objects
+
+The export file is a dict of tensors, strings and ints (`torch.load(weights_only=True)` reads it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from disttrain import config as config_mod
+from disttrain.collectives import SingleProcess
+from disttrain.engine.build import build_model, build_plan
+from disttrain.engine.checkpoint import META, find_checkpoint, load_checkpoint, verify
+from disttrain.errors import DataError
+from disttrain.parallelize import Parallelized, parallelize
+
+EXPORT_FORMAT = "disttrain-export-v1"
+
+
+def single_process(cfg: config_mod.Config) -> Parallelized:
+    """The model on one process, every table whole on rank 0: where a sharded checkpoint is assembled."""
+    cfg.sharding.strategy, cfg.sharding.tables, cfg.sharding.num_column_shards = "table_wise", {}, 0
+    cfg.launch.backend = "gloo"
+    model, plan = build_plan(cfg, 1)
+    return parallelize(model, plan=plan, comm=SingleProcess(), optimizer=cfg.train.optimizer, lr=cfg.train.lr,
+                       seed=cfg.train.seed)
+
+
+def unsharded_state(checkpoint: str | Path) -> tuple[config_mod.Config, dict[str, torch.Tensor], int]:
+    """(config, the plain model's state_dict, step) of a sharded checkpoint, whatever world wrote it."""
+    path = find_checkpoint(str(checkpoint), "", key="checkpoint")
+    meta = verify(path)
+    cfg = config_mod.config_from_yaml(meta["config"], source=f"{path / META}")
+    par = single_process(cfg)
+    load_checkpoint(path, par=par, comm=SingleProcess(), cfg=cfg)
+    state = {n: p.detach().clone() for n, p in par.model.named_parameters() if not n.startswith("embeddings.")}
+    for table, _shard, weight in par.embeddings.local_shards():
+        state[f"embeddings.bags.{table.index}.weight"] = weight.detach().float().clone()
+    return cfg, state, meta["step"]
+
+
+def plain_model(checkpoint: str | Path, overrides: list[str] | None = None):
+    """(the plain model in eval mode, its config, step) of a sharded checkpoint, whatever world wrote it;
+    `overrides` adjust what does not change the weights (data.path, data.eval_batches, ...)."""
+    cfg, state, step = unsharded_state(checkpoint)
+    if overrides:
+        cfg = config_mod.config_from_yaml(config_mod.to_yaml(cfg), overrides, source="checkpoint config")
+    model = build_model(cfg, embedding_device="meta", data_shapes=False)
+    model.load_state_dict(state, assign=True)
+    return model.eval(), cfg, step
+
+
+def export_model(checkpoint: str | Path, out: str | Path) -> Path:
+    cfg, state, step = unsharded_state(checkpoint)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save({"format": EXPORT_FORMAT, "model": cfg.model.name, "flavor": cfg.model.flavor, "step": step,
+                "config": config_mod.to_yaml(cfg), "state_dict": state}, tmp)
+    tmp.replace(out)
+    return out
+
+
+def load_exported(path: str | Path):
+    """The plain (unsharded) model of an export, in eval mode, and its config."""
+    try:
+        data = torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable disttrain export ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
+        raise DataError(f"{path}: not a disttrain export (expected format {EXPORT_FORMAT})")
+    cfg = config_mod.config_from_yaml(data["config"], source=str(path))
+    model = build_model(cfg, data_shapes=False)
+    model.load_state_dict(data["state_dict"])
+    return model.eval(), cfg

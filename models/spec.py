@@ -1,0 +1,75 @@
+"""The model spec: everything disttrain needs to know about a model, declared once in the model's own module.
+
+A model is a plain `nn.Module` that never imports torch.distributed:
+
+    model.tables        its embedding tables (`disttrain.tables.EmbeddingTableSpec`), in feature order
+    model.embeddings    an `EmbeddingBagCollection` over them (swapped for the sharded one by `parallelize`)
+    model(dense, sparse) -> logits [B]; in training, models with an auxiliary loss return
+                        (logits, auxiliary loss summed over this rank's samples)
+
+Its spec (`SPEC` in the module, listed in `disttrain.models.MODELS`) says how to build it and what the
+registry, the config check, the planner, training and serving must know about it:
+
+    name, flavors       `model.name` and the `model.flavor` presets (every model has `debug`, for tests)
+    build(cfg, *, embedding_device)   the plain model for a config ("meta": tables declared, not allocated)
+    data_sources        the `data.source` values it accepts -> the data source registry's keys
+    loss_scale          the log loss is multiplied by this (DIEN's 2-class softmax loss is half of it)
+    auxiliary_loss      training forward returns (logits, auxiliary loss)
+    weights_read_directly   Linear layers whose weights the model reads itself (int8 keeps them fp32)
+    onnx                `disttrain export-onnx` can express it
+    history_positions(tables)   the longest behaviour history it reads (None: no history)
+    reference_import(state_dict)   how a reference implementation's checkpoint maps onto it (None: none)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from disttrain.errors import ConfigError
+from disttrain.tables import EmbeddingTableSpec
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    flavors: Mapping[str, Any]
+    build: Callable[..., Any]
+    data_sources: Mapping[str, str]
+    description: str = ""
+    loss_scale: float = 1.0
+    auxiliary_loss: bool = False
+    weights_read_directly: tuple[str, ...] = ()
+    onnx: bool = True
+    history_positions: Callable[[list[EmbeddingTableSpec]], int] | None = None
+    reference_import: Callable[[dict], Any] | None = None
+
+    def check_flavor(self, flavor: str) -> Any:
+        if flavor not in self.flavors:
+            raise ConfigError(f"model.flavor: got {flavor!r}, expected one of {', '.join(self.flavors)} for "
+                              f"model.name={self.name}")
+        return self.flavors[flavor]
+
+    def source_key(self, source: str) -> str:
+        """The data source registry key for `data.source=source`; a one-line error when this model takes none."""
+        if source not in self.data_sources:
+            raise ConfigError(f"data.source: got {source!r} with model.name={self.name}; expected "
+                              f"{' or '.join(self.data_sources)}")
+        return self.data_sources[source]
+
+
+def config_tables(cfg, flavor, *, extra_cols: int = 0, pooling: str | None = None) -> list[EmbeddingTableSpec]:
+    """Tables t0.. of a flavor (anything with `table_rows` and `embedding_dim`) as the config adjusts them:
+    `model.table_sizes` replaces the rows, `model.max_rows` caps them, `model.embedding_dim` replaces the dim;
+    `extra_cols` columns are appended to every table (fused per-id weights); `pooling` (the model's own
+    combiner) replaces `model.pooling`."""
+    rows = list(cfg.model.table_sizes) or list(flavor.table_rows)
+    if cfg.model.max_rows:
+        rows = [min(r, cfg.model.max_rows) for r in rows]
+    dim = (cfg.model.embedding_dim or flavor.embedding_dim) + extra_cols
+    return [EmbeddingTableSpec(f"t{i}", r, dim, pooling=pooling or cfg.model.pooling) for i, r in enumerate(rows)]
+
+
+# Criteo-shaped models (one bag per table per sample) read generated click logs or a processed Criteo directory.
+CTR_SOURCES = {"synthetic": "synthetic", "criteo": "criteo"}
