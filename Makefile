@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-deps test-fast lint bench bench-inference bench-launchers bench-data quality compare system-deps horovod clean
+.PHONY: demo test test-deps test-fast lint lint-imports bench bench-inference bench-launchers bench-data quality compare system-deps horovod clean
 
 # Optional system libraries (jemalloc/tcmalloc allocators, numactl). Best effort: skipped without
 # root or apt-get; disttrain falls back to the system allocator when they are absent.
@@ -33,9 +33,17 @@ test-deps:
 		(apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1) || true; \
 	fi
 
-test: $(STAMP) test-deps
+test: $(STAMP) test-deps lint-imports
 	$(BIN)/ruff check disttrain models launchers tests benchmarks
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=10 tests
+
+# The import contracts of pyproject.toml (layers, no cycles), checked with import-linter on the package as it
+# installs: models/ and launchers/ inside disttrain/ (an editable install keeps them apart, out of its sight).
+LINT_TREE := build/import-lint
+lint-imports: $(STAMP)
+	@rm -rf $(LINT_TREE) && mkdir -p $(LINT_TREE)
+	@cp -r disttrain $(LINT_TREE)/ && cp -r models $(LINT_TREE)/disttrain/models && cp -r launchers $(LINT_TREE)/disttrain/launchers
+	cd $(LINT_TREE) && PYTHONPATH=. $(abspath $(BIN))/lint-imports $(abspath pyproject.toml)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests
@@ -47,9 +55,11 @@ bench: $(STAMP) system-deps
 compare: $(STAMP) system-deps
 	$(BIN)/python benchmarks/compare_peers.py --rounds 3 $(if $(TORCHREC_PYTHON),--torchrec-python $(TORCHREC_PYTHON)) $(if $(DLRM_SCRIPT),--dlrm-script $(DLRM_SCRIPT))
 
-# Optional: Horovod 0.28.1 built for torch 2.13 (5-11 minutes on 2 cores; the wheel is kept in .wheelhouse/).
+# Optional: Horovod 0.28.1 built for torch 2.13 (2-5 minutes on 2 cores). The wheel is kept outside the checkout
+# (WHEELHOUSE, default ~/.cache/disttrain/wheelhouse), so another clone on this machine installs it at once.
+WHEELHOUSE ?= $(HOME)/.cache/disttrain/wheelhouse
 horovod: $(STAMP)
-	bash launchers/build_horovod.sh $(BIN)/python
+	WHEELHOUSE=$(WHEELHOUSE) bash launchers/build_horovod.sh $(BIN)/python
 
 # Inference: fp32 vs bf16 vs int8 (DLRM kaggle, DIEN), DIEN latency, onnxruntime vs PyTorch (Wide&Deep).
 bench-inference: $(STAMP) system-deps
@@ -72,4 +82,4 @@ bench-data: $(STAMP) system-deps
 	$(BIN)/python benchmarks/criteo_data.py --dlrm-dir $(DLRM_DIR)
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info .wheelhouse
+	rm -rf $(VENV) runs build *.egg-info

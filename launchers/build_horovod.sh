@@ -5,10 +5,11 @@
 #
 #   launchers/build_horovod.sh [PYTHON]        (default .venv/bin/python)
 #
-# The wheel is kept in $WHEELHOUSE (default .wheelhouse/) so a second install is instant.
+# The wheel is kept in $WHEELHOUSE (default ~/.cache/disttrain/wheelhouse) so a second install, from any clone, is
+# instant.
 set -euo pipefail
 PY=${1:-.venv/bin/python}
-WHEELHOUSE=${WHEELHOUSE:-.wheelhouse}
+WHEELHOUSE=${WHEELHOUSE:-$HOME/.cache/disttrain/wheelhouse}
 VERSION=0.28.1
 
 if "$PY" -c "import horovod.torch" >/dev/null 2>&1; then

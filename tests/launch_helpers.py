@@ -38,18 +38,18 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     from disttrain.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    saved_environ, saved_execve, saved_popen = dict(os.environ), os.execve, subprocess.Popen
+    saved_environ, saved_execve, saved_popen = dict(os.environ), os.execve, subprocess.Popen.__init__
 
     def refuse(*_args, **_kwargs):
         raise AssertionError(f"disttrain {' '.join(args)} tried to start a process; use disttrain() for it")
 
     os.environ.update(env or {})
-    os.execve, subprocess.Popen = refuse, refuse
+    os.execve, subprocess.Popen.__init__ = refuse, refuse
     try:
         with redirect_stdout(out), redirect_stderr(err):
             code = main([str(a) for a in args])
     finally:
-        os.execve, subprocess.Popen = saved_execve, saved_popen
+        os.execve, subprocess.Popen.__init__ = saved_execve, saved_popen
         os.environ.clear()
         os.environ.update(saved_environ)
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
