@@ -7,6 +7,7 @@ torch.distributed implements it (`TorchCollectives`); a single process needs no 
 from __future__ import annotations
 
 import os
+import socket
 from datetime import timedelta
 from typing import Protocol
 
@@ -15,7 +16,7 @@ import torch.distributed as dist
 
 from disttrain.config import Config
 from disttrain.runtime.backend import CCL_MODULE, resolve_backend
-from disttrain.runtime.env import WorkerEnv
+from disttrain.runtime.env import WorkerEnv, is_loopback, transport_env
 
 
 class Handle(Protocol):
@@ -78,6 +79,14 @@ class TorchCollectives:
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
+
+    @property
+    def store(self):
+        """The job's key-value store (the roll call after a failed collective); None where torch hides it."""
+        try:
+            return dist.distributed_c10d._get_default_store()
+        except Exception:  # noqa: BLE001 - a private torch API: absent is fine
+            return None
 
     def all_to_all(self, output, input, output_splits, input_splits, *, async_op=False) -> Handle:
         work = dist.all_to_all_single(
@@ -196,7 +205,13 @@ def open_collectives(env: WorkerEnv, cfg: Config, *, horovod: bool = False) -> C
         __import__(CCL_MODULE)  # registers the ccl backend with torch.distributed
     timeout = timedelta(seconds=cfg.launch.timeout_s)
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and attempt != "0":
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" and is_loopback(env.master_addr):
+        # This process hosts the store (rank 0) or joins it; bound to loopback, as the job's address says
+        # (torch's own env:// store would listen on every interface).
+        os.environ.update(transport_env("", env.master_addr))
+        dist.init_process_group(backend=backend, store=_loopback_store(env, timeout), rank=env.rank,
+                                world_size=env.world_size, timeout=timeout)
+    elif os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and attempt != "0":
         # A restarted torchrun worker: the agent's store may still hold the previous attempt's gloo
         # addresses (dead ports), and a peer that reads one waits for a connection that never comes. Keys of
         # this attempt go under their own prefix.
@@ -210,6 +225,20 @@ def open_collectives(env: WorkerEnv, cfg: Config, *, horovod: bool = False) -> C
             timeout=timeout,
         )
     return TorchCollectives()
+
+
+def _loopback_store(env: WorkerEnv, timeout: timedelta) -> dist.TCPStore:
+    """The job's store on the loopback address only: rank 0 binds the listening socket itself."""
+    if env.rank != 0:
+        return dist.TCPStore(env.master_addr, env.master_port, env.world_size, is_master=False, timeout=timeout)
+    family = socket.AF_INET6 if ":" in env.master_addr else socket.AF_INET
+    host = "127.0.0.1" if env.master_addr == "localhost" else env.master_addr
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, env.master_port))
+    listener.listen(max(128, env.world_size))
+    return dist.TCPStore(host, listener.getsockname()[1], env.world_size, is_master=True, timeout=timeout,
+                         master_listen_fd=listener.detach())
 
 
 def close_collectives(comm: Collectives) -> None:

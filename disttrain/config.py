@@ -102,6 +102,9 @@ class TrainConfig:
     # fp32 | bf16: bf16 runs the dense layers (MLPs, interactions, attention) under autocast with fp32 master
     # weights, fp32 embeddings, fp32 loss and optimizer state.
     precision: str = "fp32"
+    # A step whose loss is nan or inf on any rank: stop (the run ends with one line; no update is applied, so the
+    # last checkpoint stays the last good one) or skip (no update anywhere; counted as skipped_steps).
+    nonfinite_loss: str = "stop"
     # > 0: record this many steps after the warm-up with torch.profiler; each rank writes
     # <run.output_dir>/trace_rank<R>.json (Chrome trace format: open in ui.perfetto.dev or chrome://tracing).
     profile_steps: int = 0
@@ -148,6 +151,9 @@ class LaunchConfig:
     local_addr: str = ""
     # Network interface gloo/nccl use between nodes (GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME). Empty = default.
     socket_ifname: str = ""
+    # After SIGTERM or SIGINT (preemption, Ctrl-C): the seconds the workers get to finish the step and write a
+    # final checkpoint (exit code 75) before they are killed. Kubernetes and Slurm wait 30 s by default.
+    stop_grace_s: int = 25
     # Restart all workers this many times after a failure, resuming from the run's last complete checkpoint
     # (local, torchrun --max-restarts, Ray FailureConfig.max_failures).
     max_restarts: int = 0
@@ -210,12 +216,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.verify": ("checksum", "size"),
     "data.distribution": DISTRIBUTIONS,
     "train.precision": ("fp32", "bf16"),
+    "train.nonfinite_loss": ("stop", "skip"),
     "sharding.strategy": STRATEGIES,
     "launch.affinity": AFFINITIES,
     "launch.backend": BACKENDS,
 }
 POSITIVE = ("train.batch_size", "quant.calibration_batches", "launch.nnodes", "data.multi_hot_max", "data.num_dense", "launch.cpus_per_worker",
-            "launch.timeout_s", "data.synthetic_samples")
+            "launch.timeout_s", "data.synthetic_samples", "launch.stop_grace_s")
 NON_NEGATIVE = (
     "train.steps", "train.eval_every", "model.max_rows", "model.embedding_dim", "sharding.num_column_shards",
     "data.cycle_batches", "data.max_history", "train.profile_steps", "launch.node_rank", "launch.master_port", "launch.threads_per_worker",

@@ -7,6 +7,7 @@ YAML 1.2 booleans: only true/false are booleans, so `launch.allocator=off` stays
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -61,7 +62,9 @@ def _coerce(path: str, value: Any, tp: Any) -> Any:
         names = " or ".join(_type_name(o) for o in options)
         raise ConfigError(f"{path}: got {value!r} ({type(value).__name__}), expected {names}")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):  # YAML's .nan / .inf, wherever they come from
+        raise ConfigError(f"{path}: got {value!r}, expected a finite number")
     if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool):
         raise ConfigError(f"{path}: got {value!r}, expected {_type_name(tp)}")
     if not isinstance(value, tp):

@@ -1,9 +1,10 @@
 """`disttrain launch`: check everything that can fail before any process starts, then start the workers with
 `launch.launcher` (the table in `disttrain.launchers`).
 
-The pre-flight: the config against the registries, the backend, the pinning plan, the sharding plan, the data
-(checksums once, here, not in every worker) and the checkpoint to resume (whole, and fitting this model); then
-the resolved config the workers read is written to `<run.output_dir>/config.yaml`.
+The pre-flight: the config against the registries, the backend, the pinning plan, the sharding plan, each rank's
+memory against what it may use, the output and checkpoint directories (writable, room for a checkpoint), the
+data (checksums once, here, not in every worker) and the checkpoint to resume (whole, and fitting this model);
+then the resolved config the workers read is written to `<run.output_dir>/config.yaml`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from disttrain import config as config_mod
 from disttrain.engine.build import build_plan, check_config, data_source_spec
 from disttrain.engine.checkpoint import VERIFIED, check_fits, find_checkpoint, verify
+from disttrain.engine.resources import RESOURCES_CHECKED, check_directories, check_memory, checkpoint_bytes
 from disttrain.launchers import launcher_for
 from disttrain.runtime.backend import resolve_backend
 from disttrain.runtime.bootstrap import placements_for, resolve_nproc, user_set_variables
@@ -46,9 +48,12 @@ def prepare_launch(cfg: config_mod.Config) -> str:
     world, local = launcher.world(cfg)
     if local:  # Ray workers land on whichever nodes have room and place themselves there
         placements_for(cfg, topology, nproc=local, user_env=user_set_variables(os.environ))
-    model, _ = build_plan(cfg, world)
+    model, plan = build_plan(cfg, world)
     launcher.preflight(cfg)
-    if launcher.driver_sees_workers:  # else the workers may see other storage than this driver
+    if launcher.driver_sees_workers:  # else the workers may see other storage and memory than this driver
+        check_memory(cfg, model, plan, local_ranks=local or world)
+        check_directories(cfg, checkpoint_bytes(cfg, model, plan))
+        os.environ[RESOURCES_CHECKED] = "1"  # the workers need not check again (they would race each other)
         data_source_spec(cfg).preflight(cfg)
         if cfg.train.resume:
             check_resume(cfg, model)

@@ -99,7 +99,7 @@ def _plot_throughput(runs: list[Run], plt, path: Path) -> bool:
             continue
         world = run.summary.get("world_size", len(history[0]["rank_step_ms"]))
         local = run.summary.get("global_batch_size", 0) / max(world, 1)
-        times = [h["time_s"] for h in history]
+        times = _training_time(history)
         ax.plot(times, [h["samples_per_s"] for h in history], "-", linewidth=2, label=f"{run.label} global")
         for rank in range(len(history[0]["rank_step_ms"])):
             ax.plot(times, [local / (h["rank_step_ms"][rank] / 1e3) if h["rank_step_ms"][rank] else 0 for h in history],
@@ -110,6 +110,20 @@ def _plot_throughput(runs: list[Run], plt, path: Path) -> bool:
     if ax.lines:
         ax.legend(fontsize=8)
     return _save(fig, plt, path, drawn)
+
+
+def _training_time(history: list[dict]) -> list[float]:
+    """Each record's seconds of training so far. A run resumed by an older disttrain restarted its clock at the
+    resume: a record earlier than the one before continues from it instead of going back in time."""
+    out, offset, previous = [], 0.0, 0.0
+    for record in history:
+        t = record.get("time_s", 0.0) + offset
+        if t < previous:
+            offset += previous - t
+            t = previous
+        out.append(t)
+        previous = t
+    return out
 
 
 def _plot_breakdown(runs: list[Run], plt, path: Path) -> bool:

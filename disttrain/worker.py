@@ -15,6 +15,7 @@ from disttrain.errors import DisttrainError
 from disttrain.launchers import LAUNCHERS, launcher_of_worker
 from disttrain.runtime.bootstrap import bootstrap
 from disttrain.runtime.env import worker_env_from
+from disttrain.runtime.signals import PREEMPTED, Preempted, StopSignals, die_with_parent
 
 SERVE = "DISTTRAIN_SERVE"  # JSON {mode, iterations, exact_max_length}: run_worker serves instead of training
 
@@ -23,15 +24,17 @@ def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] = os.environ) 
     """Place (pin, threads, allocator; may re-execute this process once), join the process group, train (or
     serve, for `disttrain infer --nproc`); returns the summary on rank 0."""
     placement = bootstrap(cfg, environ)  # before torch is imported: nothing is lost by a re-exec
+    launcher = launcher_of_worker(environ)
+    if launcher != "none":
+        die_with_parent()  # a launcher that dies (even by SIGKILL) takes its workers with it, after their grace
+    stops = StopSignals(cfg.launch.stop_grace_s).install()
     serve = environ.get(SERVE)
     if serve:
         # The infer command prints the figures (or --json) on stdout; workers' logs would bury them. Errors
         # still reach stderr.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the process's stdout until it exits)
 
-    from disttrain.collectives import close_collectives, open_collectives
-    from disttrain.engine.sharded_serve import serve as serve_sharded
-    from disttrain.engine.summary import write_json
+    from disttrain.collectives import open_collectives
     from disttrain.engine.trainer import Trainer
     from disttrain.runtime.affinity import apply_threads
     from disttrain.runtime.backend import training_device
@@ -40,21 +43,43 @@ def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] = os.environ) 
     apply_threads(placement["threads"])
     if env.rank == 0:
         out = Path(cfg.run.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(config_mod.to_yaml(cfg))
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.yaml").write_text(config_mod.to_yaml(cfg))
+        except OSError as exc:
+            raise DisttrainError(f"run.output_dir: {out} is not writable ({exc.strerror or exc}); expected a "
+                                 "directory this job can create files in") from None
         print("resolved config:\n" + config_mod.to_yaml(cfg), flush=True)
-    launcher = launcher_of_worker(environ)
     device = training_device(cfg.launch.backend, placement)
     horovod = launcher in LAUNCHERS and LAUNCHERS[launcher].horovod_collectives
     comm = open_collectives(env, cfg, horovod=horovod)
-    trainer = Trainer(cfg, env, comm, launcher=launcher, placement=placement, device=device)
+    try:
+        return _run(cfg, env, comm, serve, Trainer(cfg, env, comm, launcher=launcher, placement=placement,
+                                                   device=device, stops=stops))
+    except RuntimeError as exc:
+        from disttrain.engine.stall import describe_failure, is_collective_failure
+
+        if not is_collective_failure(exc):
+            raise
+        raise DisttrainError(describe_failure(exc, comm, cfg.launch.timeout_s)) from None
+
+
+def _run(cfg: config_mod.Config, env, comm, serve: str | None, trainer) -> dict | None:
+    from disttrain.collectives import close_collectives
+    from disttrain.engine.sharded_serve import serve as serve_sharded
+    from disttrain.engine.summary import write_json
+
     if serve:  # `disttrain infer --nproc N`: serve the checkpoint instead of training; figures to infer.json
         request = json.loads(serve)
         summary = serve_sharded(trainer, request["mode"], request["iterations"], request.get("exact_max_length", 0))
         if summary is not None:
             write_json(Path(cfg.run.output_dir) / "infer.json", summary)
     else:
-        summary = trainer.run()
+        try:
+            summary = trainer.run()
+        except Preempted:
+            close_collectives(comm)  # every rank agreed to stop after the same step
+            raise
     close_collectives(comm)
     return summary
 
@@ -71,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     except DisttrainError as exc:
         print(f"disttrain: error (rank {rank}): {exc}", file=sys.stderr, flush=True)
         return 2
+    except Preempted as stop:
+        if rank == "0":
+            print(f"disttrain: {stop}", file=sys.stderr, flush=True)
+        return PREEMPTED
     return 0
 
 

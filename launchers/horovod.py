@@ -14,11 +14,15 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from disttrain.launchers.forwarding import SignalForwarder
 
 from disttrain.config import Config
 from disttrain.errors import ConfigError
 from disttrain.runtime.bootstrap import launcher_env
+from disttrain.runtime.signals import PREEMPTED
 
 INSTALL_HINT = "run `make horovod` (builds Horovod 0.28.1 for torch 2.13 with launchers/build_horovod.sh)"
 
@@ -61,7 +65,18 @@ def world_size(cfg: Config) -> int:
 def launch_horovod(cfg: Config, config_path: str) -> int:
     cmd = horovod_command(cfg, config_path, horovodrun_path())
     env = {**os.environ, **launcher_env(), "DISTTRAIN_LAUNCHER": "horovod", "PYTHONUNBUFFERED": "1"}
-    code = subprocess.run(cmd, env=env).returncode
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    # A stop request goes to horovodrun once, which passes it to its workers (they finish the step and save).
+    with SignalForwarder([proc], grace_s=cfg.launch.stop_grace_s) as forwarder:
+        while proc.poll() is None:
+            if forwarder.expired():
+                forwarder.kill_all()
+                return forwarder.exit_code()
+            time.sleep(0.05)
+    code = proc.returncode
+    if forwarder.signum:
+        print("disttrain: stopped on request; run it again with train.resume=auto to go on", file=sys.stderr)
+        return PREEMPTED
     if code != 0:
         print(f"disttrain: horovodrun exited with code {code}; see the worker errors above", file=sys.stderr)
     return code

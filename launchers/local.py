@@ -2,6 +2,11 @@
 
 Each child gets the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK, ...) and runs the same worker entry
 point as every other launcher. If one worker fails, the others are stopped and its exit code is returned.
+
+SIGTERM or SIGINT to the launcher (kill, docker stop, a scheduler's preemption, Ctrl-C) is forwarded to the
+workers once (they run in their own session, so Ctrl-C reaches them only through here): they finish the step,
+write a final checkpoint and exit with 75, which the launcher returns. A second signal, or workers still running
+after `launch.stop_grace_s`, are killed. Workers also get SIGTERM if the launcher itself dies.
 """
 
 from __future__ import annotations
@@ -13,10 +18,13 @@ import sys
 import time
 import uuid
 
+from disttrain.launchers.forwarding import SignalForwarder
+
 from disttrain.config import Config
 from disttrain.errors import ConfigError
 from disttrain.runtime.bootstrap import launcher_env
 from disttrain.runtime.env import RUN_ID, WorkerEnv, free_port, transport_env
+from disttrain.runtime.signals import PREEMPTED
 
 
 def worker_envs(cfg: Config, *, master_port: int) -> list[WorkerEnv]:
@@ -62,8 +70,8 @@ def launch_local(cfg: Config, config_path: str) -> int:
     for attempt in range(cfg.launch.max_restarts + 1):
         port = cfg.launch.master_port or free_port(cfg.launch.master_addr)
         code = _run_workers(cfg, config_path, port, {**run_env, "DISTTRAIN_RESTART_COUNT": str(attempt)})
-        if code in (0, 130) or attempt == cfg.launch.max_restarts:
-            return code
+        if code in (0, 130, PREEMPTED) or code >= 128 or attempt == cfg.launch.max_restarts:
+            return code  # done, interrupted or stopped on request: never restarted
         where = (f"the newest complete checkpoint in {cfg.checkpoint.dir}" if cfg.checkpoint.dir
                  else "step 0 (checkpoint.dir is empty)")
         print(f"disttrain: restarting all workers ({attempt + 1}/{cfg.launch.max_restarts}), resuming from {where}",
@@ -75,22 +83,36 @@ def _run_workers(cfg: Config, config_path: str, port: int, extra_env: dict[str, 
     procs = []
     for env in worker_envs(cfg, master_port=port):
         # Pinning, threads and the allocator are the worker's own business (disttrain.runtime.bootstrap).
-        child_env = {**os.environ, **launcher_env(), **transport_env(cfg.launch.socket_ifname), **env.to_environ(),
-                     **extra_env, "DISTTRAIN_LAUNCHER": "local", "PYTHONUNBUFFERED": "1"}
+        child_env = {**os.environ, **launcher_env(), **transport_env(cfg.launch.socket_ifname, cfg.launch.master_addr),
+                     **env.to_environ(), **extra_env, "DISTTRAIN_LAUNCHER": "local", "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "disttrain.worker", "--config", config_path]
-        procs.append(subprocess.Popen(cmd, env=child_env))
-    try:
+        procs.append(subprocess.Popen(cmd, env=child_env, start_new_session=True))
+    with SignalForwarder(procs, grace_s=cfg.launch.stop_grace_s) as forwarder:
         while True:
+            if forwarder.expired():
+                forwarder.kill_all()
+                return forwarder.exit_code()
             codes = [p.poll() for p in procs]
-            failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
-            if failed:
+            finished = [c for c in codes if c is not None]
+            failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0, PREEMPTED)]
+            if failed and not forwarder.signum:
                 rank, code = failed[0]
                 _stop(procs)
                 print(f"disttrain: local rank {rank} exited with code {code}; stopped the other workers", file=sys.stderr)
                 return code if code > 0 else 1
-            if all(c == 0 for c in codes):
+            if len(finished) == len(procs):
+                if forwarder.signum or PREEMPTED in finished:
+                    return _preempted(finished)
                 return 0
             time.sleep(0.05)
-    except KeyboardInterrupt:
-        _stop(procs)
-        return 130
+
+
+def _preempted(codes: list[int]) -> int:
+    """The job stopped on request: 75 when every worker saved and left in order, else the first other code."""
+    other = [c for c in codes if c not in (0, PREEMPTED)]
+    if other:
+        print(f"disttrain: stopped on request; a worker exited with code {other[0]}", file=sys.stderr)
+        return other[0] if other[0] > 0 else 128 - other[0]
+    print(f"disttrain: stopped on request after a final checkpoint (exit code {PREEMPTED}); run it again with "
+          "train.resume=auto to go on", file=sys.stderr)
+    return PREEMPTED

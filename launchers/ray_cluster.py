@@ -32,6 +32,7 @@ from disttrain.config import Config
 from disttrain.errors import ConfigError, DisttrainError
 from disttrain.runtime.bootstrap import CPU_SLOTS, USER_SET, user_set_variables
 from disttrain.runtime.env import RUN_ID, WorkerEnv, free_port, split_endpoint, transport_env, wait_for_tcp
+from disttrain.runtime.signals import PREEMPTED
 
 INSTALL_HINT = "pip install 'ray[default,train]==2.60.0' (or pip install -e '.[ray]')"
 FORWARDED = ("DISTTRAIN_FAULT",)  # test hook: fault injection (disttrain.engine.faults)
@@ -66,8 +67,9 @@ def check_reachable(address: str, timeout_s: float) -> None:
 
 
 def _die_with_parent() -> None:
-    """Run in the child before exec: if the Ray worker dies, so does its training process."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    """Run in the child before exec: if the Ray worker dies (the job stopped or preempted), its training process
+    gets SIGTERM: it finishes the step, writes a final checkpoint and exits within launch.stop_grace_s."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _train_loop(loop_config: dict) -> None:
@@ -117,8 +119,18 @@ def _train_loop(loop_config: dict) -> None:
     ray.train.report(metrics, checkpoint=checkpoint)
 
 
+JOB_DRIVER = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in the driver of a `ray job submit`
+
+
 def _resolved_output_dir(cfg: Config) -> Path:
-    return Path(cfg.run.output_dir).expanduser().resolve()
+    """`run.output_dir` as an absolute path. Under `ray job submit` the driver runs in Ray's temporary copy of the
+    working directory, where a relative path would vanish with the session: refused in one line."""
+    path = Path(cfg.run.output_dir).expanduser()
+    if not path.is_absolute() and JOB_DRIVER in os.environ:
+        raise ConfigError(f"run.output_dir: got {cfg.run.output_dir!r}, a relative path, but this `ray job submit` driver "
+                          f"runs in Ray's temporary copy of the working directory ({os.getcwd()}), deleted with the "
+                          "session; expected an absolute path (or ~/...), on shared storage for multi-node clusters")
+    return path.resolve()
 
 
 def launch_ray(cfg: Config, config_path: str) -> int:
@@ -131,14 +143,17 @@ def launch_ray(cfg: Config, config_path: str) -> int:
     address = cluster_address(cfg)
     check_reachable(address, cfg.launch.timeout_s)
     workers, cpus = world_size(cfg), cfg.launch.cpus_per_worker
+    out = _resolved_output_dir(cfg)
     if not address:
-        # A private local Ray: no token files, nothing listening beyond loopback.
+        # A private local Ray of its own ("local": never another head on this machine), no token files, on
+        # loopback: its node address, and the dashboard whose state API Ray Train's controller polls.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        # The dashboard serves the state API Ray Train's controller polls; keep it on loopback.
-        ray.init(num_cpus=max(os.cpu_count() or 1, workers * cpus), include_dashboard=True,
-                 dashboard_host="127.0.0.1", dashboard_port=free_port(), log_to_driver=True)
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, workers * cpus), include_dashboard=True,
+                 dashboard_host="127.0.0.1", dashboard_port=free_port(), log_to_driver=True,
+                 _node_ip_address="127.0.0.1")
     else:
         ray.init(address=address, log_to_driver=True)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         have = ray.cluster_resources().get("CPU", 0)
         if workers * cpus > have:
@@ -146,7 +161,6 @@ def launch_ray(cfg: Config, config_path: str) -> int:
                 f"launch.num_workers x launch.cpus_per_worker: {workers} x {cpus} = {workers * cpus} CPUs, but the "
                 f"Ray cluster has {have:g}; lower them or add nodes"
             )
-        out = _resolved_output_dir(cfg)
         cfg_for_workers = config_mod.load_config(config_path)
         cfg_for_workers.run.output_dir = str(out)
         user_env = user_set_variables(os.environ)
@@ -180,13 +194,22 @@ def launch_ray(cfg: Config, config_path: str) -> int:
               f"{address or 'a local Ray'}", flush=True)
         try:
             result = trainer.fit()
+        except KeyboardInterrupt:  # SIGTERM or Ctrl-C: the workers get SIGTERM as Ray stops them (see above)
+            print(f"disttrain: stopped on request; the workers get launch.stop_grace_s={cfg.launch.stop_grace_s} s "
+                  "for a final checkpoint; run it again with train.resume=auto to go on", file=sys.stderr, flush=True)
+            return PREEMPTED
         except Exception as exc:  # Ray wraps worker failures in its own error types
             first = str(exc).strip().splitlines()
             raise DisttrainError(f"Ray Train job failed: {first[0] if first else type(exc).__name__}") from None
         _collect(result, out)
         return 0
     finally:
+        signal.signal(signal.SIGTERM, previous)
         ray.shutdown()
+
+
+def _interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _collect(result, out: Path) -> None:

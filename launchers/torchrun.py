@@ -9,6 +9,10 @@ node with its own `launch.node_rank`:
 
 A node that does not host the rendezvous first waits up to `launch.timeout_s` for the endpoint to answer and
 fails with one line if it does not.
+
+torchrun runs through `disttrain.launchers.torchrun_agent` (its stores stay on loopback when the job's address
+is loopback). SIGTERM or SIGINT to this launcher goes to torchrun once, which passes it to the workers and gives
+them `launch.stop_grace_s` (its `--shutdown-timeout`) to write a final checkpoint; a second signal kills it.
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
+
+from disttrain.launchers.forwarding import SignalForwarder
 
 from disttrain.config import Config
 from disttrain.errors import ConfigError
 from disttrain.runtime.bootstrap import launcher_env
-from disttrain.runtime.env import RUN_ID, split_endpoint, transport_env, wait_for_tcp
+from disttrain.runtime.env import RUN_ID, is_loopback, split_endpoint, transport_env, wait_for_tcp
+from disttrain.runtime.signals import PREEMPTED
 
 
 def _is_host(cfg: Config) -> bool | None:
@@ -32,8 +40,8 @@ def _is_host(cfg: Config) -> bool | None:
 
 def torchrun_command(cfg: Config, config_path: str, *, run_id: str = "disttrain") -> list[str]:
     launch = cfg.launch
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={launch.nproc_per_node}",
-           f"--nnodes={launch.nnodes}"]
+    cmd = [sys.executable, "-m", "disttrain.launchers.torchrun_agent", f"--nproc-per-node={launch.nproc_per_node}",
+           f"--nnodes={launch.nnodes}", f"--shutdown-timeout={launch.stop_grace_s}"]
     if launch.rdzv_endpoint:
         split_endpoint(launch.rdzv_endpoint, key="launch.rdzv_endpoint")
         conf = [f"join_timeout={launch.timeout_s}"]
@@ -51,6 +59,8 @@ def torchrun_command(cfg: Config, config_path: str, *, run_id: str = "disttrain"
                 f"--master-port={launch.master_port}"]
     if launch.local_addr:
         cmd += [f"--local-addr={launch.local_addr}"]
+    elif launch.nnodes == 1 and is_loopback(launch.master_addr):
+        cmd += ["--local-addr=127.0.0.1"]  # the workers reach the agent's store on loopback
     if launch.max_restarts:
         cmd += [f"--max-restarts={launch.max_restarts}"]
     return cmd + ["-m", "disttrain.worker", "--config", config_path]
@@ -80,10 +90,29 @@ def wait_for_peers(cfg: Config) -> None:
 def launch_torchrun(cfg: Config, config_path: str) -> int:
     wait_for_peers(cfg)
     # torchrun sets OMP_NUM_THREADS=1 for its workers; the recorded user variables let them override it.
-    env = {**os.environ, **launcher_env(), **transport_env(cfg.launch.socket_ifname), "DISTTRAIN_LAUNCHER": "torchrun",
-           "PYTHONUNBUFFERED": "1", RUN_ID: os.environ.get(RUN_ID) or uuid.uuid4().hex}
-    code = subprocess.run(torchrun_command(cfg, config_path), env=env).returncode
+    env = {**os.environ, **launcher_env(), **transport_env(cfg.launch.socket_ifname, _job_addr(cfg)),
+           "DISTTRAIN_LAUNCHER": "torchrun", "PYTHONUNBUFFERED": "1", RUN_ID: os.environ.get(RUN_ID) or uuid.uuid4().hex}
+    proc = subprocess.Popen(torchrun_command(cfg, config_path), env=env, start_new_session=True)
+    with SignalForwarder([proc], grace_s=cfg.launch.stop_grace_s) as forwarder:
+        while proc.poll() is None:
+            if forwarder.expired():
+                forwarder.kill_all()
+                return forwarder.exit_code()
+            time.sleep(0.05)
+    code = proc.returncode
+    if forwarder.signum:
+        # torchrun ends with its own error after passing the stop on; the workers saved what they could
+        print(f"disttrain: stopped on request; torchrun gave the workers {cfg.launch.stop_grace_s} s for a final "
+              "checkpoint; run it again with train.resume=auto to go on", file=sys.stderr)
+        return PREEMPTED
     if code != 0:
         print(f"disttrain: torchrun exited with code {code} (node_rank {cfg.launch.node_rank}); see the worker "
               "errors above", file=sys.stderr)
     return code
+
+
+def _job_addr(cfg: Config) -> str:
+    """The address the job's stores use: the rendezvous endpoint's host, else the master address."""
+    if cfg.launch.rdzv_endpoint:
+        return split_endpoint(cfg.launch.rdzv_endpoint, key="launch.rdzv_endpoint")[0]
+    return cfg.launch.master_addr

@@ -30,9 +30,15 @@ def _load(items: list[str], base: str | None = None):
 
 
 def cmd_train(args) -> int:
+    from disttrain.runtime.signals import PREEMPTED, Preempted
     from disttrain.worker import run_worker
 
-    run_worker(_load(args.items))
+    try:
+        run_worker(_load(args.items))
+    except Preempted as stop:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"disttrain: {stop}", file=sys.stderr, flush=True)
+        return PREEMPTED
     return 0
 
 
@@ -127,6 +133,7 @@ def cmd_launch(args, base: str | None = None) -> int:
 
 def cmd_plan(args) -> int:
     from disttrain.engine.build import build_plan
+    from disttrain.engine.resources import memory_verdict, rank_limit, rank_needs
     from disttrain.launch import launch_world
     from disttrain.runtime.bootstrap import resolve_nproc
     from disttrain.runtime.topology import detect_topology
@@ -134,15 +141,25 @@ def cmd_plan(args) -> int:
     cfg = _load(args.items)
     cfg.launch.nproc_per_node = resolve_nproc(cfg, detect_topology())
     world = args.world_size or launch_world(cfg)[0]
-    _, plan = build_plan(cfg, world)
-    print(json.dumps(plan.to_json(), indent=2) if args.json else plan.describe())
+    model, plan = build_plan(cfg, world)
+    fits, verdict = memory_verdict(rank_needs(cfg, model, plan),
+                                   *rank_limit(min(int(cfg.launch.nproc_per_node), world)))
+    if args.json:
+        print(json.dumps({**plan.to_json(), "memory": {"fits": fits, "verdict": verdict}}, indent=2))
+    else:
+        print(plan.describe() + f"\n{verdict} (the limit is this machine's)")
     return 0
 
 
 def cmd_bench(args) -> int:
+    cfg = _load(args.items, str(BENCH_CONFIG))
+    warmup = cfg.train.warmup_steps if cfg.train.warmup_steps >= 0 else min(5, cfg.train.steps // 5)
+    if cfg.train.steps - warmup - cfg.train.profile_steps <= 0:
+        raise DisttrainError(f"train.steps: got {cfg.train.steps} with train.warmup_steps={warmup}"
+                             + (f" and train.profile_steps={cfg.train.profile_steps}" if cfg.train.profile_steps else "")
+                             + "; expected more steps than that: the benchmark times the steps after them")
     code = cmd_launch(args, base=str(BENCH_CONFIG))
     if code == 0:
-        cfg = _load(args.items, str(BENCH_CONFIG))
         summary = json.loads((Path(cfg.run.output_dir) / "summary.json").read_text())
         print(
             f"BENCH dlrm/{summary['flavor']} world_size={summary['world_size']} "

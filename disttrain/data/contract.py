@@ -13,6 +13,9 @@ attributes and methods below.
     position(step)                            where the reader stands after `step` batches (saved in checkpoints)
     restore(saved, step)                      continue after `step`; a note when `saved` came from other data
 
+Sources of models with a behaviour history (`ModelSpec.history_positions`) also have `exact_history`: > 0 pads
+(and cuts) every history to exactly that many positions (`disttrain infer --exact-max-length`).
+
 A `SourceSpec` registers a source: how to open it from the config, what a dataset imposes on the config (table
 sizes, dense width, steps per epoch), whether it needs `data.path`, and the checks a launcher runs once before
 any worker starts.

@@ -30,6 +30,8 @@ def resume(trainer, state: RunState) -> int:
     loaded = load_checkpoint(Path(target), par=trainer.par, comm=comm, cfg=cfg)
     seconds = max(comm.all_gather_object(time.perf_counter() - start))
     state.step, state.history = loaded.step, list(loaded.history)
+    # The run's clock goes on from the checkpoint's (the report's throughput line continues, never goes back).
+    trainer.started -= max((h.get("time_s", 0.0) for h in state.history if isinstance(h, dict)), default=0.0)
     note = trainer.data.restore(loaded.data or {}, loaded.step)
     if note:
         trainer.log.line(note)
@@ -46,13 +48,14 @@ class PeriodicCheckpoint:
         self.trainer, self.faults = trainer, faults
         cfg = trainer.cfg.checkpoint
         self.dir, self.every, self.keep_last = cfg.dir, cfg.every_steps, cfg.keep_last
-        self.last_step = trainer.cfg.train.steps
+        self.final_step = trainer.cfg.train.steps
+        self.last_step, self.last_path = -1, None  # the newest checkpoint this run wrote
 
     def before(self, step: int) -> None:
         return None
 
     def after(self, state: RunState) -> bool:
-        due = (state.step == self.last_step or state.reached_target_at == state.step
+        due = (state.step == self.final_step or state.reached_target_at == state.step
                or self.every and state.step % self.every == 0)
         if self.dir and due:
             self.save(state)
@@ -68,6 +71,7 @@ class PeriodicCheckpoint:
             fault_before_commit=self.faults.crash_in_checkpoint(state.step), data=trainer.data.position(state.step),
         )
         trainer.log.line(f"checkpoint: {path} ({time.perf_counter() - start:.2f} s)")
+        self.last_step, self.last_path = state.step, path
         return path
 
     def close(self) -> None:

@@ -1,12 +1,14 @@
 """Injected faults, for the tests of restarts: `DISTTRAIN_FAULT=RANK:STEP[:KIND]` makes that rank die at that step
 of a fresh run (never after a resume): `exit` (code 17, the default), `kill` (SIGKILL), or `checkpoint` (rank 0
-dies while writing that step's checkpoint, after its files and before the commit)."""
+dies while writing that step's checkpoint, after its files and before the commit), or `hang` (the rank stops
+answering: it sleeps until it is killed)."""
 
 from __future__ import annotations
 
 import os
 import signal
 import sys
+import time
 
 from disttrain.engine.state import RunState
 
@@ -35,6 +37,8 @@ class FaultInjection:
         sys.stdout.flush()
         if self.kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        while self.kind == "hang":
+            time.sleep(1)
         os._exit(17)
 
     def after(self, state: RunState) -> bool:

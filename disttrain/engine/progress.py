@@ -30,6 +30,8 @@ class IntervalLog:
         return None
 
     def _log(self, state: RunState) -> None:
+        if not state.interval_preds:  # every step of the interval was skipped (the same on every rank)
+            return
         trainer, comm = self.trainer, self.trainer.comm
         steps_in_interval = len(state.interval_preds)
         totals = torch.tensor([state.interval_loss, state.last_local_loss], dtype=torch.float64,

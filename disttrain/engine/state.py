@@ -31,10 +31,12 @@ class RunState:
     timed_phases: dict = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     interval_phases: dict = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     interval_step_seconds: float = 0.0
+    skipped_steps: int = 0  # steps whose update was dropped for a non-finite loss (train.nonfinite_loss=skip)
 
     def record(self, *, step: int, seconds: float, cpu_seconds: float, phases: dict[str, float], timed: bool,
-               loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """One finished step: its time (counted in samples/s when `timed`), loss and predictions."""
+               loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, skipped: bool = False) -> None:
+        """One finished step: its time (counted in samples/s when `timed`), loss and predictions (none for a
+        step skipped for a non-finite loss)."""
         self.step = step + 1
         for name, value in phases.items():
             self.interval_phases[name] += value
@@ -45,6 +47,9 @@ class RunState:
             self.timed_cpu_seconds += cpu_seconds
             for name, value in phases.items():
                 self.timed_phases[name] += value
+        if skipped:
+            self.skipped_steps += 1
+            return
         self.last_local_loss = float(loss)
         self.interval_loss += self.last_local_loss
         self.interval_samples += labels.numel()

@@ -55,8 +55,10 @@ def finish(trainer, state: RunState, final: dict[str, float]) -> dict | None:
         return None
     summary = _summary(trainer, state, final, workers=workers, per_rank=per_rank, cpu_seconds=cpu_seconds,
                        traces=traces)
+    rate = (f"{summary['samples_per_s']:,.0f} samples/s" if state.timed_steps else
+            f"no timed steps (all {state.step - state.first_step} within train.warmup_steps={trainer.warmup})")
     trainer.log.line(
-        f"done: {state.step} steps, {summary['samples_per_s']:,.0f} samples/s (global batch {trainer.global_batch}, "
+        f"done: {state.step} steps, {rate} (global batch {trainer.global_batch}, "
         f"{comm.world_size} ranks), {trainer.test_split} AUC {summary['eval_auc']:.4f} "
         + (f"(oracle {summary['oracle_auc']:.4f}), " if "oracle_auc" in final else ", ")
         + f"train loss {state.last_loss:.5f}"
@@ -84,6 +86,7 @@ def _summary(trainer, state: RunState, final: dict, *, workers, per_rank, cpu_se
         # samples per CPU-second: all ranks' CPU time (every thread) in the timed steps
         "samples_per_cpu_s": state.timed_steps * batch / cpu_seconds if cpu_seconds else float("nan"),
         "timed_steps": state.timed_steps,
+        "skipped_steps": state.skipped_steps,
         "warmup_steps": trainer.warmup,
         "train_loss": state.last_loss,
         "eval_auc": final.get("auc", float("nan")),

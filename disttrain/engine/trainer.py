@@ -27,25 +27,30 @@ from disttrain.engine.checkpointing import PeriodicCheckpoint, resume
 from disttrain.engine.console import Logger, evaluation_line, workers_table
 from disttrain.engine.evaluation import PeriodicEvaluation, evaluate_sharded
 from disttrain.engine.faults import FaultInjection
+from disttrain.engine.guard import StepGuard, Verdict
 from disttrain.engine.loss import training_loss
 from disttrain.engine.prefetch import Prefetcher
 from disttrain.engine.profiling import ProfileWindow
 from disttrain.engine.progress import IntervalLog
+from disttrain.engine.resources import check_resources_collectively
 from disttrain.engine.state import RunState
 from disttrain.engine.summary import finish, worker_info
 from disttrain.parallelize import Parallelized, parallelize
 from disttrain.phases import TIMER, phase, since
 from disttrain.runtime.env import WorkerEnv
+from disttrain.runtime.signals import Preempted, StopSignals
 
 
 class Trainer:
     def __init__(self, cfg: config_mod.Config, env: WorkerEnv, comm: Collectives, *, launcher: str, placement: dict,
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, stops: StopSignals | None = None):
         self.cfg, self.env, self.comm, self.launcher, self.placement = cfg, env, comm, launcher, placement
         self.device = device or torch.device("cpu")
         self.log = Logger(env.rank, progress=cfg.run.progress)
         self.spec = check_config(cfg)
         model, self.plan = build_plan(cfg, env.world_size)
+        check_resources_collectively(cfg, model, self.plan, comm=comm, local_ranks=env.local_world_size,
+                                     device=self.device)
         self.par: Parallelized = parallelize(
             model, plan=self.plan, comm=comm, optimizer=cfg.train.optimizer, lr=cfg.train.lr, seed=cfg.train.seed,
             device=self.device,
@@ -63,6 +68,7 @@ class Trainer:
         self.warmup = cfg.train.warmup_steps if cfg.train.warmup_steps >= 0 else min(5, steps // 5)
         self.profile = ProfileWindow(first_step=0, warmup=self.warmup, count=0, last_step=steps, device=self.device,
                                      out_dir=cfg.run.output_dir, rank=env.rank, log=self.log)
+        self.guard = StepGuard(comm, stops, mode=cfg.train.nonfinite_loss, device=self.device)
 
     def batch(self, step: int, split: str = "train"):
         """This rank's part of global batch `step` of `split`, on the training device (`data.cycle_batches`:
@@ -75,17 +81,24 @@ class Trainer:
             return self._pool[step % cycle]
         return self.data.batch(step, rank=self.env.rank, world_size=self.env.world_size, split=split).to(self.device)
 
-    def train_step(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step; the loss is the local sum over the *global* batch size, so gradients add up across ranks."""
+    def train_step(self, batch, step: int = 0) -> tuple[torch.Tensor, torch.Tensor, Verdict]:
+        """One step; the loss is the local sum over the *global* batch size, so gradients add up across ranks.
+        The ranks agree, within the step, on a stop request and a non-finite loss (`disttrain.engine.guard`)."""
         with phase("optimizer"):
             self.par.zero_grad()
         with phase("dense_forward"):
             loss, logits = training_loss(self.model, batch, self.global_batch, self.spec, self.autocast)
+            vote = self.guard.vote(loss, self.par.grads)
         with phase("dense_backward"):
             loss.backward()
         with phase("optimizer"):
+            verdict = self.guard.verdict(vote)
+        if verdict.nonfinite:
+            self.log.line(self.guard.nonfinite_step(step, verdict, self.par))
+            return loss.detach(), logits.detach(), verdict
+        with phase("optimizer"):
             self.par.step()
-        return loss.detach(), logits.detach()
+        return loss.detach(), logits.detach(), verdict
 
     def run(self) -> dict | None:
         """Train `train.steps` steps (from a resumed checkpoint's step), evaluate, write `summary.json`; returns
@@ -97,14 +110,17 @@ class Trainer:
         self.profile = ProfileWindow(first_step=first, warmup=self.warmup, count=cfg.train.profile_steps,
                                      last_step=cfg.train.steps, device=self.device, out_dir=cfg.run.output_dir,
                                      rank=self.env.rank, log=self.log)
-        hooks = [faults, self.profile, IntervalLog(self), PeriodicEvaluation(self), PeriodicCheckpoint(self, faults)]
+        checkpoints = PeriodicCheckpoint(self, faults)
+        hooks = [faults, self.profile, IntervalLog(self), PeriodicEvaluation(self), checkpoints]
         batches = Prefetcher(self.batch, first, cfg.train.steps, depth=3)
         try:
             for step in range(first, cfg.train.steps):
                 for hook in hooks:
                     hook.before(step)
-                self._step(state, step, batches)
+                verdict = self._step(state, step, batches)
                 stop = [hook.after(state) for hook in hooks]
+                if verdict.stop:
+                    self._preempted(state, checkpoints)
                 if any(stop):
                     break
         finally:
@@ -118,17 +134,28 @@ class Trainer:
         self.report_evaluation(state, final, self.test_split)
         return finish(self, state, final)
 
-    def _step(self, state: RunState, step: int, batches: Prefetcher) -> None:
+    def _step(self, state: RunState, step: int, batches: Prefetcher) -> Verdict:
         phases_before = TIMER.snapshot()
         start, cpu_start = time.perf_counter(), time.process_time()
         with phase("data_wait"):
             batch = next(batches)
         with self.profile.record(step):
-            loss, logits = self.train_step(batch)
+            loss, logits, verdict = self.train_step(batch, step)
         seconds = time.perf_counter() - start
         timed = step - state.first_step >= self.warmup and not self.profile.covers(step)
         state.record(step=step, seconds=seconds, cpu_seconds=time.process_time() - cpu_start, phases=since(phases_before),
-                     timed=timed, loss=loss, logits=logits, labels=batch.labels)
+                     timed=timed, loss=loss, logits=logits, labels=batch.labels, skipped=verdict.nonfinite)
+        return verdict
+
+    def _preempted(self, state: RunState, checkpoints: PeriodicCheckpoint) -> None:
+        """A stop was requested during this step: its update is applied; save it, then stop (every rank)."""
+        path = checkpoints.last_path if checkpoints.last_step == state.step else None
+        if path is None and checkpoints.dir:
+            path = checkpoints.save(state)
+        self.board.close()
+        where = (f"final checkpoint {path}; resume with train.resume=auto (or {path})" if path else
+                 "no checkpoint.dir, nothing saved")
+        raise Preempted(f"stopped after step {state.step} on request: {where}")
 
     def evaluate(self, split: str) -> dict[str, float]:
         """Metrics of `split` over `data.eval_batches` global batches (the source's default: -1). Collective."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import time
@@ -61,9 +62,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def transport_env(socket_ifname: str) -> dict[str, str]:
-    """`launch.socket_ifname`: the interface gloo and nccl use between nodes."""
-    return {"GLOO_SOCKET_IFNAME": socket_ifname, "NCCL_SOCKET_IFNAME": socket_ifname} if socket_ifname else {}
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine's loopback interface (a job that must stay on this machine)."""
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def transport_env(socket_ifname: str, master_addr: str = "", environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """`launch.socket_ifname`: the interface gloo and nccl use between nodes. With none given and a loopback
+    master address, the loopback interface, so that nothing a job opens listens beyond this machine (unless the
+    user set the variables)."""
+    if socket_ifname:
+        return {"GLOO_SOCKET_IFNAME": socket_ifname, "NCCL_SOCKET_IFNAME": socket_ifname}
+    if master_addr and is_loopback(master_addr):
+        return {k: "lo" for k in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME") if k not in environ}
+    return {}
 
 
 def split_endpoint(text: str, *, key: str, default_port: int | None = None) -> tuple[str, int]:

@@ -7,15 +7,16 @@ new shard is a union of old ones).
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from disttrain.engine.checkpoint.layout import META, dense_parameters, rank_dir
-from disttrain.engine.checkpoint.verify import check_fits, verify_shared
+from disttrain.engine.checkpoint.layout import dense_parameters, rank_dir
+from disttrain.engine.checkpoint.safe_read import SafeFileSystemReader
+from disttrain.engine.checkpoint.verify import check_fits, read_manifest, read_meta, verify_shared
+from disttrain.errors import DataError
 from disttrain.optim import ELEMENT
 from disttrain.ranges import overlap
 
@@ -30,20 +31,35 @@ class Loaded:
 
 
 class _Reader:
-    """Reads saved tensors by key from the rank directories, once each."""
+    """Reads saved tensors by key from the rank directories, once each, as data (`safe_read`): only files the
+    manifest lists, metadata without code."""
 
     def __init__(self, path: Path):
         self.path = path
         self.cache: dict[str, torch.Tensor] = {}
+        self.files = list(read_manifest(path)["files"])
+        self.checked: set[str] = set()
 
     def get(self, rank: int, key: str, shape: list[int], dtype=torch.float32) -> torch.Tensor:
         import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.api import CheckpointException
 
         if key not in self.cache:
+            directory = rank_dir(rank)
+            allowed = {rel.split("/", 1)[1] for rel in self.files if rel.startswith(directory + "/")}
+            reader = SafeFileSystemReader(self.path / directory, allowed)
+            if directory not in self.checked:  # the metadata as data, before DCP sees it
+                reader.read_metadata()
+                self.checked.add(directory)
             out = {key: torch.empty(shape, dtype=dtype)}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                dcp.load(out, storage_reader=dcp.FileSystemReader(str(self.path / rank_dir(rank))), no_dist=True)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    dcp.load(out, storage_reader=reader, no_dist=True)
+            except (Exception, CheckpointException) as exc:  # noqa: BLE001 - DCP's errors (a missing key, other sizes)
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise DataError(f"checkpoint {self.path}: {directory}: {key} cannot be read as {list(shape)} "
+                                f"{str(dtype).removeprefix('torch.')} ({first[:200]})") from None
             self.cache[key] = out[key]
         return self.cache[key]
 
@@ -52,7 +68,7 @@ def load_checkpoint(path: Path, *, par, comm, cfg) -> Loaded:
     """Fill this rank's shards, the dense part and the optimizers from `path`, whatever plan wrote it."""
     collection, sparse = par.embeddings, par.sparse_optimizer
     locations = collection.shard_locations()
-    meta = json.loads((path / META).read_text())
+    meta = read_meta(path)  # checked field by field before anything is sized from it
     by_table: dict[str, list[dict]] = {}
     for record in meta["shards"]:
         by_table.setdefault(record["table"], []).append(record)

@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from disttrain import config as config_mod
 from disttrain.engine.checkpoint.layout import (
@@ -34,26 +35,84 @@ from disttrain.engine.checkpoint.layout import (
     step_dir_name,
     write_json,
 )
+from disttrain.errors import DataError
 from disttrain.fileio import sha256_file
 from disttrain.optim import ELEMENT
 
 
 def save_checkpoint(root: str | Path, *, step: int, par, comm, cfg, history: list[dict], run_id: str,
                     keep_last: int, fault_before_commit: bool = False, data: dict | None = None) -> Path:
-    """Collective: every rank calls it after the same step. Returns the committed directory."""
-    import torch.distributed.checkpoint as dcp
-
+    """Collective: every rank calls it after the same step. Returns the committed directory. If any rank cannot
+    write (a full or read-only disk) or holds non-finite weights, every rank raises the same one-line error, the
+    partial directory is removed and the newest committed checkpoint stays as it was."""
     root = Path(root)
     token = comm.all_gather_object(uuid.uuid4().hex[:12] if comm.rank == 0 else None)[0]
     tmp = root / f"{TMP_PREFIX}{step_dir_name(step)}-{token}"
-    tmp.mkdir(parents=True, exist_ok=True)
+    written, problem = None, _nonfinite(par, comm.rank)
+    if problem is None:
+        try:
+            written = _write_rank(tmp, par, comm.rank)
+        except (Exception, CheckpointException) as exc:  # noqa: BLE001 - OSError, or torch's writer on a full disk
+            problem = _failure(exc, root, step, comm.rank)
+    # Also the point where every rank has written. Each node's launcher has its own run id; all are kept so a
+    # restarted job finds its checkpoints whichever node its new rank 0 is on.
+    gathered = comm.all_gather_object({"written": written, "problem": problem, "run_id": run_id})
+    problem = next((g["problem"] for g in gathered if g["problem"]), None)  # the same on every rank
+    committed = root / step_dir_name(step)
+    if problem is None:
+        if comm.rank == 0:
+            if fault_before_commit:
+                os._exit(19)  # tests: a writer killed after writing its files, before the commit
+            try:
+                _commit(tmp, committed, token, step=step, par=par, comm=comm, cfg=cfg, history=history, data=data,
+                        gathered=gathered)
+                _prune(root, keep_last, keep=committed)
+            except OSError as exc:
+                problem = _failure(exc, root, step, 0)
+        problem = comm.all_gather_object(problem)[0]  # rank 0's commit, told to all (and their barrier)
+    if problem is not None:
+        if comm.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        comm.barrier()
+        newest = committed_checkpoints(root)
+        kept = f"{newest[-1].name} is intact" if newest else "no earlier checkpoint exists"
+        raise DataError(f"{problem}; the partial checkpoint was removed, {kept}")
+    return committed
 
+
+def _nonfinite(par, rank: int) -> str | None:
+    """A line naming what is not finite in this rank's weights (nothing is saved over a good checkpoint then)."""
+    for table, _shard, weight in par.embeddings.local_shards():
+        if not bool(torch.isfinite(weight).all()):
+            return f"table {table.name} holds non-finite weights on rank {rank}: not saved"
+    for name, param in dense_parameters(par.model):
+        if not bool(torch.isfinite(param).all()):
+            return f"dense parameter {name} is not finite on rank {rank}: not saved"
+    return None
+
+
+def _failure(exc: BaseException, root: Path, step: int, rank: int) -> str:
+    """One line for a write that failed: the reason, and the free space when the disk is (nearly) full."""
+    reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+    try:
+        free = shutil.disk_usage(root if root.exists() else root.parent).free
+        space = f"; {free / 2**20:,.1f} MiB free there" if free < 256 * 2**20 or getattr(exc, "errno", 0) == 28 else ""
+    except OSError:
+        space = ""
+    return f"checkpoint.dir: writing {root / step_dir_name(step)} failed on rank {rank} ({reason[:200]}{space})"
+
+
+def _write_rank(tmp: Path, par, rank: int) -> dict:
+    """This rank's shards (and, on rank 0, the replicated part) into its sub-directory of `tmp`."""
+    import torch.distributed.checkpoint as dcp
+
+    tmp.mkdir(parents=True, exist_ok=True)
     collection, sparse = par.embeddings, par.sparse_optimizer
     kinds = {name: kind == ELEMENT for name, kind in sparse.spec.state.items()}
     state_dict: dict[str, torch.Tensor] = {}
     records = []
     for table, shard, key, base in collection.shard_locations():
-        if table.type.value == "data_parallel" and comm.rank != 0:
+        if table.type.value == "data_parallel" and rank != 0:
             continue  # replicated: identical everywhere, written once
         rows = slice(base, base + shard.num_rows)
         name = shard_key(table.name, shard.rows, shard.cols)
@@ -62,10 +121,10 @@ def save_checkpoint(root: str | Path, *, step: int, par, comm, cfg, history: lis
         opt_state = sparse.state_for(key, collection.weight(key))
         for state_name in kinds:
             state_dict[f"{name}/opt/{state_name}"] = opt_state[state_name][rows].detach().cpu()
-        records.append({"table": table.name, "rows": list(shard.rows), "cols": list(shard.cols),
-                        "rank": comm.rank, "key": name})
-    dense_opt = {}
-    if comm.rank == 0:
+        records.append({"table": table.name, "rows": list(shard.rows), "cols": list(shard.cols), "rank": rank,
+                        "key": name})
+    dense_opt: dict = {}
+    if rank == 0:
         for pname, param in dense_parameters(par.model):
             state_dict[f"dense/{pname}"] = param.detach().cpu()
         for index, values in par.dense_optimizer.state_dict()["state"].items():
@@ -74,54 +133,49 @@ def save_checkpoint(root: str | Path, *, step: int, par, comm, cfg, history: lis
                     state_dict[f"dense_opt/{index}/{vname}"] = value.detach().cpu()
                     dense_opt.setdefault(str(index), {})[vname] = [list(value.shape), str(value.dtype).split(".")[-1]]
     state_dict["rng/torch"] = torch.get_rng_state()
-    mine = tmp / rank_dir(comm.rank)
+    mine = tmp / rank_dir(rank)
     with warnings.catch_warnings():  # no_dist is the intent: disttrain's collectives coordinate the ranks
         warnings.simplefilter("ignore", UserWarning)
         dcp.save(state_dict, storage_writer=dcp.FileSystemWriter(str(mine)), no_dist=True)
-    files = file_table(tmp, mine)
+    return {"records": records, "files": file_table(tmp, mine), "dense_opt": dense_opt}
 
-    # Also the point where every rank has written. Each node's launcher has its own run id; all are kept so a
-    # restarted job finds its checkpoints whichever node its new rank 0 is on.
-    gathered = comm.all_gather_object({"records": records, "files": files, "run_id": run_id})
-    committed = root / step_dir_name(step)
-    if comm.rank == 0:
-        if fault_before_commit:
-            os._exit(19)  # tests: a writer killed after writing its files, before the commit
-        meta = {
-            "format": FORMAT,
-            "step": step,
-            "run_ids": sorted({g["run_id"] for g in gathered if g["run_id"]}),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "world_size": comm.world_size,
-            "model": cfg.model.name,
-            "flavor": cfg.model.flavor,
-            "tables": [{"name": t.name, "rows": t.num_rows, "dim": t.dim} for t in collection.tables],
-            "dense": {n: list(p.shape) for n, p in dense_parameters(par.model)},
-            "optimizer": sparse.kind,
-            "sparse_steps": sparse.steps,
-            "dense_optimizer_state": dense_opt,
-            "plan": par.plan.to_json(),
-            "shards": [r for g in gathered for r in g["records"]],
-            "history": history,
-            "data": data or {"source": cfg.data.source},  # where the reader stands (batches are a function of step)
-            "config": config_mod.to_yaml(cfg),
-        }
-        write_json(tmp / META, meta)
-        all_files = {k: v for g in gathered for k, v in g["files"].items()}
-        all_files[META] = [(tmp / META).stat().st_size, sha256_file(tmp / META)]
-        write_json(tmp / MANIFEST, {"format": FORMAT, "step": step, "files": all_files})
-        fsync_dir(tmp)
-        old = None
-        if committed.exists():  # the same step saved again (a rerun): replace it only once the new one is whole
-            old = root / f"{TMP_PREFIX}old-{committed.name}-{token}"
-            committed.rename(old)
-        tmp.rename(committed)
-        fsync_dir(root)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        _prune(root, keep_last, keep=committed)
-    comm.barrier()
-    return committed
+
+def _commit(tmp: Path, committed: Path, token: str, *, step, par, comm, cfg, history, data, gathered) -> None:
+    """Rank 0: meta.json, then the manifest (the commit marker), then the atomic rename into place."""
+    collection, sparse = par.embeddings, par.sparse_optimizer
+    written = [g["written"] for g in gathered]
+    meta = {
+        "format": FORMAT,
+        "step": step,
+        "run_ids": sorted({g["run_id"] for g in gathered if g["run_id"]}),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "world_size": comm.world_size,
+        "model": cfg.model.name,
+        "flavor": cfg.model.flavor,
+        "tables": [{"name": t.name, "rows": t.num_rows, "dim": t.dim} for t in collection.tables],
+        "dense": {n: list(p.shape) for n, p in dense_parameters(par.model)},
+        "optimizer": sparse.kind,
+        "sparse_steps": sparse.steps,
+        "dense_optimizer_state": written[0]["dense_opt"],
+        "plan": par.plan.to_json(),
+        "shards": [r for w in written for r in w["records"]],
+        "history": history,
+        "data": data or {"source": cfg.data.source},  # where the reader stands (batches are a function of step)
+        "config": config_mod.to_yaml(cfg),
+    }
+    write_json(tmp / META, meta)
+    all_files = {k: v for w in written for k, v in w["files"].items()}
+    all_files[META] = [(tmp / META).stat().st_size, sha256_file(tmp / META)]
+    write_json(tmp / MANIFEST, {"format": FORMAT, "step": step, "files": all_files})
+    fsync_dir(tmp)
+    root, old = committed.parent, None
+    if committed.exists():  # the same step saved again (a rerun): replace it only once the new one is whole
+        old = root / f"{TMP_PREFIX}old-{committed.name}-{token}"
+        committed.rename(old)
+    tmp.rename(committed)
+    fsync_dir(root)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _prune(root: Path, keep_last: int, *, keep: Path) -> None:

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from disttrain.engine.checkpoint.layout import FORMAT, MANIFEST, META
+from disttrain.engine.checkpoint.safe_read import check_manifest_paths, check_meta
 from disttrain.errors import DataError
 from disttrain.fileio import sha256_file
 
@@ -20,8 +21,24 @@ def read_manifest(path: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise DataError(f"checkpoint {path}: {MANIFEST} is unreadable or corrupted ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DataError(f"checkpoint {path}: format {manifest.get('format')!r}, expected {FORMAT}")
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise DataError(f"checkpoint {path}: format {found!r}, expected {FORMAT}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or META not in files or not all(
+            isinstance(v, list) and len(v) == 2 and isinstance(v[0], int) and isinstance(v[1], str)
+            for v in files.values()):
+        raise DataError(f"checkpoint {path}: {MANIFEST} has no valid file table (size and sha256 per file)")
+    check_manifest_paths(path, files)
     return manifest
+
+
+def read_meta(path: Path) -> dict:
+    """The checkpoint's meta.json, checked field by field (call after its hash was verified)."""
+    try:
+        meta = json.loads((path / META).read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"checkpoint {path}: {META} is unreadable ({exc})") from None
+    return check_meta(meta, path)
 
 
 def _problems(path: Path, manifest: dict, files: list[str], *, digest: bool) -> list[str]:
@@ -48,7 +65,7 @@ def verify(path: Path, *, only: set[str] | None = None) -> dict:
     problems = _problems(path, manifest, _files_under(manifest, only), digest=True)
     if problems:
         raise DataError(problems[0])
-    return json.loads((path / META).read_text())
+    return read_meta(path)
 
 
 def verify_shared(path: Path, comm, dirs: set[str]) -> dict:
@@ -63,7 +80,7 @@ def verify_shared(path: Path, comm, dirs: set[str]) -> dict:
     problems = sorted(p for found in comm.all_gather_object(mine) for p in found)
     if problems:
         raise DataError(problems[0])
-    return json.loads((path / META).read_text())
+    return read_meta(path)
 
 
 def check_fits(meta: dict, path: Path, *, model: str, tables, dense_shapes: dict[str, list[int]]) -> None:

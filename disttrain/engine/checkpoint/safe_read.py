@@ -1,0 +1,155 @@
+"""Reading a checkpoint is reading data, never running code.
+
+A checkpoint directory may have been written by anyone who can write there; its sha256 manifest proves it is
+whole, not who wrote it. So nothing in it is ever executed or trusted to point elsewhere:
+
+- torch.distributed.checkpoint's `.metadata` is a pickle, which torch reads with `pickle.load`. Here it is read
+  by an unpickler that knows only the plain records DCP writes (`Metadata`, tensor and chunk descriptions, storage
+  locations, `torch.Size`, dtypes, a layout name, a path); any other class, function or reducer stops the load
+  with one line, before it is created.
+- Every storage location the metadata names must be a file of that rank's directory, listed in the manifest, with
+  no transform; tensors themselves are read with `torch.load(weights_only=True)` (torch's own reader).
+- Every path the manifest names must stay inside the checkpoint: no absolute path, no `..`, no symlink.
+- `meta.json` is checked field by field (types, ranges, shards inside their tables) before anything is sized from it.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path, PurePosixPath
+
+import torch
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint import metadata as dcp_metadata
+from torch.distributed.checkpoint.filesystem import _StorageInfo
+
+from disttrain.errors import DataError
+
+MAX_STEP = 10**12  # a step count no real run reaches: anything above is a damaged or forged meta.json
+
+_DCP_RECORDS = {
+    ("torch.distributed.checkpoint.metadata", name): getattr(dcp_metadata, name)
+    for name in ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+                 "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")
+    if hasattr(dcp_metadata, name)
+}
+_ALLOWED = {
+    **_DCP_RECORDS,
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"): _StorageInfo,
+    ("torch", "Size"): torch.Size,
+    ("torch.serialization", "_get_layout"): torch.serialization._get_layout,  # a layout by its name
+    ("pathlib", "PosixPath"): PurePosixPath,  # the checkpoint id: kept as a plain path, never opened
+    ("pathlib", "PurePosixPath"): PurePosixPath,
+    **{("torch", name): value for name, value in vars(torch).items() if isinstance(value, torch.dtype)},
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a checkpoint's metadata never holds")
+        return _ALLOWED[(module, name)]
+
+
+def read_dcp_metadata(path: Path) -> dcp_metadata.Metadata:
+    """A rank directory's `.metadata`, unpickled with nothing but DCP's own plain records allowed."""
+    try:
+        metadata = _MetadataUnpickler(io.BytesIO(path.read_bytes())).load()
+    except Exception as exc:  # noqa: BLE001 - anything that is not DCP's plain metadata
+        raise DataError(f"{path}: not a plain torch.distributed.checkpoint metadata file ({exc}); nothing in it "
+                        "was run") from None
+    if not isinstance(metadata, dcp_metadata.Metadata):
+        raise DataError(f"{path}: holds a {type(metadata).__name__}, expected DCP Metadata")
+    return metadata
+
+
+class SafeFileSystemReader(FileSystemReader):
+    """DCP's file reader with the metadata read as data and every storage location checked against `allowed`
+    (the rank directory's files in the manifest)."""
+
+    def __init__(self, path: Path, allowed: set[str]):
+        super().__init__(str(path))
+        self.directory, self.allowed = Path(path), allowed
+
+    def read_metadata(self, *args, **kwargs) -> dcp_metadata.Metadata:
+        metadata = read_dcp_metadata(self.directory / ".metadata")
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = dcp_metadata.StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        for info in (metadata.storage_data or {}).values():
+            self._check_location(info)
+        return metadata
+
+    def _check_location(self, info) -> None:
+        where = self.directory / ".metadata"
+        if not isinstance(info, _StorageInfo):
+            raise DataError(f"{where}: a storage entry of type {type(info).__name__}; expected a file location")
+        if not isinstance(info.relative_path, str) or info.relative_path not in self.allowed:
+            raise DataError(f"{where}: names {info.relative_path!r}; expected one of this rank directory's files in "
+                            "the manifest")
+        if not (isinstance(info.offset, int) and isinstance(info.length, int) and info.offset >= 0
+                and info.length >= 0):
+            raise DataError(f"{where}: a storage entry at offset {info.offset!r}, length {info.length!r}")
+        if info.transform_descriptors:
+            raise DataError(f"{where}: storage transforms {info.transform_descriptors!r}; disttrain writes none")
+
+
+def check_manifest_paths(path: Path, files) -> None:
+    """Every file the manifest names lies inside the checkpoint directory: relative, no `..`, no symlink."""
+    root = path.resolve()
+    for rel in files:
+        parts = PurePosixPath(rel).parts if isinstance(rel, str) else ()
+        if not parts or PurePosixPath(rel).is_absolute() or ".." in parts or "\\" in rel:
+            raise DataError(f"checkpoint {path}: the manifest names {rel!r}; expected a path inside the checkpoint")
+        current = path
+        for part in parts:
+            current = current / part
+            if current.is_symlink():
+                raise DataError(f"checkpoint {path}: {rel} passes through a symbolic link; a checkpoint holds plain "
+                                "files only")
+        if not (root / rel).resolve().is_relative_to(root):
+            raise DataError(f"checkpoint {path}: the manifest names {rel!r}; expected a path inside the checkpoint")
+
+
+def _int(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def check_meta(meta: dict, path: Path) -> dict:
+    """`meta.json`'s fields have the types and ranges a checkpoint's do; one line naming the first that does not."""
+    where = f"checkpoint {path}: meta.json"
+    if not isinstance(meta, dict):
+        raise DataError(f"{where} holds a {type(meta).__name__}, expected an object")
+    if not _int(meta.get("step"), 0, MAX_STEP):
+        raise DataError(f"{where}: step {meta.get('step')!r}, expected an integer in [0, {MAX_STEP}]")
+    if not _int(meta.get("world_size"), 1, 1 << 20):
+        raise DataError(f"{where}: world_size {meta.get('world_size')!r}, expected a positive integer")
+    tables = meta.get("tables")
+    if not isinstance(tables, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("name"), str) and _int(t.get("rows"), 1, 1 << 48)
+            and _int(t.get("dim"), 1, 1 << 20) for t in tables):
+        raise DataError(f"{where}: tables {str(tables)[:80]}, expected a list of {{name, rows, dim}}")
+    sizes = {t["name"]: (t["rows"], t["dim"]) for t in tables}
+    for record in meta.get("shards") if isinstance(meta.get("shards"), list) else [None]:
+        _check_shard(record, sizes, meta["world_size"], where)
+    dense = meta.get("dense")
+    if not isinstance(dense, dict) or not all(
+            isinstance(shape, list) and all(_int(d, 0, 1 << 40) for d in shape) for shape in dense.values()):
+        raise DataError(f"{where}: dense {str(dense)[:80]}, expected parameter shapes")
+    for key, kind in (("history", list), ("config", str), ("optimizer", str)):
+        if not isinstance(meta.get(key), kind):
+            raise DataError(f"{where}: {key} is a {type(meta.get(key)).__name__}, expected a {kind.__name__}")
+    return meta
+
+
+def _check_shard(record, sizes: dict, world: int, where: str) -> None:
+    ok = isinstance(record, dict) and record.get("table") in sizes and isinstance(record.get("key"), str)
+    if ok:
+        rows, dim = sizes[record["table"]]
+        r, c = record.get("rows"), record.get("cols")
+        ok = (_int(record.get("rank"), 0, world - 1) and isinstance(r, list) and isinstance(c, list)
+              and len(r) == 2 and len(c) == 2 and _int(r[0], 0, rows) and _int(r[1], r[0], rows)
+              and _int(c[0], 0, dim) and _int(c[1], c[0], dim))
+    if not ok:
+        raise DataError(f"{where}: shard {str(record)[:100]} does not lie inside its table and world")
