@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP) system-deps
-	$(BIN)/disttrain launch cluster_configs/demo.yaml
+	$(BIN)/disttrain launch demo
 
 # Chromium for the report test (it opens the HTML page headless); best effort like system-deps: without root or
 # apt-get that test writes the page and skips the browser.
@@ -42,7 +42,8 @@ test: $(STAMP) test-deps lint-imports
 LINT_TREE := build/import-lint
 lint-imports: $(STAMP)
 	@rm -rf $(LINT_TREE) && mkdir -p $(LINT_TREE)
-	@cp -r disttrain $(LINT_TREE)/ && cp -r models $(LINT_TREE)/disttrain/models && cp -r launchers $(LINT_TREE)/disttrain/launchers
+	@cp -r disttrain $(LINT_TREE)/ && cp -r models $(LINT_TREE)/disttrain/models && cp -r launchers $(LINT_TREE)/disttrain/launchers \
+		&& cp -r cluster_configs $(LINT_TREE)/disttrain/cluster_configs
 	cd $(LINT_TREE) && PYTHONPATH=. $(abspath $(BIN))/lint-imports $(abspath pyproject.toml)
 
 test-fast: $(STAMP)

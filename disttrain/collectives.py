@@ -133,12 +133,9 @@ class HorovodCollectives:
         try:
             import horovod.torch as hvd
         except ImportError:
-            from disttrain.errors import ConfigError
+            from disttrain.errors import missing
 
-            raise ConfigError(
-                "launch.launcher: horovod needs Horovod built for this torch; run `make horovod` "
-                "(launchers/build_horovod.sh), then `pip install -e .[horovod]`"
-            ) from None
+            raise missing("horovod", "launch.launcher: horovod") from None
         hvd.init()
         self.hvd = hvd
         self.rank = hvd.rank()

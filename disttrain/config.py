@@ -1,213 +1,53 @@
-"""One typed config tree: YAML file + dotted command-line overrides -> frozen-ish dataclasses.
+"""One typed config tree: YAML file + dotted command-line overrides -> dataclasses (`disttrain.config_schema`
+holds every key, its type, default and meaning).
 
 Every key has a default, so a file may hold only some sections and a run may use no file at all.
-Unknown keys and values of the wrong type are rejected with the key's full path.
+Unknown keys and values of the wrong type are rejected with the key's full path. A config is a YAML file or the
+name of a ready config shipped inside the package (`demo`, `ray`, ...: `disttrain config list`).
 
 Example::
 
-    cfg = load_config("cluster_configs/demo.yaml", ["train.batch_size=4096", "model.table_sizes=[7,1001,13]"])
+    cfg = load_config("demo", ["train.batch_size=4096", "model.table_sizes=[7,1001,13]"])
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from disttrain.config_schema import (
+    AFFINITIES,
+    BACKENDS,
+    DISTRIBUTIONS,
+    INTERACTIONS,
+    POOLINGS,
+    STRATEGIES,
+    CheckpointConfig,
+    Config,
+    DataConfig,
+    LaunchConfig,
+    ModelConfig,
+    QuantConfig,
+    RunConfig,
+    ShardingConfig,
+    TrainConfig,
+)
 from disttrain.config_tree import merge, nest, parse_override, yaml_load
 from disttrain.errors import ConfigError
+from disttrain.plugins import is_import_path
 
 # Keys whose values are names in a registry are checked there, not here (one home per fact): model.name and
 # model.flavor (disttrain.models.MODELS), data.source (the model's spec and disttrain.data.sources.SOURCES),
 # train.optimizer (disttrain.optim.OPTIMIZERS), launch.launcher (disttrain.launchers.LAUNCHERS).
-STRATEGIES = ("auto", "table_wise", "row_wise", "column_wise", "data_parallel")
-BACKENDS = ("auto", "gloo", "nccl", "ccl")
-DISTRIBUTIONS = ("uniform", "zipf")
-INTERACTIONS = ("dot", "cat")
-POOLINGS = ("sum", "mean")
-AFFINITIES = ("none", "core", "numa", "socket", "explicit")
-
-
-@dataclass
-class ModelConfig:
-    name: str = "dlrm"
-    flavor: str = "debug"
-    # Override the flavor's tables: their number and rows. Empty = the flavor's tables.
-    table_sizes: list[int] = field(default_factory=list)
-    # Cap every table at this many rows (like the reference's --max-ind-range). 0 = no cap.
-    max_rows: int = 0
-    # 0 = the flavor's embedding dim.
-    embedding_dim: int = 0
-    interaction: str = "dot"
-    pooling: str = "sum"
-    # fp32 | bf16: how embedding rows are stored, looked up and exchanged. bf16 halves table memory and the
-    # all-to-all bytes; updates are computed in fp32 (optimizer state stays fp32) and rounded stochastically
-    # into the bf16 rows; row-wise partial sums are added in fp32. Checkpoints hold fp32 either way.
-    embedding_dtype: str = "fp32"
-
-
-@dataclass
-class DataConfig:
-    source: str = "synthetic"
-    distribution: str = "zipf"
-    zipf_exponent: float = 1.05
-    # Ids per bag: 1 = one-hot. With multi_hot_max > 1 each bag holds 1..multi_hot_max ids.
-    multi_hot_max: int = 1
-    num_dense: int = 13
-    # Global batches of held-out data per evaluation. -1 = the source's default (synthetic: 8; criteo: the
-    # whole validation or test split); 0 = no evaluation.
-    eval_batches: int = -1
-    # data.source=criteo: the directory written by `disttrain data criteo`; data.source=dien: the directory
-    # holding the DIEN benchmark's files (local_train_splitByUser, local_test_splitByUser, uid_voc.pkl,
-    # mid_voc.pkl, cat_voc.pkl, reviews-info, item-info).
-    path: str = ""
-    # DIEN: behaviours kept per sample (the last ones). 0 = the flavor's (100 for ai_matrix).
-    max_history: int = 0
-    # DIEN: false feeds every sample with its history removed (the no-history baseline).
-    use_history: bool = True
-    # DIEN with data.source=synthetic: generated training samples (the test split is a tenth of it).
-    synthetic_samples: int = 100000
-    # criteo: shuffle the training rows by train.seed each epoch, within windows of this many rows.
-    shuffle: bool = True
-    shuffle_window: int = 262144
-    # criteo: check the files against meta.json before training: checksum (sha256, once, by the launcher or
-    # rank 0) or size.
-    verify: str = "checksum"
-    # 0 = a fresh batch every step; N = generate N training batches once and cycle them (as the peer
-    # benchmark drivers do), which takes data generation out of a throughput measurement.
-    cycle_batches: int = 0
-
-
-@dataclass
-class TrainConfig:
-    batch_size: int = 256
-    steps: int = 100
-    seed: int = 0
-    lr: float = 0.1
-    optimizer: str = "sgd"
-    eval_every: int = 0
-    log_every: int = 10
-    # Steps excluded from the samples/s figure (start-up, allocator warm-up). -1 = automatic.
-    warmup_steps: int = -1
-    # "" = start fresh; auto = the newest complete checkpoint in checkpoint.dir (fresh if none);
-    # a path = that checkpoint (or the newest in that checkpoint directory). Any world size, any plan.
-    resume: str = ""
-    # > 0: train this many passes over the training split (data.source=criteo), instead of train.steps.
-    epochs: float = 0.0
-    # > 0: MLPerf-style stop as soon as an evaluation of the validation split reaches this AUC.
-    target_auc: float = 0.0
-    # fp32 | bf16: bf16 runs the dense layers (MLPs, interactions, attention) under autocast with fp32 master
-    # weights, fp32 embeddings, fp32 loss and optimizer state.
-    precision: str = "fp32"
-    # A step whose loss is nan or inf on any rank: stop (the run ends with one line; no update is applied, so the
-    # last checkpoint stays the last good one) or skip (no update anywhere; counted as skipped_steps).
-    nonfinite_loss: str = "stop"
-    # > 0: record this many steps after the warm-up with torch.profiler; each rank writes
-    # <run.output_dir>/trace_rank<R>.json (Chrome trace format: open in ui.perfetto.dev or chrome://tracing).
-    profile_steps: int = 0
-
-
-@dataclass
-class ShardingConfig:
-    strategy: str = "auto"
-    # Per-table strategy overrides: {table_name: strategy}.
-    tables: dict[str, str] = field(default_factory=dict)
-    # Column shards per column-wise table. 0 = one per rank.
-    num_column_shards: int = 0
-
-
-@dataclass
-class LaunchConfig:
-    launcher: str = "local"
-    # Ranks on this node, or "auto": one per socket (per NUMA node with affinity numa, per GPU with nccl).
-    nproc_per_node: int | str = 2
-    nnodes: int = 1
-    node_rank: int = 0
-    master_addr: str = "127.0.0.1"
-    # 0 = pick a free port (single node only).
-    master_port: int = 0
-    # torchrun c10d rendezvous endpoint host:port; empty = static master address.
-    rdzv_endpoint: str = ""
-    # none | core | numa | socket | explicit (see disttrain.runtime.affinity.AffinityMode)
-    affinity: str = "core"
-    # Hyper-thread siblings are used only when this is true (physical cores first otherwise).
-    use_logical_cores: bool = False
-    # With affinity explicit: one CPU list per local rank, e.g. ["0-3", "4-7"].
-    cpu_lists: list[int | str] = field(default_factory=list)
-    # More ranks than physical cores is an error unless this is true (then ranks share cores).
-    allow_oversubscribe: bool = False
-    # Intra-op threads per worker. 0 = as many as the cores it is pinned to.
-    threads_per_worker: int = 0
-    # auto | gloo | nccl | ccl (see disttrain.runtime.backend). auto = gloo for CPU training.
-    backend: str = "auto"
-    # Seconds a rendezvous, a Ray cluster or a collective may take before the run fails.
-    timeout_s: int = 600
-    # torchrun c10d: whether this node hosts the rendezvous store. auto = node_rank 0 hosts it.
-    rdzv_is_host: bool | str = "auto"
-    # torchrun --local-addr: this node's address as the others reach it (multi-homed hosts, namespaces).
-    local_addr: str = ""
-    # Network interface gloo/nccl use between nodes (GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME). Empty = default.
-    socket_ifname: str = ""
-    # After SIGTERM or SIGINT (preemption, Ctrl-C): the seconds the workers get to finish the step and write a
-    # final checkpoint (exit code 75) before they are killed. Kubernetes and Slurm wait 30 s by default.
-    stop_grace_s: int = 25
-    # Restart all workers this many times after a failure, resuming from the run's last complete checkpoint
-    # (local, torchrun --max-restarts, Ray FailureConfig.max_failures).
-    max_restarts: int = 0
-    # Ray: workers in the job (0 = nproc_per_node x nnodes) and logical CPUs each asks of Ray.
-    num_workers: int = 0
-    cpus_per_worker: int = 1
-    # Ray cluster address (host:port of the GCS, or ray://...). Empty = $RAY_ADDRESS, else a local Ray.
-    ray_address: str = ""
-    # Ray Train storage for reported checkpoints (shared storage on multi-node clusters). Empty = ~/ray_results.
-    ray_storage: str = ""
-    # Horovod: horovodrun -H host:slots[,host:slots]. Empty = localhost:nproc_per_node.
-    hosts: str = ""
-    # auto | off | jemalloc | tcmalloc | /path/to/lib.so (preloaded into workers by the launcher)
-    allocator: str = "auto"
-
-
-@dataclass
-class CheckpointConfig:
-    # Where checkpoints go (shared storage when ranks span machines). Empty = no checkpoints.
-    dir: str = ""
-    # Save every N steps (0 = only at the end); the last step is always saved when dir is set.
-    every_steps: int = 0
-    # Complete checkpoints kept (0 = all).
-    keep_last: int = 2
-
-
-@dataclass
-class QuantConfig:
-    # `disttrain quantize`: layers return to fp32 until the int8 model's AUC is within this relative loss of
-    # the fp32 model's (0.01 = 1%, the DLRM INT8 recipe's tolerance).
-    max_relative_auc_loss: float = 0.01
-    # Held-out batches whose activations set the int8 input ranges.
-    calibration_batches: int = 8
-
-
-@dataclass
-class RunConfig:
-    output_dir: str = "runs/latest"
-    progress: bool = True
-    # TensorBoard event files from rank 0 in output_dir: loss, AUC, samples/s, learning rate, per-rank step time.
-    tensorboard: bool = True
-
-
-@dataclass
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    sharding: ShardingConfig = field(default_factory=ShardingConfig)
-    launch: LaunchConfig = field(default_factory=LaunchConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    quant: QuantConfig = field(default_factory=QuantConfig)
-
+# The ready configs: the YAML files of the top-level cluster_configs/, installed as this package's data.
+READY_CONFIGS = "disttrain.cluster_configs"
+# Keys whose values may name code by import path: a stored config (a checkpoint's, an export's) naming code is
+# not imported unless the user names the same code again (see stored_config).
+CODE_KEYS = ("model.name", "data.source")
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.interaction": INTERACTIONS,
@@ -287,23 +127,86 @@ def _build(data: Any, overrides: list[str] | None, *, source: str) -> Config:
 
 
 def config_from_yaml(text: str, overrides: list[str] | None = None, *, source: str = "config") -> Config:
-    """A config saved by disttrain (a checkpoint's, an export's), with overrides on top."""
+    """YAML text with overrides on top (the text's own code keys are trusted: use stored_config for a file
+    disttrain wrote)."""
     return _build(yaml_load(text) or {}, overrides, source=source)
 
 
+def check_trusted(cfg: Config, overrides: list[str] | None, *, source: str) -> None:
+    """A stored config that names code by import path (`model.name=package.module:SPEC`) runs it only when the
+    user names the same code on the command line: a checkpoint or an export never makes disttrain import code."""
+    named = {}
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        named[".".join(parts)] = value
+    flat = to_flat_dict(cfg)
+    for key in CODE_KEYS:
+        value = flat[key]
+        if is_import_path(value) and named.get(key) != value:
+            raise ConfigError(f"{source}: {key} is {value!r}, code that disttrain does not import from a file it "
+                              f"reads; pass {key}={value} to run it")
+
+
+def stored_config(text: str, overrides: list[str] | None = None, *, source: str, apply: bool = True) -> Config:
+    """A config disttrain saved (a checkpoint's, an export's, an ONNX graph's), checked for code it names
+    (check_trusted), with the overrides on top (`apply=False`: the overrides only vouch for its code)."""
+    cfg = _build(yaml_load(text) or {}, [], source=source)
+    check_trusted(cfg, overrides, source=source)
+    return _build(yaml_load(text) or {}, overrides, source=source) if apply and overrides else cfg
+
+
+def _ready():
+    return resources.files(READY_CONFIGS)
+
+
+def ready_configs() -> dict[str, str]:
+    """The ready configs shipped in the package: name -> the first sentence of its leading comment."""
+    out = {}
+    for entry in sorted(_ready().iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            lines = entry.read_text().splitlines()
+            comment = " ".join(line.lstrip("#").strip() for line in lines[:next(
+                (i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))])
+            sentence = comment.split(". ")[0].rstrip(".")
+            out[entry.name.removesuffix(".yaml")] = (sentence if len(sentence) <= 100
+                                                     else sentence[:100].rsplit(" ", 1)[0] + " ...")
+    return out
+
+
+def ready_config_name(path: str | Path) -> str | None:
+    """The ready config a missing file means: `demo`, `demo.yaml`, or `cluster_configs/demo.yaml` run from
+    outside the checkout (None: not a ready config's name)."""
+    p = Path(path)
+    if p.suffix not in ("", ".yaml") or not (len(p.parts) == 1 or p.parent.name == "cluster_configs"):
+        return None
+    return p.stem if p.stem in ready_configs() else None
+
+
+def config_text(path: str | Path) -> tuple[str, str]:
+    """(YAML text, where it came from) of a config file or a ready config's name."""
+    p = Path(path)
+    if p.is_file():
+        return p.read_text(), str(p)
+    name = None if p.exists() else ready_config_name(p)
+    if name is None:
+        raise ConfigError(f"{path}: config file not found; expected a YAML file or a ready config "
+                          f"({', '.join(ready_configs())}: `disttrain config list`)")
+    return (_ready() / f"{name}.yaml").read_text(), f"{name} (ready config)"
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """A config file, or a ready config's name, or None (every default), with dotted overrides on top."""
     data: Any = {}
+    source = "defaults"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
+        text, source = config_text(path)
         try:
-            data = yaml_load(path.read_text()) or {}
+            data = yaml_load(text) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            where = f"{source}:{mark.line + 1}" if mark else source
             raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    return _build(data, overrides, source=str(path))
+    return _build(data, overrides, source=source)
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -320,3 +223,9 @@ def to_flat_dict(cfg: Config) -> dict[str, Any]:
 
 def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+__all__ = ["CHOICES", "CODE_KEYS", "READY_CONFIGS", "STRATEGIES", "CheckpointConfig", "Config", "DataConfig",
+           "LaunchConfig", "ModelConfig", "QuantConfig", "RunConfig", "ShardingConfig", "TrainConfig",
+           "check_trusted", "config_from_yaml", "config_text", "load_config", "ready_config_name", "ready_configs",
+           "stored_config", "to_dict", "to_flat_dict", "to_yaml", "validate"]

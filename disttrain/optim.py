@@ -132,7 +132,7 @@ class SparseRowOptimizer:
 
 # ----- sparse row updates ----------------------------------------------------------------------------------------
 def _sgd(opt: SparseRowOptimizer, weight, state, rows, grads) -> None:
-    opt.add(weight, rows, grads * -opt.lr)
+    opt.add(weight, rows, grads.mul_(-opt.lr))  # the row gradients are this step's own: scaled in place
 
 
 def _adagrad(opt: SparseRowOptimizer, weight, state, rows, grads) -> None:

@@ -20,10 +20,11 @@ from disttrain.runtime.signals import PREEMPTED, Preempted, StopSignals, die_wit
 SERVE = "DISTTRAIN_SERVE"  # JSON {mode, iterations, exact_max_length}: run_worker serves instead of training
 
 
-def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] = os.environ) -> dict | None:
-    """Place (pin, threads, allocator; may re-execute this process once), join the process group, train (or
-    serve, for `disttrain infer --nproc`); returns the summary on rank 0."""
-    placement = bootstrap(cfg, environ)  # before torch is imported: nothing is lost by a re-exec
+def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] = os.environ, *,
+               reexec: bool = True) -> dict | None:
+    """Place (pin, threads, allocator; may re-execute this process once, unless `reexec` is false), join the
+    process group, train (or serve, for `disttrain infer --nproc`); returns the summary on rank 0."""
+    placement = bootstrap(cfg, environ, reexec=reexec)  # before torch is imported: nothing is lost by a re-exec
     launcher = launcher_of_worker(environ)
     if launcher != "none":
         die_with_parent()  # a launcher that dies (even by SIGKILL) takes its workers with it, after their grace

@@ -20,11 +20,9 @@ from pathlib import Path
 from disttrain.launchers.forwarding import SignalForwarder
 
 from disttrain.config import Config
-from disttrain.errors import ConfigError
+from disttrain.errors import ConfigError, install_hint, missing
 from disttrain.runtime.bootstrap import launcher_env
 from disttrain.runtime.signals import PREEMPTED
-
-INSTALL_HINT = "run `make horovod` (builds Horovod 0.28.1 for torch 2.13 with launchers/build_horovod.sh)"
 
 
 def parse_hosts(cfg: Config) -> list[tuple[str, int]]:
@@ -40,11 +38,12 @@ def parse_hosts(cfg: Config) -> list[tuple[str, int]]:
 
 def horovodrun_path() -> str:
     if importlib.util.find_spec("horovod") is None or importlib.util.find_spec("horovod.torch") is None:
-        raise ConfigError(f"launch.launcher: horovod is not installed in {sys.prefix}; {INSTALL_HINT}")
+        raise missing("horovod", "launch.launcher: horovod")
     beside = Path(sys.executable).parent / "horovodrun"
     found = str(beside) if beside.exists() else shutil.which("horovodrun")
     if not found:
-        raise ConfigError(f"launch.launcher: horovod is installed but horovodrun is not on PATH; {INSTALL_HINT}")
+        raise ConfigError(f"launch.launcher: horovod is installed but horovodrun is not on PATH; expected it beside "
+                          f"{sys.executable}, or reinstall: {install_hint('horovod')}")
     return found
 
 

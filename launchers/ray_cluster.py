@@ -29,12 +29,11 @@ from pathlib import Path
 
 from disttrain import config as config_mod
 from disttrain.config import Config
-from disttrain.errors import ConfigError, DisttrainError
+from disttrain.errors import ConfigError, DisttrainError, missing
 from disttrain.runtime.bootstrap import CPU_SLOTS, USER_SET, user_set_variables
 from disttrain.runtime.env import RUN_ID, WorkerEnv, free_port, split_endpoint, transport_env, wait_for_tcp
 from disttrain.runtime.signals import PREEMPTED
 
-INSTALL_HINT = "pip install 'ray[default,train]==2.60.0' (or pip install -e '.[ray]')"
 FORWARDED = ("DISTTRAIN_FAULT",)  # test hook: fault injection (disttrain.engine.faults)
 REPORTED = ("train_loss", "eval_auc", "eval_logloss", "eval_accuracy", "samples_per_s", "steps", "world_size")
 
@@ -139,7 +138,7 @@ def launch_ray(cfg: Config, config_path: str) -> int:
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
     except ImportError:
-        raise ConfigError(f"launch.launcher: ray is not installed in {sys.prefix}; {INSTALL_HINT}") from None
+        raise missing("ray", "launch.launcher: ray") from None
     address = cluster_address(cfg)
     check_reachable(address, cfg.launch.timeout_s)
     workers, cpus = world_size(cfg), cfg.launch.cpus_per_worker

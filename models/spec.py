@@ -14,6 +14,7 @@ registry, the config check, the planner, training and serving must know about it
     build(cfg, *, embedding_device)   the plain model for a config ("meta": tables declared, not allocated)
     data_sources        the `data.source` values it accepts -> the data source registry's keys
     loss_scale          the log loss is multiplied by this (DIEN's 2-class softmax loss is half of it)
+    loss(logits, labels)    the model's own training loss instead, summed (not averaged) over the samples given
     auxiliary_loss      training forward returns (logits, auxiliary loss)
     weights_read_directly   Linear layers whose weights the model reads itself (int8 keeps them fp32)
     onnx                `disttrain export-onnx` can express it
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from disttrain.errors import ConfigError
+from disttrain.plugins import SOURCE_GROUP, entry_points, is_import_path
 from disttrain.tables import EmbeddingTableSpec
 
 
@@ -44,6 +46,7 @@ class ModelSpec:
     onnx: bool = True
     history_positions: Callable[[list[EmbeddingTableSpec]], int] | None = None
     reference_import: Callable[[dict], Any] | None = None
+    loss: Callable[[Any, Any], Any] | None = None
 
     def check_flavor(self, flavor: str) -> Any:
         if flavor not in self.flavors:
@@ -52,11 +55,14 @@ class ModelSpec:
         return self.flavors[flavor]
 
     def source_key(self, source: str) -> str:
-        """The data source registry key for `data.source=source`; a one-line error when this model takes none."""
-        if source not in self.data_sources:
-            raise ConfigError(f"data.source: got {source!r} with model.name={self.name}; expected "
-                              f"{' or '.join(self.data_sources)}")
-        return self.data_sources[source]
+        """The data source registry key for `data.source=source` (a user's source, by import path or entry
+        point, as it is); a one-line error when this model takes none."""
+        if source in self.data_sources:
+            return self.data_sources[source]
+        if is_import_path(source) or source in entry_points(SOURCE_GROUP):
+            return source
+        raise ConfigError(f"data.source: got {source!r} with model.name={self.name}; expected "
+                          f"{' or '.join(self.data_sources)}, or package.module:attribute naming a data source spec")
 
 
 def config_tables(cfg, flavor, *, extra_cols: int = 0, pooling: str | None = None) -> list[EmbeddingTableSpec]:

@@ -25,9 +25,10 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def disttrain(*args: str, timeout: int = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def disttrain(*args: str, timeout: int = 300, env: dict[str, str] | None = None,
+              cwd: str | Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "disttrain.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env or clean_env())
+                          timeout=timeout, env=env or clean_env(), cwd=cwd)
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -47,7 +48,10 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     os.execve, subprocess.Popen.__init__ = refuse, refuse
     try:
         with redirect_stdout(out), redirect_stderr(err):
-            code = main([str(a) for a in args])
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exit_:  # argparse: --help, --version, usage errors
+                code = exit_.code
     finally:
         os.execve, subprocess.Popen.__init__ = saved_execve, saved_popen
         os.environ.clear()
@@ -66,3 +70,14 @@ def assert_same_training(got: dict, ref: dict) -> None:
     assert abs(got["train_loss"] - ref["train_loss"]) <= 1e-6, (got["train_loss"], ref["train_loss"])
     assert abs(got["eval_auc"] - ref["eval_auc"]) <= 1e-6
     assert abs(got["eval_logloss"] - ref["eval_logloss"]) <= 1e-6
+
+
+# The examples of models of one's own (examples/), shortened; run from the repository's top as the README says.
+EXAMPLES = {"two_tower": "examples/two_tower/config.yaml", "ranking": "examples/ranking/config.yaml"}
+EXAMPLE_SHORT = ["train.steps=16", "train.log_every=8", "data.eval_batches=2", "run.tensorboard=false"]
+
+
+def run_example(name: str, out, *extra: str, command: str = "launch") -> dict:
+    result = disttrain(command, EXAMPLES[name], *EXAMPLE_SHORT, f"run.output_dir={out}", *extra, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return summary(out)

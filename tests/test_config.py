@@ -1,9 +1,15 @@
 from __future__ import annotations
 
-import pytest
+import json
+import sys
 
-from disttrain.config import load_config, to_yaml
+import pytest
+import yaml
+
+import disttrain
+from disttrain.config import Config, load_config, to_dict, to_flat_dict, to_yaml
 from disttrain.errors import ConfigError
+from tests.launch_helpers import ROOT, cli
 
 
 def test_defaults_without_a_file():
@@ -57,7 +63,7 @@ def test_round_trip_through_yaml(tmp_path):
         (["train"], r"override 'train': expected KEY=VALUE"),
         (["train=3"], r"train: got 3, expected a section"),
         # Names that live in registries, checked against them (disttrain.launch.load_checked, as the CLI loads).
-        (["model.name=two_tower"], r"model.name: got 'two_tower', expected one of dlrm, wide_deep, deepfm, dien"),
+        (["model.name=two_tower"], r"model.name: got 'two_tower', expected one of dlrm, dlrm_dcnv2, wide_deep, deepfm, dien, or package.module:attribute"),
         (["model.flavor=intel"], r"model.flavor: got 'intel', expected one of debug, kaggle, mlperf for model.name=dlrm"),
         (["data.source=dien"], r"data.source: got 'dien' with model.name=dlrm; expected synthetic or criteo"),
         (["model.name=dien", "data.source=criteo"], r"data.source: got 'criteo' with model.name=dien; expected synthetic or dien"),
@@ -84,3 +90,62 @@ def test_bad_file(tmp_path):
     nested.write_text("train:\n  schedule:\n    warmup: 3\n")
     with pytest.raises(ConfigError, match=r"train.schedule: unknown key"):
         load_config(nested)
+
+
+# --- the schema, the ready configs, the `config` verb ----------------------------------------------------------
+
+
+def test_the_readme_table_is_the_schema():
+    from disttrain.config_schema import keys, markdown_rows
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("| key | default | meaning |")
+    table = readme[start:readme.index("<!-- config-keys: end -->", start)].strip().splitlines()
+    assert table == markdown_rows(), "README's table differs: paste `disttrain config keys --markdown` over it"
+    assert [k.path for k in keys()] == list(to_flat_dict(Config()))
+    assert all(k.help.strip() for k in keys())
+
+
+def test_config_keys_show_and_list_from_the_cli():
+    listed = json.loads(cli("config", "keys", "--json").stdout)
+    batch = next(e for e in listed if e["key"] == "train.batch_size")
+    assert batch["default"] == 256 and "global" in batch["meaning"]
+    assert len(listed) == len(to_flat_dict(Config())) and all(set(e) == {"key", "default", "meaning"} for e in listed)
+    shown = cli("config", "show", "demo", "train.steps=7")
+    assert shown.returncode == 0 and yaml.safe_load(shown.stdout)["train"] == {
+        **yaml.safe_load(shown.stdout)["train"], "steps": 7, "batch_size": 2048}
+    ready = json.loads(cli("config", "list", "--json").stdout)
+    assert sorted(ready) == sorted(p.stem for p in (ROOT / "cluster_configs").glob("*.yaml"))
+    assert "sharded over 2 local ranks" in ready["demo"]
+    assert cli("--version").stdout.strip() == f"disttrain {disttrain.__version__}"
+
+
+def test_ready_configs_by_name_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside the checkout: no cluster_configs/ here
+    from_file = to_dict(load_config(ROOT / "cluster_configs" / "demo.yaml"))
+    assert to_dict(load_config("demo")) == from_file
+    assert to_dict(load_config("cluster_configs/demo.yaml")) == from_file  # the README's spelling, found anyway
+    (tmp_path / "demo.yaml").write_text("train:\n  steps: 3\n")
+    assert load_config("demo.yaml").train.steps == 3  # a file of the user's wins over the ready config
+    with pytest.raises(ConfigError, match=r"^dmeo: config file not found; expected a YAML file or a ready config "
+                                          r"\(bench_kaggle, .*demo"):
+        load_config("dmeo")
+
+
+def test_a_stored_config_never_imports_the_code_it_names():
+    from disttrain.config import stored_config
+
+    text = to_yaml(load_config(None, ["model.name=evil.module:SPEC"]))
+    with pytest.raises(ConfigError, match=r"^ck/meta.json: model.name is 'evil.module:SPEC', code that disttrain "
+                                          r"does not import from a file it reads; pass model.name=evil.module:SPEC"):
+        stored_config(text, ["data.eval_batches=2"], source="ck/meta.json")
+    assert stored_config(text, ["model.name=evil.module:SPEC"], source="ck").model.name == "evil.module:SPEC"
+    assert "evil" not in sys.modules
+
+
+def test_a_missing_optional_dependency_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    out = cli("infer", "--checkpoint", str(tmp_path / "model.onnx"), "--mode", "accuracy", "--runtime", "onnxruntime")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "needs onnxruntime, which is not installed in" in out.stderr
+    assert out.stderr.rstrip().endswith("expected `pip install 'disttrain[onnx]'`")

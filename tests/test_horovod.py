@@ -44,4 +44,5 @@ def test_missing_horovod_is_one_line(tmp_path):
     result = disttrain("launch", "cluster_configs/horovod.yaml", f"run.output_dir={tmp_path}/out", env=env)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "launch.launcher: horovod is not installed" in lines[0] and "make horovod" in lines[0]
+    assert len(lines) == 1 and "launch.launcher: horovod needs horovod, which is not installed" in lines[0]
+    assert "build_horovod.sh" in lines[0] and "make horovod" in lines[0]

@@ -1,5 +1,6 @@
 """The Ray launcher against a real local Ray head: `ray job submit` of the ready Ray config, results and
-reported metrics, and the same training as the local launcher."""
+reported metrics, and the same training as the local launcher; models of one's own (a package outside the
+repository, the examples) carried to the workers by the job's working directory."""
 
 from __future__ import annotations
 
@@ -14,7 +15,18 @@ from pathlib import Path
 import pytest
 
 from disttrain.runtime.env import free_port
-from tests.launch_helpers import BIN, PARITY, ROOT, assert_same_training, clean_env, cli, disttrain, summary
+from tests.launch_helpers import (
+    BIN,
+    EXAMPLE_SHORT,
+    EXAMPLES,
+    PARITY,
+    ROOT,
+    assert_same_training,
+    clean_env,
+    cli,
+    disttrain,
+    summary,
+)
 
 pytest.importorskip("ray", reason="Ray is installed by `make test` (the [ray] extra)")
 
@@ -74,24 +86,36 @@ def ray_head():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-@pytest.mark.slow
-def test_ray_job_submit_trains_like_the_local_launcher(ray_head, local_reference, tmp_path):
-    out = tmp_path / "ray-out"
-    storage = tmp_path / "ray-storage"
+RAY_WORKERS = ["launch.launcher=ray", "launch.num_workers=2", "launch.cpus_per_worker=1"]
+
+
+def _submit(ray_head, working_dir: Path, *entrypoint: str, cwd: Path) -> str:
     job = subprocess.run(
         [str(BIN / "ray"), "job", "submit", f"--address=http://127.0.0.1:{ray_head['dashboard']}",
-         f"--working-dir={ROOT}", "--", "disttrain", "launch", "cluster_configs/ray.yaml", *PARITY,
-         f"run.output_dir={out}", f"launch.ray_storage={storage}", "launch.num_workers=2",
-         "launch.cpus_per_worker=1"],
-        capture_output=True, text=True, env=ray_head["env"], timeout=600, cwd=tmp_path,
-    )
-    logs = job.stdout + job.stderr
-    assert job.returncode == 0, logs[-4000:]
+         f"--working-dir={working_dir}", "--", *entrypoint],
+        capture_output=True, text=True, env=ray_head["env"], timeout=600, cwd=cwd)
+    assert job.returncode == 0, (job.stdout + job.stderr)[-4000:]
+    return job.stdout + job.stderr
+
+
+@pytest.mark.slow
+def test_ray_job_submit_trains_a_model_package_of_ones_own_like_the_local_launcher(ray_head, user_package,
+                                                                                     tmp_path):
+    """`ray job submit` with a model package of one's own (written by the test outside the repository) as the
+    job's working directory: the module travels to the driver and the workers; the ready config `ray` is found
+    by name (there is no cluster_configs/ there). The run equals the package's local 2-rank run."""
+    from tests.test_plugins import JOB
+
+    package, local = user_package
+    out = tmp_path / "ray-out"
+    storage = tmp_path / "ray-storage"
+    logs = _submit(ray_head, package, "disttrain", "launch", "ray", *JOB, *RAY_WORKERS, f"run.output_dir={out}",
+                   f"launch.ray_storage={storage}", cwd=tmp_path)
     assert "succeeded" in logs
 
     result = summary(out)
-    assert result["launcher"] == "ray" and result["world_size"] == 2
-    assert_same_training(result, local_reference)
+    assert result["launcher"] == "ray" and result["world_size"] == 2 and result["model"] == "mymodels.tower:SPEC"
+    assert_same_training(result, local)
     # Every Ray worker placed itself: its own process, its own CPU slice of the node, threads to match.
     workers = result["workers"]
     assert [w["rank"] for w in workers] == [0, 1] and len({w["pid"] for w in workers}) == 2
@@ -141,3 +165,14 @@ def test_ray_restarts_a_failed_worker_group_from_the_last_checkpoint(ray_head, l
     assert "resumed from" in result.stdout + result.stderr and "at step 10" in result.stdout + result.stderr
     assert summary(out)["launcher"] == "ray"
     assert_same_training(summary(out), local_reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_ray_job_submit_runs_each_example(ray_head, example_runs, name, tmp_path):
+    """The repository is the job's working directory; the example's module travels with it."""
+    _submit(ray_head, ROOT, "disttrain", "launch", EXAMPLES[name], *EXAMPLE_SHORT, *RAY_WORKERS,
+            f"run.output_dir={tmp_path}/out", f"launch.ray_storage={tmp_path}/storage", cwd=tmp_path)
+    result = summary(tmp_path / "out")
+    assert result["launcher"] == "ray" and result["world_size"] == 2
+    assert_same_training(result, example_runs(name)["local"])

@@ -61,6 +61,8 @@ def test_sharded_matches_unsharded(world):
 
 MODEL_CASES = {
     "wide_deep": (["train.optimizer=adagrad"], ("table_wise", "row_wise", "column_wise")),
+    # DLRM-DCNv2: the low-rank cross network over [bottom output, embeddings], multi-hot bags.
+    "dlrm_dcnv2": (["train.optimizer=adagrad", "data.multi_hot_max=3"], ("table_wise", "row_wise", "column_wise")),
     # DeepFM's BatchNorm and DIEN's Dice normalise with global-batch statistics across the ranks.
     "deepfm": (["train.optimizer=adagraddecay"], ("table_wise", "row_wise", "column_wise")),
     # DIEN: sequence lookups padded to the global batch's longest history, GRU/AUGRU, auxiliary loss.

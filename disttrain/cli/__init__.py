@@ -7,7 +7,7 @@ import os
 import sys
 
 from disttrain.cli.parser import build_parser
-from disttrain.errors import DisttrainError
+from disttrain.errors import EXTRAS, DisttrainError, missing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except DisttrainError as exc:
         print(f"disttrain: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional dependency a verb reached without asking first
+        if (exc.name or "").split(".")[0] not in EXTRAS:
+            raise
+        print(f"disttrain: error: {missing(exc.name, 'this command')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -1,4 +1,5 @@
-"""What each `disttrain` verb does: read the arguments, call the layer below, print the result."""
+"""What each `disttrain` verb does: read the arguments, call the Python API (`disttrain.api`) or the layer below,
+print the result."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import os
 import sys
 from pathlib import Path
 
+from disttrain import api
 from disttrain import config as config_mod
 from disttrain.errors import DisttrainError
 
-BENCH_CONFIG = Path(__file__).parents[1] / "configs" / "bench_kaggle.yaml"
+BENCH_CONFIG = "bench_kaggle"  # a ready config (cluster_configs/bench_kaggle.yaml, shipped in the package)
 
 
 def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
@@ -21,20 +23,17 @@ def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def _load(items: list[str], base: str | None = None):
-    from disttrain.launch import load_checked
-
     path, overrides = _split_args(items)
     if path is not None and base is not None:
         raise DisttrainError(f"{path}: unexpected argument, expected key=value overrides")
-    return load_checked(path or base, overrides)
+    return api.load_config(path or base, overrides)
 
 
 def cmd_train(args) -> int:
     from disttrain.runtime.signals import PREEMPTED, Preempted
-    from disttrain.worker import run_worker
 
     try:
-        run_worker(_load(args.items))
+        api.train(_load(args.items), reexec=True)
     except Preempted as stop:
         if os.environ.get("RANK", "0") == "0":
             print(f"disttrain: {stop}", file=sys.stderr, flush=True)
@@ -43,36 +42,22 @@ def cmd_train(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from disttrain.serving.export import export_model
-
-    if args.items:
-        raise DisttrainError(f"export: unexpected arguments {' '.join(args.items)}; expected CHECKPOINT --out FILE")
-    out = export_model(args.checkpoint, args.out)
+    plain = [item for item in args.items if "=" not in item]
+    if plain:
+        raise DisttrainError(f"export: unexpected arguments {' '.join(plain)}; expected CHECKPOINT --out FILE "
+                             "[key=value ...]")
+    out = api.export(args.checkpoint, args.out, overrides=args.items)
     print(f"exported {args.checkpoint} -> {out} ({out.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
 
 def cmd_infer(args) -> int:
-    from disttrain.serving.infer import describe, run_inference
+    from disttrain.serving.infer import describe
 
-    config = args.items[0] if args.items and "=" not in args.items[0] else None
-    overrides = args.items[1:] if config else args.items
-    if args.nproc > 1:
-        from disttrain.serving.sharded_infer import run_sharded_inference
-
-        if args.runtime != "torch":
-            raise DisttrainError(f"--runtime {args.runtime} with --nproc {args.nproc}: sharded inference runs on "
-                                 "torch; expected --nproc 1 with onnxruntime")
-        result = run_sharded_inference(args.checkpoint, nproc=args.nproc, mode=args.mode, config=config,
-                                       precision=args.precision, batch_size=args.batch_size,
-                                       iterations=args.iterations, exact_max_length=args.exact_max_length,
-                                       overrides=overrides)
-        print(json.dumps(result, indent=2) if args.json else describe(result))
-        return 0
-    result = run_inference(args.checkpoint, mode=args.mode, config=config, precision=args.precision,
-                           runtime=args.runtime,
-                           batch_size=args.batch_size, iterations=args.iterations,
-                           exact_max_length=args.exact_max_length, overrides=overrides)
+    config, overrides = _split_args(args.items)
+    result = api.infer(args.checkpoint, mode=args.mode, precision=args.precision, runtime=args.runtime,
+                       nproc=args.nproc, batch_size=args.batch_size, iterations=args.iterations,
+                       exact_max_length=args.exact_max_length, config=config, overrides=overrides)
     print(json.dumps(result, indent=2) if args.json else describe(result))
     return 0
 
@@ -92,10 +77,10 @@ def cmd_export_onnx(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    from disttrain.serving.quantize import describe, quantize
+    from disttrain.serving.quantize import describe
 
-    report = quantize(args.checkpoint, args.out, overrides=[*args.items],
-                      max_relative_auc_loss=args.max_relative_auc_loss)
+    report = api.quantize(args.checkpoint, args.out, overrides=[*args.items],
+                          max_relative_auc_loss=args.max_relative_auc_loss)
     print(json.dumps(report, indent=2) if args.json else describe(report))
     return 0
 
@@ -123,42 +108,63 @@ def cmd_import(args) -> int:
 
 
 def cmd_launch(args, base: str | None = None) -> int:
-    from disttrain.launch import launch, prepare_launch
-
-    cfg = _load(args.items, base)
-    return launch(cfg, prepare_launch(cfg))
-
-
+    try:
+        api.launch(_load(args.items, base))
+    except api.JobFailed as failed:
+        return failed.code
+    return 0
 
 
 def cmd_plan(args) -> int:
-    from disttrain.engine.build import build_plan
-    from disttrain.engine.resources import memory_verdict, rank_limit, rank_needs
-    from disttrain.launch import launch_world
-    from disttrain.runtime.bootstrap import resolve_nproc
-    from disttrain.runtime.topology import detect_topology
+    report = api.plan(_load(args.items), args.world_size or None)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.describe())
+    return 0
 
-    cfg = _load(args.items)
-    cfg.launch.nproc_per_node = resolve_nproc(cfg, detect_topology())
-    world = args.world_size or launch_world(cfg)[0]
-    model, plan = build_plan(cfg, world)
-    fits, verdict = memory_verdict(rank_needs(cfg, model, plan),
-                                   *rank_limit(min(int(cfg.launch.nproc_per_node), world)))
+
+def cmd_config(args) -> int:
+    """`config list` (the ready configs), `config show [CONFIG] [key=value ...]` (resolved, checked),
+    `config keys` (every key, its default and meaning: the schema)."""
+    from disttrain.config_schema import keys, markdown_rows
+
+    if args.config_command == "list":
+        if args.items:
+            raise DisttrainError(f"config list: unexpected arguments {' '.join(args.items)}")
+        ready = config_mod.ready_configs()
+        if args.json:
+            print(json.dumps(ready, indent=2))
+        else:
+            width = max(map(len, ready))
+            print("\n".join(f"{name:<{width}}  {text}" for name, text in ready.items()))
+            print("run one: disttrain launch NAME [key=value ...]; see it: disttrain config show NAME")
+        return 0
+    if args.config_command == "show":
+        cfg = _load(args.items)
+        print(json.dumps(config_mod.to_dict(cfg), indent=2) if args.json else config_mod.to_yaml(cfg), end="")
+        return 0
+    if args.items:
+        raise DisttrainError(f"config keys: unexpected arguments {' '.join(args.items)}")
     if args.json:
-        print(json.dumps({**plan.to_json(), "memory": {"fits": fits, "verdict": verdict}}, indent=2))
+        print(json.dumps([{"key": k.path, "default": k.default, "meaning": k.help} for k in keys()], indent=2))
+    elif args.markdown:
+        print("\n".join(markdown_rows()))
     else:
-        print(plan.describe() + f"\n{verdict} (the limit is this machine's)")
+        width = max(len(k.path) for k in keys())
+        for k in keys():
+            print(f"{k.path:<{width}}  {json.dumps(k.default)}\n{'':<{width}}  {k.help}")
+        print("\nnames the registries know (model.name also takes package.module:attribute, as does data.source):")
+        for key, names in api.registries().items():
+            print(f"  {key}: {', '.join(names)}")
     return 0
 
 
 def cmd_bench(args) -> int:
-    cfg = _load(args.items, str(BENCH_CONFIG))
+    cfg = _load(args.items, BENCH_CONFIG)
     warmup = cfg.train.warmup_steps if cfg.train.warmup_steps >= 0 else min(5, cfg.train.steps // 5)
     if cfg.train.steps - warmup - cfg.train.profile_steps <= 0:
         raise DisttrainError(f"train.steps: got {cfg.train.steps} with train.warmup_steps={warmup}"
                              + (f" and train.profile_steps={cfg.train.profile_steps}" if cfg.train.profile_steps else "")
                              + "; expected more steps than that: the benchmark times the steps after them")
-    code = cmd_launch(args, base=str(BENCH_CONFIG))
+    code = cmd_launch(args, base=BENCH_CONFIG)
     if code == 0:
         summary = json.loads((Path(cfg.run.output_dir) / "summary.json").read_text())
         print(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from disttrain import __version__
 from disttrain.cli import commands as c
 from disttrain.config import AFFINITIES
 
@@ -13,22 +14,28 @@ USAGE = """`disttrain` command line: train, launch, plan, bench, serve, prepare 
     disttrain train [CONFIG] [key=value ...]      run in this process (or as a torchrun worker)
     disttrain launch [CONFIG] [key=value ...]     start workers with launch.launcher (local | torchrun | ray | horovod)
     disttrain plan [CONFIG] [key=value ...] --world-size N [--json]
+    disttrain config list | show [CONFIG] [key=value ...] | keys [--json | --markdown]
     disttrain bench [key=value ...]               the kaggle DLRM throughput benchmark (2 pinned ranks)
     disttrain topology [--lscpu FILE] [--nproc-per-node N] [--affinity MODE] [--json]
     disttrain export CHECKPOINT --out FILE         one unsharded model file (inference)
     disttrain infer [CONFIG] --checkpoint PATH --mode throughput|latency|accuracy [--precision fp32|bf16|int8]
     disttrain quantize --checkpoint PATH --out DIR   int8 post-training quantization with an AUC guard
-    disttrain export-onnx CHECKPOINT --out FILE.onnx   Wide&Deep, DeepFM, DLRM as ONNX
+    disttrain export-onnx CHECKPOINT --out FILE.onnx   DLRM, DLRM-DCNv2, Wide&Deep, DeepFM as ONNX
     disttrain import REFERENCE.pt --out DIR [key=value ...]   a reference DLRM --save-model file -> checkpoint
     disttrain report RUN_DIR [RUN_DIR ...] [--out DIR]   PNG plots + one HTML page
     disttrain data criteo RAW... --out DIR [options]   raw Criteo TSV/CSV (.gz too) -> memory-mapped columns
     disttrain data verify DIR                      check a processed directory against its meta.json
     disttrain data dien-synthetic --out DIR [--samples N]   DIEN files with a planted sequential signal
+
+CONFIG is a YAML file or a ready config's name (`disttrain config list`: demo, ray, ...). model.name: dlrm (flavor
+mlperf is the earlier, dot-interaction MLPerf DLRM), dlrm_dcnv2 (today's MLPerf DLRM: DCN-v2 cross network),
+wide_deep, deepfm, dien, or a model of one's own: package.module:SPEC.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="disttrain", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"disttrain {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, text in (
         ("train", c.cmd_train, "train in this process (world of one, or a torchrun worker)"),
@@ -46,8 +53,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a checkpoint as one unsharded model file for inference")
     p.add_argument("checkpoint", help="a checkpoint (step_N directory) or a checkpoint.dir (its newest)")
     p.add_argument("--out", required=True, help="the model file to write")
-    p.add_argument("items", nargs="*", help=argparse.SUPPRESS)
+    p.add_argument("items", nargs="*", metavar="key=value",
+                   help="overrides (model.name=package.module:SPEC to run a model of one's own the checkpoint names)")
     p.set_defaults(func=c.cmd_export)
+    config = sub.add_parser("config", help="the ready configs, a resolved config, every key").add_subparsers(
+        dest="config_command", required=True)
+    p = config.add_parser("list", help="the ready configs shipped with disttrain (run one: disttrain launch NAME)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("items", nargs="*", help=argparse.SUPPRESS)
+    p.set_defaults(func=c.cmd_config)
+    p = config.add_parser("show", help="the resolved config: defaults, CONFIG, overrides, checked")
+    p.add_argument("items", nargs="*", metavar="[CONFIG] key=value")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=c.cmd_config)
+    p = config.add_parser("keys", help="every key with its default and meaning")
+    p.add_argument("--json", action="store_true", help="[{key, default, meaning}, ...]")
+    p.add_argument("--markdown", action="store_true", help="the README's table rows")
+    p.add_argument("items", nargs="*", help=argparse.SUPPRESS)
+    p.set_defaults(func=c.cmd_config)
     p = sub.add_parser("infer", help="run a checkpoint in throughput, latency or accuracy mode")
     p.add_argument("--checkpoint", required=True, help="a checkpoint (or a checkpoint directory: its newest)")
     p.add_argument("--mode", required=True, choices=["throughput", "latency", "accuracy"])
@@ -63,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("items", nargs="*", help="[CONFIG] [key=value ...] (default: the checkpoint's own config)")
     p.set_defaults(func=c.cmd_infer)
-    p = sub.add_parser("export-onnx", help="write Wide&Deep, DeepFM or DLRM as ONNX (checked with onnxruntime)")
+    p = sub.add_parser("export-onnx", help="write a model as ONNX (checked with onnxruntime; not DIEN)")
     p.add_argument("checkpoint", nargs="?", default="", help="a checkpoint (or a checkpoint directory: its newest)")
     p.add_argument("--checkpoint", dest="checkpoint_opt", default="", help="the same, as an option")
     p.add_argument("--out", required=True, help="the .onnx file to write")

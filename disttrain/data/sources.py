@@ -2,6 +2,8 @@
 
 A model's spec maps the `data.source` values it accepts to keys here (DIEN reads `synthetic` as generated
 behaviour sequences, `dien_synthetic`); the engine resolves that mapping and opens the source with `open_source`.
+Users' sources are found the same way as users' models: an installed package's `disttrain.data_sources` entry
+point, or an import path `package.module:attribute` naming a `SourceSpec` (or a function returning one).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from disttrain.config import Config
 from disttrain.data import criteo, dien, synthetic
 from disttrain.data.contract import DataSource, SourceSpec
-from disttrain.errors import ConfigError
+from disttrain.plugins import SOURCE_GROUP, resolve
 from disttrain.tables import EmbeddingTableSpec
 
 SOURCES: dict[str, SourceSpec] = {
@@ -18,9 +20,9 @@ SOURCES: dict[str, SourceSpec] = {
 
 
 def source_spec(key: str) -> SourceSpec:
-    if key not in SOURCES:
-        raise ConfigError(f"data source {key!r}: not registered; expected one of {', '.join(SOURCES)}")
-    return SOURCES[key]
+    """The source registered as `key`, an installed entry point, or an import path (`data.source` names it)."""
+    return resolve(key, key="data.source", group=SOURCE_GROUP, kind=SourceSpec, what="a data source spec",
+                   builtin=SOURCES)
 
 
 def open_source(key: str, cfg: Config, tables: list[EmbeddingTableSpec], *, comm, rank: int) -> DataSource:

@@ -56,7 +56,26 @@ def build_model(cfg: Config, *, embedding_device: str = "cpu", data_shapes: bool
     spec = check_config(cfg)
     if data_shapes:
         apply_data_shapes(cfg)
-    return spec.build(cfg, embedding_device=embedding_device)
+    return check_model(spec.build(cfg, embedding_device=embedding_device), cfg)
+
+
+def check_model(model, cfg: Config):
+    """What the engine reads of any model (a user's above all): a Module with `tables` (its embedding tables'
+    specs, in feature order) and `embeddings` (the collection over them)."""
+    tables = getattr(model, "tables", None)
+    if not isinstance(model, torch.nn.Module) or not isinstance(tables, list) or not tables or not all(
+            isinstance(t, EmbeddingTableSpec) for t in tables):
+        raise ConfigError(f"model.name={cfg.model.name}: its build returned a {type(model).__name__} without "
+                          "`tables`; expected an nn.Module with `tables` (a list of EmbeddingTableSpec) and "
+                          "`embeddings` (an EmbeddingBagCollection over them): see disttrain.models.spec")
+    if not isinstance(getattr(model, "embeddings", None), torch.nn.Module):
+        raise ConfigError(f"model.name={cfg.model.name}: its build returned a {type(model).__name__} without "
+                          "`embeddings`; expected an EmbeddingBagCollection over its `tables`")
+    names = [t.name for t in tables]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"model.name={cfg.model.name}: its tables' names repeat ({', '.join(names)}); expected "
+                          "one name per table")
+    return model
 
 
 def build_plan(cfg: Config, world_size: int) -> tuple[torch.nn.Module, ShardingPlan]:

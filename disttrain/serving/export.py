@@ -6,7 +6,9 @@
     export_model(checkpoint, out)      one file, unsharded: the plain model's state_dict + its config
     load_exported(path)                -> (plain model in eval mode, config); never unpickles objects
 
-The export file is a dict of tensors, strings and ints (`torch.load(weights_only=True)` reads it).
+The export file is a dict of tensors, strings and ints (`torch.load(weights_only=True)` reads it). A stored config
+that names a user's model or data source by import path is built only when `overrides` name the same code
+(`disttrain.config.stored_config`): reading a file never makes disttrain import code.
 """
 
 from __future__ import annotations
@@ -34,11 +36,13 @@ def single_process(cfg: config_mod.Config) -> Parallelized:
                        seed=cfg.train.seed)
 
 
-def unsharded_state(checkpoint: str | Path) -> tuple[config_mod.Config, dict[str, torch.Tensor], int]:
-    """(config, the plain model's state_dict, step) of a sharded checkpoint, whatever world wrote it."""
+def unsharded_state(checkpoint: str | Path, overrides: list[str] | None = None,
+                    ) -> tuple[config_mod.Config, dict[str, torch.Tensor], int]:
+    """(config, the plain model's state_dict, step) of a sharded checkpoint, whatever world wrote it (`overrides`
+    only vouch for code its config names)."""
     path = find_checkpoint(str(checkpoint), "", key="checkpoint")
     meta = verify(path)
-    cfg = config_mod.config_from_yaml(meta["config"], source=f"{path / META}")
+    cfg = config_mod.stored_config(meta["config"], overrides, source=f"{path / META}", apply=False)
     par = single_process(cfg)
     load_checkpoint(path, par=par, comm=SingleProcess(), cfg=cfg)
     state = {n: p.detach().clone() for n, p in par.model.named_parameters() if not n.startswith("embeddings.")}
@@ -50,7 +54,7 @@ def unsharded_state(checkpoint: str | Path) -> tuple[config_mod.Config, dict[str
 def plain_model(checkpoint: str | Path, overrides: list[str] | None = None):
     """(the plain model in eval mode, its config, step) of a sharded checkpoint, whatever world wrote it;
     `overrides` adjust what does not change the weights (data.path, data.eval_batches, ...)."""
-    cfg, state, step = unsharded_state(checkpoint)
+    cfg, state, step = unsharded_state(checkpoint, overrides)
     if overrides:
         cfg = config_mod.config_from_yaml(config_mod.to_yaml(cfg), overrides, source="checkpoint config")
     model = build_model(cfg, embedding_device="meta", data_shapes=False)
@@ -58,8 +62,11 @@ def plain_model(checkpoint: str | Path, overrides: list[str] | None = None):
     return model.eval(), cfg, step
 
 
-def export_model(checkpoint: str | Path, out: str | Path) -> Path:
-    cfg, state, step = unsharded_state(checkpoint)
+def export_model(checkpoint: str | Path, out: str | Path, overrides: list[str] | None = None) -> Path:
+    """`out`: the plain model's state_dict and config (with `overrides` on top: those that keep the weights'
+    shapes, or the model is rebuilt and refused)."""
+    model, cfg, step = plain_model(checkpoint, overrides)
+    state = {name: tensor.detach() for name, tensor in model.state_dict().items()}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -69,8 +76,8 @@ def export_model(checkpoint: str | Path, out: str | Path) -> Path:
     return out
 
 
-def load_exported(path: str | Path):
-    """The plain (unsharded) model of an export, in eval mode, and its config."""
+def load_exported(path: str | Path, overrides: list[str] | None = None):
+    """The plain (unsharded) model of an export, in eval mode, and its config (`overrides` on top)."""
     try:
         data = torch.load(path, weights_only=True, map_location="cpu")
     except FileNotFoundError:
@@ -79,7 +86,7 @@ def load_exported(path: str | Path):
         raise DataError(f"{path}: not a readable disttrain export ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
         raise DataError(f"{path}: not a disttrain export (expected format {EXPORT_FORMAT})")
-    cfg = config_mod.config_from_yaml(data["config"], source=str(path))
+    cfg = config_mod.stored_config(data["config"], overrides, source=str(path))
     model = build_model(cfg, data_shapes=False)
     model.load_state_dict(data["state_dict"])
     return model.eval(), cfg

@@ -54,7 +54,7 @@ class _Predictor:
 
 def run_config(stored: str, source: str, config: str | None, overrides: list[str]) -> config_mod.Config:
     """The run's own config unless one is given (its model must match the checkpoint's), plus overrides."""
-    return config_mod.load_config(config, overrides) if config else config_mod.config_from_yaml(
+    return config_mod.load_config(config, overrides) if config else config_mod.stored_config(
         stored, overrides, source=source)
 
 
@@ -76,7 +76,7 @@ def _open(checkpoint: str, config: str | None, overrides: list[str], precision: 
     if precision == "int8":
         from disttrain.serving.int8 import load_quantized
 
-        model, stored, step, path = load_quantized(checkpoint)
+        model, stored, step, path = load_quantized(checkpoint, overrides)
         cfg = run_config(stored, str(path), config, overrides)
         return cfg, _Predictor(model), step, path
     from disttrain.serving.int8 import is_quantized

@@ -222,8 +222,9 @@ def is_quantized(path: str | Path) -> bool:
     return file.name == MODEL_FILE and file.is_file()
 
 
-def load_quantized(path: str | Path):
-    """(the int8 model, its config's YAML, step, file) of a `disttrain quantize` output directory or file."""
+def load_quantized(path: str | Path, overrides: list[str] | None = None):
+    """(the int8 model, its config's YAML, step, file) of a `disttrain quantize` output directory or file
+    (`overrides` only vouch for code its config names)."""
     file = _model_file(path)
     try:
         data = torch.load(file, weights_only=True, map_location="cpu")
@@ -234,7 +235,7 @@ def load_quantized(path: str | Path):
         raise DataError(f"{file}: not a readable int8 model ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise DataError(f"{file}: not a disttrain int8 model (expected format {FORMAT})")
-    cfg = config_mod.config_from_yaml(data["config"], source=str(file))
+    cfg = config_mod.stored_config(data["config"], overrides, source=str(file), apply=False)
     model = build_model(cfg, embedding_device="meta", data_shapes=False)
     missing = model.load_state_dict(data["dense"], strict=False, assign=True).missing_keys
     fused_relu = {layer.name: layer.relu_after for layer in quantizable_layers(model) if layer.relu_after}

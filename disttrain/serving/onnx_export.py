@@ -29,7 +29,7 @@ from disttrain import config as config_mod
 from disttrain.batch import KeyedBags
 from disttrain.collectives import SingleProcess
 from disttrain.engine.build import open_data
-from disttrain.errors import ConfigError, DataError, DisttrainError
+from disttrain.errors import ConfigError, DataError, DisttrainError, missing
 from disttrain.models import MODELS, model_spec
 from disttrain.serving.export import plain_model
 
@@ -93,7 +93,7 @@ def _onnx():
     try:
         import onnx
     except ImportError:
-        raise DisttrainError("onnx is not installed; `pip install -e .[onnx]` (make test installs it)") from None
+        raise missing("onnx", "export-onnx") from None
     return onnx
 
 
@@ -101,7 +101,7 @@ def _ort():
     try:
         import onnxruntime
     except ImportError:
-        raise DisttrainError("onnxruntime is not installed; `pip install -e .[onnx]` (make test installs it)") from None
+        raise missing("onnxruntime", "onnxruntime serving and export-onnx's check") from None
     return onnxruntime
 
 
@@ -133,7 +133,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, overrides: list[str]
     model, cfg, step = plain_model(checkpoint, overrides)
     if not model_spec(cfg.model.name).onnx:
         supported = ", ".join(name for name, spec in MODELS.items() if spec.onnx)
-        raise ConfigError(f"model.name: got {cfg.model.name!r}; export-onnx supports {supported}")
+        raise ConfigError(f"model.name: got {cfg.model.name!r}, but its spec says it has no ONNX form "
+                          f"(ModelSpec.onnx=False); export-onnx supports {supported} and models whose spec allows it")
     onnx = _onnx()
     stored = config_mod.to_yaml(cfg)  # the metadata keeps the run's own batch size
     cfg.train.batch_size = verify_batch

@@ -370,4 +370,6 @@ class ShardedEmbeddingBagCollection(nn.Module):
             merged[key][0].append(rows)
             merged[key][1].append(grads)
         self.pending = []
-        return {k: (torch.cat(r), torch.cat(g)) for k, (r, g) in merged.items()}
+        # One exchange per step is the common case: no copy then (a cat of one tensor still copies it).
+        return {k: (torch.cat(r) if len(r) > 1 else r[0], torch.cat(g) if len(g) > 1 else g[0])
+                for k, (r, g) in merged.items()}

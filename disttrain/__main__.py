@@ -1,0 +1,5 @@
+"""`python -m disttrain`: the `disttrain` command."""
+
+from disttrain.cli import entry
+
+entry()
