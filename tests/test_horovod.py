@@ -35,6 +35,20 @@ def test_horovodrun_trains_like_the_local_launcher(local_reference, tmp_path):
     assert_same_training(summary(tmp_path / "res"), local_reference)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not _have_horovod(), reason="Horovod is not installed: `make horovod` builds it (.ci/run does)")
+def test_horovodrun_trains_a_model_package_of_ones_own(user_package, tmp_path):
+    """Every Horovod worker imports the model by its import path (from the job's directory)."""
+    from tests.test_plugins import JOB
+
+    package, local = user_package
+    result = disttrain("launch", "horovod", *JOB, f"run.output_dir={tmp_path}/hvd", cwd=package)
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    got = summary(tmp_path / "hvd")
+    assert got["launcher"] == "horovod" and got["model"] == "mymodels.tower:SPEC"
+    assert_same_training(got, local)
+
+
 def test_missing_horovod_is_one_line(tmp_path):
     """Where Horovod is not importable (hidden here with a sitecustomize), the launch stops before starting."""
     site = tmp_path / "site"

@@ -50,6 +50,12 @@ def test_plan_export_and_infer_serve_it(user_package, tmp_path, monkeypatch):
     assert abs(accuracy["auc"] - local["eval_auc"]) < 1e-6 and accuracy["model"] == "mymodels.tower:SPEC"
     onnx = cli("export-onnx", ck, "--out", str(tmp_path / "m.onnx"), "model.name=mymodels.tower:SPEC")
     assert onnx.returncode == 2 and "its spec says it has no ONNX form" in onnx.stderr
+    quantized = cli("quantize", "--checkpoint", ck, "--out", str(tmp_path / "int8"), "--json",
+                    "model.name=mymodels.tower:SPEC")
+    assert quantized.returncode == 0, quantized.stderr
+    assert json.loads(quantized.stdout)["final"]["fp32"]["auc"] == pytest.approx(local["eval_auc"], abs=1e-6)
+    int8 = cli("infer", "--checkpoint", str(tmp_path / "int8"), "--precision", "int8", "--mode", "accuracy")
+    assert int8.returncode == 2 and "pass model.name=mymodels.tower:SPEC" in int8.stderr  # the int8 file too
 
 
 def test_a_data_source_of_ones_own(user_package, tmp_path):
