@@ -108,6 +108,11 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(
                 f"sharding.tables.{name}: got {strategy!r}, expected one of {', '.join(STRATEGIES[1:])}"
             )
+    for name, pooling in cfg.model.table_pooling.items():
+        if pooling not in POOLINGS:
+            raise ConfigError(f"model.table_pooling.{name}: got {pooling!r}, expected one of {', '.join(POOLINGS)}")
+    if len(set(cfg.model.table_names)) != len(cfg.model.table_names):
+        raise ConfigError(f"model.table_names: got {cfg.model.table_names}, expected distinct names")
     for i, rows in enumerate(cfg.model.table_sizes):
         if rows <= 0:
             raise ConfigError(f"model.table_sizes[{i}]: got {rows}, expected a positive number of rows")

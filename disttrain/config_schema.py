@@ -41,6 +41,12 @@ class ModelConfig:
                                     "`deeprec`. `dien`: `ai_matrix`")
     table_sizes: list[int] = key(factory=list, help="override the flavor's tables: their number and rows "
                                                     "(empty: the flavor's, or the data's)")
+    table_names: list[str] = key(factory=list, help="the tables' names, in feature order (empty: the data's column "
+                                                    "names with `data.source=prepared` or `criteo`, else `t0`, `t1`, "
+                                                    "...); `t<i>` always stays an alias of table i")
+    table_pooling: dict[str, str] = key(factory=dict, help="per-table pooling `{name: sum|mean}` (a prepared "
+                                                           "dataset's multi-hot features bring their schema's); the "
+                                                           "others use `model.pooling`")
     max_rows: int = key(0, help="cap every table at this many rows (like the reference's `--max-ind-range`); "
                                 "0 = no cap")
     embedding_dim: int = key(0, help="override the flavor's embedding dim (0: the flavor's)")

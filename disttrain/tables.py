@@ -54,3 +54,15 @@ def init_table_rows(
         if b > a:
             out[a - r0 : b - r0] = block[a - lo : b - lo, c0:c1]
     return out
+
+
+def by_alias(names: dict[str, object], tables: list[EmbeddingTableSpec]) -> dict[str, object]:
+    """Keys naming tables by name or by the alias `t<i>` (table i), turned into the tables' names; a key that is
+    neither is kept (the caller names it in its error)."""
+    own = {t.name for t in tables}
+    out = {}
+    for key, value in names.items():
+        if key not in own and key.startswith("t") and key[1:].isdigit() and int(key[1:]) < len(tables):
+            key = tables[int(key[1:])].name
+        out[key] = value
+    return out

@@ -74,8 +74,22 @@ def config_tables(cfg, flavor, *, extra_cols: int = 0, pooling: str | None = Non
     if cfg.model.max_rows:
         rows = [min(r, cfg.model.max_rows) for r in rows]
     dim = (cfg.model.embedding_dim or flavor.embedding_dim) + extra_cols
-    return [EmbeddingTableSpec(f"t{i}", r, dim, pooling=pooling or cfg.model.pooling) for i, r in enumerate(rows)]
+    names = table_names(cfg, len(rows))
+    return [EmbeddingTableSpec(name, r, dim, pooling=pooling or cfg.model.table_pooling.get(name, cfg.model.pooling))
+            for name, r in zip(names, rows)]
 
 
-# Criteo-shaped models (one bag per table per sample) read generated click logs or a processed Criteo directory.
-CTR_SOURCES = {"synthetic": "synthetic", "criteo": "criteo"}
+def table_names(cfg, count: int) -> list[str]:
+    """`model.table_names` (the data's column names) when it names `count` tables, else t0, t1, ..."""
+    names = list(cfg.model.table_names)
+    if not names:
+        return [f"t{i}" for i in range(count)]
+    if len(names) != count:
+        raise ConfigError(f"model.table_names: {len(names)} names, but the model has {count} tables; expected "
+                          f"{count} names (or none)")
+    return names
+
+
+# Criteo-shaped models (one bag per table per sample; multi-hot bags pooled) read generated click logs or a directory
+# written by `disttrain data prepare` or `disttrain data criteo` (both `data.source=prepared`; `criteo` is the old name).
+CTR_SOURCES = {"synthetic": "synthetic", "criteo": "criteo", "prepared": "criteo"}

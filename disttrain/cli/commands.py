@@ -243,6 +243,46 @@ def cmd_data_criteo(args) -> int:
     return 0
 
 
+def cmd_data_prepare(args) -> int:
+    from disttrain.prepare.schema import from_flags, load_schema
+    from disttrain.prepare.tabular import PrepareOptions, prepare
+
+    if args.items:
+        raise DisttrainError(f"data prepare: unexpected arguments {' '.join(args.items)}; expected FILES... --out DIR")
+    flags = args.label_column or args.dense_columns or args.sparse_columns or args.multi_hot_columns
+    if args.schema and flags:
+        raise DisttrainError("data prepare: --schema and the column flags both given; expected one of them")
+    schema = load_schema(args.schema) if args.schema else from_flags(
+        label=args.label_column, dense=args.dense_columns, sparse=args.sparse_columns,
+        multi_hot=args.multi_hot_columns, transform=args.dense_transform, hash_rows=args.hash_rows,
+        min_count=args.vocab_threshold, delimiter=args.list_delimiter, max_length=args.max_length,
+        id_order=args.id_order) if flags else None
+    opts = PrepareOptions(out=Path(args.out), split=args.split, header=args.header, delimiter=args.delimiter,
+                          column_names=args.column_names, vocab_from=args.vocab_from, skip_bad_rows=args.skip_bad_rows,
+                          workers=args.workers, force=args.force, progress=not args.quiet)
+    meta = prepare(args.inputs, schema, opts)
+    seconds = meta["seconds"]["total"]
+    print(f"wrote {args.out}: {meta['rows']:,} rows in {seconds:.1f} s ({meta['rows'] / max(seconds, 1e-9):,.0f} "
+          f"rows/s; read {meta['seconds']['read']:.1f} s, ids {meta['seconds']['ids']:.1f} s)")
+    for s in meta["sources"]:
+        print(f"  {s['path']}: {s['rows']:,} rows" + (f", {s['bad_rows']:,} bad rows skipped" if s["bad_rows"] else ""))
+        for example in s["bad_examples"]:
+            print(f"    skipped {example}")
+    print("  splits: " + ", ".join(f"{k} rows [{lo:,}, {hi:,})" for k, (lo, hi) in meta["splits"].items()))
+    for t in meta["tables"]:
+        extra = [f"{t['mode']}"]
+        if t["multi_hot"]:
+            extra.append(f"multi-hot, mean {t['mean_length']} ids, {t['pooling']}")
+        if t.get("out_of_vocabulary"):
+            extra.append(f"{t['out_of_vocabulary']:,} values out of the vocabulary")
+        if t.get("truncated_rows"):
+            extra.append(f"{t['truncated_rows']:,} rows cut to {t['max_length']} ids ({t['truncated_values']:,} "
+                         "ids dropped)")
+        print(f"  table {t['name']}: {t['rows']:,} rows ({'; '.join(extra)})")
+    print(f"train on it: disttrain launch data.source=prepared data.path={args.out} ...")
+    return 0
+
+
 def cmd_data_dien_synthetic(args) -> int:
     from disttrain.prepare.dien_synthetic import write_synthetic
 

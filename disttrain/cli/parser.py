@@ -24,6 +24,7 @@ USAGE = """`disttrain` command line: train, launch, plan, bench, serve, prepare 
     disttrain import REFERENCE.pt --out DIR [key=value ...]   a reference DLRM --save-model file -> checkpoint
     disttrain report RUN_DIR [RUN_DIR ...] [--out DIR]   PNG plots + one HTML page
     disttrain data criteo RAW... --out DIR [options]   raw Criteo TSV/CSV (.gz too) -> memory-mapped columns
+    disttrain data prepare FILES... --out DIR [--schema S | --label-column ...]   any Parquet/CSV schema -> DIR
     disttrain data verify DIR                      check a processed directory against its meta.json
     disttrain data dien-synthetic --out DIR [--samples N]   DIEN files with a planted sequential signal
 
@@ -143,6 +144,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("items", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(func=c.cmd_data_criteo)
+    p = data.add_parser("prepare", help="Parquet or CSV/TSV of any schema -> DIR (string, int, multi-hot features)",
+                        description="Read Parquet row groups or CSV byte ranges on every core, map categorical values "
+                                    "(int or string, single or multi-hot) to ids by a training-split vocabulary or a "
+                                    "stable 64-bit hash, transform dense features, write memory-mappable columns.")
+    p.add_argument("inputs", nargs="+", help="input files in order (.parquet, .csv/.tsv/.txt, plain or .gz/.bz2/.zst)")
+    p.add_argument("--out", required=True, help="directory to write (appears only once complete)")
+    p.add_argument("--schema", default="", help="a schema YAML (label, dense, categorical, id_order; see README)")
+    p.add_argument("--label-column", default="", help="without --schema: the label column")
+    p.add_argument("--dense-columns", default="", help="without --schema: dense columns, comma-separated")
+    p.add_argument("--sparse-columns", default="", help="without --schema: categorical columns, comma-separated")
+    p.add_argument("--multi-hot-columns", default="", help="without --schema: list (multi-hot) columns")
+    p.add_argument("--dense-transform", default="none", help="without --schema: none, log1p, standardize or minmax")
+    p.add_argument("--hash-rows", type=int, default=0, help="without --schema: hash ids modulo N instead of vocabularies")
+    p.add_argument("--vocab-threshold", type=int, default=1, help="without --schema: min_count of the vocabularies")
+    p.add_argument("--list-delimiter", default="|", help="without --schema: separator inside multi-hot text fields")
+    p.add_argument("--max-length", type=int, default=0, help="without --schema: values kept per multi-hot row (0: all)")
+    p.add_argument("--id-order", default="frequency", help="vocabulary ids: frequency (default) or first-seen")
+    p.add_argument("--vocab-from", default="", help="a prepared directory whose vocabularies and statistics to reuse "
+                                                    "(a new day of the same data; unseen values -> id 0, counted)")
+    p.add_argument("--split", default="auto",
+                   help="auto (one file: ratio:90,5,5; more: the last file -> test/val halves), days, files, none, "
+                        "ratio:A,B,C")
+    p.add_argument("--header", default="auto", choices=["auto", "yes", "no"], help="CSV: first line is a header")
+    p.add_argument("--delimiter", default="auto", help="CSV: tab, comma, auto or one character")
+    p.add_argument("--column-names", default="", help="CSV without a header: every column's name, comma-separated "
+                                                      "(default: 0, 1, 2, ...)")
+    p.add_argument("--skip-bad-rows", action="store_true", help="skip, count and report rows that do not read")
+    p.add_argument("--workers", type=int, default=0, help="processes (default: every core)")
+    p.add_argument("--force", action="store_true", help="replace an existing prepared directory")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("items", nargs="*", help=argparse.SUPPRESS)
+    p.set_defaults(func=c.cmd_data_prepare)
     p = data.add_parser("dien-synthetic", help="DIEN samples with a planted sequential signal, in the benchmark's files",
                         description="Write local_train_splitByUser, local_test_splitByUser, the three vocabulary "
                                     "pickles, item-info and reviews-info, as DIEN_TF2 reads them.")

@@ -1,4 +1,6 @@
-"""Training from a directory written by `disttrain data criteo`: memory-mapped, sharded by rank, shuffled by seed.
+"""Training from a directory written by `disttrain data prepare` or `disttrain data criteo` (`data.source=prepared`,
+or its old name `criteo`): memory-mapped, sharded by rank, shuffled by seed. Tables take the data's column names;
+multi-hot features come as bags of their rows' ids (pooled by their schema's pooling).
 
 Nothing is loaded into RAM: each rank maps the columns and gathers only the rows of its part of each global
 batch, so a dataset larger than memory works (the page cache holds what is hot).
@@ -32,6 +34,7 @@ from disttrain.tables import EmbeddingTableSpec
 
 FORMAT = "disttrain-criteo"  # meta.json "format" and "version" of a directory `disttrain data criteo` writes
 FORMAT_VERSION = 1
+VERSIONS = (1, 2)  # 2: `disttrain data prepare` (names, multi-hot features, 64-bit vocabularies)
 BLOCK_ROWS = 4096
 SPLITS = ("train", "val", "test")
 VERIFIED_ENV = "DISTTRAIN_VERIFIED_DATA"  # set by the launcher after it checked every checksum
@@ -53,6 +56,14 @@ class DatasetInfo:
     @property
     def table_rows(self) -> list[int]:
         return [int(t["rows"]) for t in self.meta["tables"]]
+
+    @property
+    def table_names(self) -> list[str]:
+        return [str(t["name"]) for t in self.meta["tables"]]
+
+    @property
+    def multi_hot(self) -> list[bool]:
+        return [bool(t.get("multi_hot", False)) for t in self.meta["tables"]]
 
     def split(self, name: str) -> tuple[int, int]:
         lo, hi = self.meta["splits"][name]
@@ -86,18 +97,25 @@ def open_dataset(path: str | Path, *, verify: str = "size") -> DatasetInfo:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DataError(f"{meta_path}: format {meta.get('format') if isinstance(meta, dict) else None!r}, "
                         f"expected {FORMAT!r}")
-    if meta.get("version") != FORMAT_VERSION:
-        raise DataError(f"{meta_path}: format version {meta.get('version')!r}, expected {FORMAT_VERSION} "
-                        "(re-run `disttrain data criteo`)")
+    if meta.get("version") not in VERSIONS:
+        raise DataError(f"{meta_path}: format version {meta.get('version')!r}, expected one of {VERSIONS} "
+                        "(re-run `disttrain data prepare` or `disttrain data criteo`)")
     try:
         rows, num_dense, tables, splits = meta["rows"], meta["num_dense"], meta["tables"], meta["splits"]
         expected = {
             "labels.u8": rows,
             "dense.f32": 4 * rows * num_dense,
-            "sparse.i32": 4 * rows * len(tables),
+            "sparse.i32": 4 * rows * sum(not t.get("multi_hot", False) for t in tables),
         }
         for t in tables:
-            expected[f"vocab/{t['name']}.u32"] = 4 * (t["rows"] - (1 if t["reserved_default"] else 0))
+            if meta["version"] == 1:
+                expected[f"vocab/{t['name']}.u32"] = 4 * (t["rows"] - (1 if t["reserved_default"] else 0))
+                continue
+            if t["mode"] == "vocabulary":
+                expected[f"vocab/{t['name']}.u64"] = 8 * (t["rows"] - 1)
+            if t["multi_hot"]:
+                expected[f"multi/{t['name']}.offsets.i64"] = 8 * (rows + 1)
+                expected[f"multi/{t['name']}.values.i32"] = 4 * t["values"]
         for name in SPLITS:
             lo, hi = splits[name]
             if not 0 <= lo <= hi <= rows:
@@ -148,7 +166,12 @@ class CriteoData:
         rows, path = info.rows, info.path
         self.labels = np.memmap(path / "labels.u8", dtype=np.uint8, mode="r", shape=(rows,))
         self.dense = np.memmap(path / "dense.f32", dtype="<f4", mode="r", shape=(rows, info.num_dense))
-        self.sparse = np.memmap(path / "sparse.i32", dtype="<i4", mode="r", shape=(len(tables), rows))
+        self.single = [i for i, multi in enumerate(info.multi_hot) if not multi]
+        self.sparse = np.memmap(path / "sparse.i32", dtype="<i4", mode="r", shape=(len(self.single), rows)) \
+            if self.single else np.zeros((0, rows), np.int32)
+        self.multi = {i: (np.memmap(path / "multi" / f"{name}.offsets.i64", dtype="<i8", mode="r", shape=(rows + 1,)),
+                          np.memmap(path / "multi" / f"{name}.values.i32", dtype="<i4", mode="r"))
+                      for i, (name, multi) in enumerate(zip(info.table_names, info.multi_hot)) if multi}
         # Ids past a table's rows (the model caps tables with model.max_rows) are folded by modulo.
         self.fold = np.array([t.num_rows for t in tables], dtype=np.int64)
         self.needs_fold = any(t.num_rows < r for t, r in zip(tables, info.table_rows))
@@ -230,16 +253,28 @@ class CriteoData:
         inverse[order] = np.arange(order.size)
         labels = self.labels[sorted_rows][inverse].astype(np.float32)
         dense = self.dense[sorted_rows][inverse]
-        ids = self.sparse[:, sorted_rows][:, inverse].astype(np.int64)
-        if self.needs_fold:
-            ids %= self.fold[:, None]
+        single = self.sparse[:, sorted_rows][:, inverse].astype(np.int64)
         local = rows.size
+        lengths, values = [], []
+        for t in range(len(self.tables)):
+            if t in self.multi:
+                offsets, ids = self.multi[t]
+                starts, stops = offsets[rows], offsets[rows + 1]  # batch order (row ranges are small reads)
+                count = (stops - starts).astype(np.int64)
+                within = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+                lengths.append(count)
+                values.append(np.asarray(ids[np.repeat(starts, count) + within], dtype=np.int64))
+            else:
+                lengths.append(np.ones(local, dtype=np.int64))
+                values.append(single[self.single.index(t)])
+            if self.needs_fold:
+                values[-1] %= self.fold[t]
         sparse = KeyedBags(
             keys=tuple(t.name for t in self.tables),
             bags_per_key=tuple(1 for _ in self.tables),
             batch_size=local,
-            lengths=torch.ones(local * len(self.tables), dtype=torch.int64),
-            values=torch.from_numpy(ids.reshape(-1)),
+            lengths=torch.from_numpy(np.concatenate(lengths)),
+            values=torch.from_numpy(np.concatenate(values)),
         )
         return Batch(dense=torch.from_numpy(np.ascontiguousarray(dense)), labels=torch.from_numpy(labels),
                      sparse=sparse, valid=None if valid is None else torch.from_numpy(valid))
@@ -269,6 +304,11 @@ def _shape(cfg: Config) -> None:
     elif len(cfg.model.table_sizes) != len(rows):
         raise ConfigError(f"model.table_sizes: {len(cfg.model.table_sizes)} tables, but {cfg.data.path} has "
                           f"{len(rows)} categorical columns; expected {len(rows)} sizes (or none: the data's)")
+    if not cfg.model.table_names:
+        cfg.model.table_names = info.table_names
+    for t in info.meta["tables"]:
+        if t.get("multi_hot"):
+            cfg.model.table_pooling.setdefault(t["name"], t.get("pooling", "sum"))
     cfg.data.num_dense = info.num_dense
     lo, hi = info.split("train")
     epochs_to_steps(cfg, hi - lo, f"rows of {cfg.data.path}")
@@ -284,5 +324,6 @@ def _open(cfg: Config, tables: list[EmbeddingTableSpec], comm, rank: int) -> Cri
 
 
 SPEC = SourceSpec("criteo", open=_open, shape=_shape,
-                  path="the directory written by `disttrain data criteo RAW... --out DIR`",
+                  path="the directory written by `disttrain data prepare FILES... --out DIR` (or `disttrain data "
+                       "criteo RAW... --out DIR`)",
                   preflight=lambda cfg: verify_for_launch(cfg.data.path, cfg.data.verify))

@@ -18,7 +18,7 @@ from disttrain.models import ModelSpec, model_spec
 from disttrain.optim import optimizer_spec
 from disttrain.sharding.plan import ShardingPlan
 from disttrain.sharding.planner import plan_sharding
-from disttrain.tables import EmbeddingTableSpec
+from disttrain.tables import EmbeddingTableSpec, by_alias
 
 
 def check_config(cfg: Config) -> ModelSpec:
@@ -90,7 +90,7 @@ def build_plan(cfg: Config, world_size: int) -> tuple[torch.nn.Module, ShardingP
         model.tables,
         world_size=world_size,
         strategy=cfg.sharding.strategy,
-        overrides=cfg.sharding.tables,
+        overrides=by_alias(cfg.sharding.tables, model.tables),
         num_column_shards=cfg.sharding.num_column_shards,
         optimizer=optimizer.name,
         optimizer_state=optimizer.state_words,

@@ -18,7 +18,6 @@ complete.
 from __future__ import annotations
 
 import gzip
-import json
 import multiprocessing
 import os
 import shutil
@@ -50,6 +49,7 @@ from disttrain.prepare.criteo_parse import (
     ParseError,
     parse_block,
 )
+from disttrain.prepare.output import Progress, commit, staging_dir
 
 CHUNK_BYTES = 16 << 20  # one task of pass 1
 BLOCK_BYTES = 2 << 20  # one parse_block call: small enough that its temporaries stay in cache
@@ -127,29 +127,6 @@ def _tasks(source: Source, skip_bad_rows: bool) -> Iterator[tuple]:
             yield ("bytes", data[:cut], source.layout, skip_bad_rows)
         if rest:
             yield ("bytes", rest, source.layout, skip_bad_rows)
-
-
-class _Progress:
-    def __init__(self, enabled: bool, total_bytes: int):
-        self.enabled, self.total, self.done, self.rows = enabled, total_bytes, 0, 0
-        self.start = self.last = time.perf_counter()
-        self.tty = sys.stderr.isatty()
-
-    def update(self, nbytes: int, rows: int, force: bool = False) -> None:
-        self.done += nbytes
-        self.rows += rows
-        now = time.perf_counter()
-        if not self.enabled or (now - self.last < (0.5 if self.tty else 5.0) and not force):
-            return
-        self.last = now
-        pct = 100.0 * self.done / max(self.total, 1)
-        rate = self.rows / max(now - self.start, 1e-9)
-        line = f"parse: {self.rows:,} rows, {pct:5.1f}% of input, {rate:,.0f} rows/s"
-        print(("\r\x1b[K" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
-
-    def finish(self) -> None:
-        if self.enabled and self.tty:
-            print(file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -264,16 +241,11 @@ def prepare(raw_paths: list[str], opts: PrepOptions) -> dict:
                             f"but {sources[0].path} has {len(first.dense)} and {len(first.sparse)}")
     num_dense, num_sparse = len(first.dense), len(first.sparse)
     sparse_names = [SPARSE_NAMES[i] if i < NUM_SPARSE else f"C{i + 1}" for i in range(num_sparse)]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(out)
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = staging_dir(out)
     workers = opts.workers or os.cpu_count() or 1
     ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     try:
-        progress = _Progress(opts.progress, sum(s.bytes for s in sources))
+        progress = Progress(opts.progress, sum(s.bytes for s in sources))
         with ctx.Pool(workers) as pool:
             with open(tmp / "labels.u8", "wb") as f_labels, open(tmp / "dense.f32", "wb") as f_dense:
                 raw_files = [open(tmp / f"raw_{t}.u32", "wb") for t in range(num_sparse)]
@@ -329,14 +301,7 @@ def prepare(raw_paths: list[str], opts: PrepOptions) -> dict:
             "seconds": {"parse": round(parse_seconds, 3), "ids": round(map_seconds, 3),
                         "total": round(time.perf_counter() - started, 3)},
         }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            old = out.parent / f".old-{out.name}-{os.getpid()}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
+        commit(tmp, out, meta)
         return meta
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -365,14 +330,3 @@ def _parse_source(pool, source: Source, opts: PrepOptions, f_labels, f_dense, ra
                         "(--skip-bad-rows skips and counts such rows)") from None
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise DataError(f"{source.path}: read failed after line {line_base} ({exc})") from None
-
-
-def _remove_stale_tmp(out: Path) -> None:
-    """Partial outputs of runs that were killed (their process is gone)."""
-    for p in out.parent.glob(f".tmp-{out.name}-*"):
-        try:
-            pid = int(p.name.rsplit("-", 1)[1])
-        except ValueError:
-            continue
-        if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(p, ignore_errors=True)

@@ -64,11 +64,24 @@ class _Reader:
         return self.cache[key]
 
 
+def renamed_tables(meta: dict, tables) -> dict:
+    """A checkpoint whose tables are named t0, t1, ... (written before tables took their columns' names, or by
+    `disttrain import`) read by a model whose tables have names, or the reverse: the tables match by position."""
+    saved = [t["name"] for t in meta["tables"]]
+    here = [t.name for t in tables]
+    numbered = [f"t{i}" for i in range(len(here))]
+    if saved == here or len(saved) != len(here) or numbered not in (saved, here):
+        return meta
+    new = dict(zip(saved, here))
+    return {**meta, "tables": [{**t, "name": new[t["name"]]} for t in meta["tables"]],
+            "shards": [{**s, "table": new.get(s["table"], s["table"])} for s in meta["shards"]]}
+
+
 def load_checkpoint(path: Path, *, par, comm, cfg) -> Loaded:
     """Fill this rank's shards, the dense part and the optimizers from `path`, whatever plan wrote it."""
     collection, sparse = par.embeddings, par.sparse_optimizer
     locations = collection.shard_locations()
-    meta = read_meta(path)  # checked field by field before anything is sized from it
+    meta = renamed_tables(read_meta(path), collection.tables)  # checked field by field before anything is sized
     by_table: dict[str, list[dict]] = {}
     for record in meta["shards"]:
         by_table.setdefault(record["table"], []).append(record)
@@ -78,7 +91,7 @@ def load_checkpoint(path: Path, *, par, comm, cfg) -> Loaded:
         for rec in by_table.get(table.name, []):
             if overlap(shard.rows, tuple(rec["rows"])) and overlap(shard.cols, tuple(rec["cols"])):
                 needed.add(rank_dir(rec["rank"]))
-    meta = verify_shared(path, comm, needed)
+    meta = renamed_tables(verify_shared(path, comm, needed), collection.tables)
     check_fits(meta, path, model=cfg.model.name, tables=collection.tables,
                dense_shapes={n: list(p.shape) for n, p in dense_parameters(par.model)})
     same_optimizer = meta["optimizer"] == sparse.kind

@@ -1,0 +1,189 @@
+"""`disttrain data prepare`: Parquet or CSV/TSV files of any schema -> a directory of memory-mappable columns that
+`data.source=prepared` trains on.
+
+Output (little-endian, no headers; `meta.json` holds the schema, shapes, splits, statistics and checksums):
+
+    labels.u8                        [rows]
+    dense.f32                        [rows, dense features], transformed
+    sparse.i32                       [single-hot features, rows], one contiguous id column per feature
+    multi/<name>.offsets.i64         [rows + 1] per multi-hot feature: row r's ids are values[offsets[r]:offsets[r+1]]
+    multi/<name>.values.i32          its ids
+    vocab/<name>.u64                 vocabulary features: the 64-bit key of id 1, 2, ... (id 0 = out of vocabulary)
+
+Two passes on every core. Pass 1 (`tabular_read`) reads Parquet row groups or CSV byte ranges in worker processes
+and hashes every categorical value (`hashing`); the main process appends the results in input order. Pass 2
+(`tabular_ids`) maps each feature's keys to ids, one feature per task, and transforms the dense columns with the
+training split's statistics. Everything is staged beside the output and renamed into place after meta.json.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from disttrain.data.criteo import FORMAT
+from disttrain.errors import DataError
+from disttrain.fileio import sha256_file
+from disttrain.prepare.criteo_inputs import compute_splits
+from disttrain.prepare.output import Progress, commit, staging_dir
+from disttrain.prepare.schema import Counters, Schema
+from disttrain.prepare.tabular_ids import check_same_schema, dense_stats, table_task, transform_dense
+from disttrain.prepare.tabular_inputs import Input, inspect_inputs, tasks_of
+from disttrain.prepare.tabular_read import ChunkError, read_task
+
+VERSION = 2  # meta.json "version" of a prepared directory (1: `disttrain data criteo` before multi-hot)
+
+
+@dataclass
+class PrepareOptions:
+    out: Path
+    split: str = "auto"
+    header: str = "auto"
+    delimiter: str = "auto"
+    column_names: str = ""
+    vocab_from: str = ""
+    skip_bad_rows: bool = False
+    workers: int = 0
+    force: bool = False
+    progress: bool = True
+    counters: Counters = field(default_factory=Counters)
+
+
+def prepare(paths: list[str], schema: Schema | None, opts: PrepareOptions) -> dict:
+    """Both passes; returns the metadata written to OUT/meta.json."""
+    started = time.perf_counter()
+    out = Path(opts.out)
+    previous = _vocab_source(opts.vocab_from) if opts.vocab_from else None
+    if schema is None:
+        if previous is None:
+            raise DataError("data prepare: no schema; expected --schema FILE, --label-column with the column flags, "
+                            "or --vocab-from DIR (its schema)")
+        schema = previous["schema_object"]
+    elif previous is not None:
+        check_same_schema(schema.to_json(), previous["meta"]["schema"], opts.vocab_from)
+    if (out / "meta.json").exists() and not opts.force:
+        raise DataError(f"--out {out}: already holds a prepared dataset (remove it or pass --force)")
+    if out.exists() and not (out / "meta.json").exists() and any(out.iterdir()):
+        raise DataError(f"--out {out}: exists and is not a prepared dataset; choose an empty or new directory")
+    inputs = inspect_inputs(paths, schema, opts)
+    tmp = staging_dir(out)
+    workers = opts.workers or os.cpu_count() or 1
+    ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    try:
+        with ctx.Pool(workers) as pool:
+            _pass1(pool, inputs, schema, opts, tmp)
+            read_seconds = time.perf_counter() - started
+            rows = sum(i.rows for i in inputs)
+            if rows == 0:
+                raise DataError(f"{', '.join(i.path for i in inputs)}: no rows")
+            mode = opts.split if opts.split != "auto" else ("ratio:90,5,5" if len(inputs) == 1 else "days")
+            splits = compute_splits(mode, [i.rows for i in inputs])
+            train_rows = splits["train"][1]
+            tables, dense_meta = _pass2(pool, tmp, schema, rows, train_rows, previous)
+            for t in tables:
+                if t["multi_hot"]:
+                    t["truncated_rows"] = opts.counters.truncated_rows.get(t["name"], 0)
+                    t["truncated_values"] = opts.counters.truncated_values.get(t["name"], 0)
+            id_seconds = time.perf_counter() - started - read_seconds
+            files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+            digests = pool.map(sha256_file, [str(tmp / f) for f in files])
+        meta = {
+            "format": FORMAT, "version": VERSION, "rows": rows, "num_dense": len(schema.dense),
+            "dense_names": [d.name for d in schema.dense], "dense": dense_meta, "tables": tables,
+            "splits": splits, "schema": schema.to_json(),
+            "options": {"split": mode, "skip_bad_rows": opts.skip_bad_rows, "vocab_from": opts.vocab_from,
+                        "hash": "FNV-1a 64 of the value's UTF-8 text; id = hash % rows",
+                        "missing": "dense: 0 before the transform; categorical: the empty text"},
+            "sources": [i.to_json() for i in inputs],
+            "files": {f: {"bytes": os.path.getsize(tmp / f), "sha256": d} for f, d in zip(files, digests)},
+            "seconds": {"read": round(read_seconds, 3), "ids": round(id_seconds, 3),
+                        "total": round(time.perf_counter() - started, 3)},
+        }
+        commit(tmp, out, meta)
+        return meta
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _pass1(pool, inputs: list[Input], schema: Schema, opts: PrepareOptions, tmp: Path) -> None:
+    progress = Progress(opts.progress, sum(i.bytes for i in inputs))
+    singles = [c for c in schema.categorical if not c.multi_hot]
+    multis = [c for c in schema.categorical if c.multi_hot]
+    files = {"labels": open(tmp / "labels.u8", "wb"), "dense": open(tmp / "dense.raw.f32", "wb")}
+    for c in schema.categorical:
+        files[c.name] = open(tmp / f"keys_{c.name}.u64", "wb")
+    for c in multis:
+        files["len_" + c.name] = open(tmp / f"len_{c.name}.i32", "wb")
+    try:
+        for source in inputs:
+            try:
+                for chunk, nbytes in pool.imap(read_task, tasks_of(source, schema, opts.skip_bad_rows)):
+                    source.add(chunk)
+                    files["labels"].write(memoryview(chunk.labels))
+                    files["dense"].write(memoryview(np.ascontiguousarray(chunk.dense, dtype="<f4")))
+                    for c, keys in zip(singles, chunk.single):
+                        files[c.name].write(memoryview(keys))
+                    for c, (lengths, keys) in zip(multis, chunk.multi):
+                        files["len_" + c.name].write(memoryview(lengths))
+                        files[c.name].write(memoryview(keys))
+                    opts.counters.add(chunk.counters)
+                    progress.update(nbytes or source.bytes_per_task, chunk.labels.size)
+            except ChunkError as exc:
+                raise DataError(f"{source.where(exc.row)}: {exc.reason}"
+                                + (" (--skip-bad-rows skips and counts such rows)" if exc.row >= 0 else "")) from None
+    finally:
+        for f in files.values():
+            f.close()
+    progress.update(0, 0, force=True)
+    progress.finish()
+
+
+def _pass2(pool, tmp: Path, schema: Schema, rows: int, train_rows: int, previous: dict | None):
+    with open(tmp / "sparse.i32", "wb") as f:
+        f.truncate(4 * rows * sum(not c.multi_hot for c in schema.categorical))
+    old_tables = {t["name"]: t for t in previous["meta"]["tables"]} if previous else {}
+    tasks, slot = [], 0
+    for c in schema.categorical:
+        vocab = (str(Path(previous["path"]) / "vocab" / f"{c.name}.u64")
+                 if previous and old_tables[c.name]["mode"] == "vocabulary" else None)
+        tasks.append({"tmp": str(tmp), "rows": rows, "train_rows": train_rows, "id_order": schema.id_order,
+                      "slot": slot, "vocab": vocab,
+                      "feature": {"name": c.name, "multi_hot": c.multi_hot, "pooling": c.pooling, "hash": c.hash_rows,
+                                  "min_count": c.min_count, "max_length": c.max_length}})
+        slot += not c.multi_hot
+    done = {t["name"]: t for t in pool.imap_unordered(table_task, tasks)}
+    tables = [done[c.name] for c in schema.categorical]
+    raw = np.memmap(tmp / "dense.raw.f32", dtype="<f4", mode="r", shape=(rows, len(schema.dense)))
+    stats = previous["meta"]["dense"] if previous else None
+    stats = [d["stats"] for d in stats] if stats else dense_stats(raw, train_rows)
+    transform_dense(raw, [d.transform for d in schema.dense], stats).tofile(tmp / "dense.f32")
+    del raw
+    for p in [tmp / "dense.raw.f32", *tmp.glob("keys_*.u64"), *tmp.glob("len_*.i32")]:
+        p.unlink()
+    dense_meta = [{"name": d.name, "transform": d.transform, "stats": s} for d, s in zip(schema.dense, stats)]
+    return tables, dense_meta
+
+
+def _vocab_source(path: str) -> dict:
+    """An earlier prepared directory whose vocabularies and statistics a new day reuses."""
+    from disttrain.prepare.schema import load_schema_json
+
+    meta_path = Path(path) / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"--vocab-from {path}: no readable meta.json ({exc}); expected a `disttrain data prepare` "
+                        "output") from None
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION or "schema" not in meta:
+        raise DataError(f"--vocab-from {path}: not a `disttrain data prepare` output (format "
+                        f"{meta.get('format')!r} version {meta.get('version')!r})")
+    return {"path": path, "meta": meta, "schema_object": load_schema_json(meta["schema"], str(meta_path))}

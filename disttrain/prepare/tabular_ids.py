@@ -1,0 +1,119 @@
+"""Pass 2 of `disttrain data prepare`: the 64-bit keys of each categorical feature -> contiguous ids, and the raw
+dense values -> their transforms. One table per worker task.
+
+Vocabulary features count their keys over the training split only: keys seen at least `min_count` times get ids
+1.. (most frequent first, or in order of first appearance with `id_order: first-seen`); everything else, and any
+key a new day brings (`--vocab-from`), is id 0, the out-of-vocabulary id. Hashed features need no vocabulary:
+id = key % rows. Dense statistics (mean, standard deviation, minimum, maximum) come from the training split and
+travel in meta.json, so `--vocab-from` applies the same transform to a new day.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from disttrain.errors import DataError
+
+OOV = 0  # the id of values outside a vocabulary
+
+
+def vocabulary(keys: np.ndarray, *, min_count: int, id_order: str) -> np.ndarray:
+    """The keys that get ids 1.., in id order, from the training split's keys."""
+    unique, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    keep = counts >= min_count
+    unique, first, counts = unique[keep], first[keep], counts[keep]
+    order = np.argsort(first, kind="stable") if id_order == "first-seen" else np.lexsort((unique, -counts))
+    return unique[order]
+
+
+def lookup(vocab: np.ndarray, keys: np.ndarray, base: int = 1) -> tuple[np.ndarray, int]:
+    """(ids of `keys` in `vocab` (position + base; OOV when absent), how many were absent)."""
+    if vocab.size == 0:
+        return np.full(keys.size, OOV, dtype=np.int32), int(keys.size)
+    order = np.argsort(vocab, kind="stable")
+    sorted_vocab = vocab[order]
+    pos = np.minimum(np.searchsorted(sorted_vocab, keys), sorted_vocab.size - 1)
+    found = sorted_vocab[pos] == keys
+    ids = np.where(found, order[pos] + base, OOV).astype(np.int32)
+    return ids, int((~found).sum())
+
+
+def table_task(task: dict) -> dict:
+    """Worker: one categorical feature's ids (and vocabulary file)."""
+    tmp, feature, rows, train_rows = Path(task["tmp"]), task["feature"], task["rows"], task["train_rows"]
+    name = feature["name"]
+    if feature["multi_hot"]:
+        lengths = np.fromfile(tmp / f"len_{name}.i32", dtype=np.int32)
+        offsets = np.zeros(rows + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        keys = np.memmap(tmp / f"keys_{name}.u64", dtype=np.uint64, mode="r", shape=(int(offsets[-1]),))
+        train_keys = keys[: int(offsets[train_rows])]
+    else:
+        keys = np.memmap(tmp / f"keys_{name}.u64", dtype=np.uint64, mode="r", shape=(rows,))
+        train_keys = keys[:train_rows]
+    info = {"name": name, "multi_hot": feature["multi_hot"], "pooling": feature["pooling"]}
+    if feature["hash"]:
+        ids = (np.asarray(keys) % np.uint64(feature["hash"])).astype(np.int32)
+        info.update(mode="hash", hash_rows=feature["hash"], rows=feature["hash"], reserved_default=False,
+                    distinct_train=int(np.unique(train_keys).size))
+    else:
+        given = task.get("vocab")
+        vocab = (np.fromfile(given, dtype=np.uint64) if given
+                 else vocabulary(np.asarray(train_keys), min_count=feature["min_count"], id_order=task["id_order"]))
+        ids, unseen = lookup(vocab, np.asarray(keys))
+        (tmp / "vocab").mkdir(exist_ok=True)
+        vocab.tofile(tmp / "vocab" / f"{name}.u64")
+        info.update(mode="vocabulary", min_count=feature["min_count"], rows=int(vocab.size) + 1,
+                    reserved_default=True, distinct_train=int(np.unique(train_keys).size),
+                    out_of_vocabulary=unseen)
+    if feature["multi_hot"]:
+        (tmp / "multi").mkdir(exist_ok=True)
+        ids.tofile(tmp / "multi" / f"{name}.values.i32")
+        offsets.tofile(tmp / "multi" / f"{name}.offsets.i64")
+        info.update(values=int(offsets[-1]), max_length=feature["max_length"],
+                    mean_length=round(float(offsets[-1]) / max(rows, 1), 4))
+    else:
+        out = np.memmap(tmp / "sparse.i32", dtype=np.int32, mode="r+", offset=4 * task["slot"] * rows, shape=(rows,))
+        out[:] = ids
+        out.flush()
+    del keys
+    return info
+
+
+def dense_stats(raw: np.ndarray, train_rows: int) -> list[dict]:
+    """Per dense column, from the training split: mean, std, min, max (float64)."""
+    train = raw[:train_rows].astype(np.float64)
+    if train_rows == 0:
+        return [{"mean": 0.0, "std": 1.0, "min": 0.0, "max": 1.0} for _ in range(raw.shape[1])]
+    return [{"mean": float(c.mean()), "std": float(c.std()), "min": float(c.min()), "max": float(c.max())}
+            for c in train.T]
+
+
+def transform_dense(raw: np.ndarray, transforms: list[str], stats: list[dict]) -> np.ndarray:
+    """float32 [rows, D] after each column's transform, block by block (bounded memory)."""
+    out = np.empty(raw.shape, dtype=np.float32)
+    for lo in range(0, raw.shape[0], 1 << 20):
+        block = raw[lo: lo + (1 << 20)].astype(np.float64)
+        for j, (kind, s) in enumerate(zip(transforms, stats)):
+            column = block[:, j]
+            if kind == "log1p":
+                column = np.log1p(np.maximum(column, 0.0))
+            elif kind == "standardize":
+                column = (column - s["mean"]) / (s["std"] if s["std"] > 0 else 1.0)
+            elif kind == "minmax":
+                span = s["max"] - s["min"]
+                column = (column - s["min"]) / span if span > 0 else np.zeros_like(column)
+            block[:, j] = column
+        out[lo: lo + block.shape[0]] = block
+    return out
+
+
+def check_same_schema(mine: dict, theirs: dict, where: str) -> None:
+    """--vocab-from: the new data must have the features the vocabularies were built for."""
+    if [f["name"] for f in mine["categorical"]] != [f["name"] for f in theirs["categorical"]] or \
+            [d["name"] for d in mine["dense"]] != [d["name"] for d in theirs["dense"]]:
+        raise DataError(f"--vocab-from {where}: its schema has dense {[d['name'] for d in theirs['dense']]} and "
+                        f"categorical {[f['name'] for f in theirs['categorical']]}; this run's has "
+                        f"{[d['name'] for d in mine['dense']]} and {[f['name'] for f in mine['categorical']]}")

@@ -1,0 +1,213 @@
+"""Pass 1 of `disttrain data prepare`: one chunk of input (a Parquet row group, or a CSV/TSV byte range) -> the
+label, the raw dense values and the 64-bit keys of every categorical feature, in row order.
+
+Runs in worker processes; everything returned is numpy. CSV fields are read as text and converted here, so a bad
+field is reported with its file line (or skipped and counted with --skip-bad-rows) instead of failing the whole
+chunk. Parquet columns keep their types: numbers stay numbers, `list<...>` columns are multi-hot.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from disttrain.prepare.hashing import hash_values
+from disttrain.prepare.schema import Counters, Schema
+
+
+class ChunkError(Exception):
+    """A row that cannot be read: `row` is 0-based within the chunk's lines (CSV) or rows (Parquet)."""
+
+    def __init__(self, row: int, reason: str):
+        super().__init__(row, reason)  # both in args: the exception crosses a process boundary pickled
+        self.row, self.reason = row, reason
+
+
+@dataclass
+class Chunk:
+    labels: np.ndarray  # [R] uint8
+    dense: np.ndarray  # [R, D] float32, before the transforms
+    single: list[np.ndarray]  # per single-hot feature: [R] uint64 keys
+    multi: list[tuple[np.ndarray, np.ndarray]]  # per multi-hot feature: ([R] int32 lengths, [sum] uint64 keys)
+    lines: int  # CSV: lines of the chunk, good and bad; Parquet: rows
+    bad: list[tuple[int, str]] = field(default_factory=list)  # (0-based line in the chunk, reason), the first few
+    bad_count: int = 0
+    counters: Counters = field(default_factory=Counters)
+
+
+@dataclass(frozen=True)
+class Task:
+    kind: str  # "parquet" | "csv-range" | "csv-bytes"
+    path: str
+    schema: Schema
+    skip_bad_rows: bool
+    row_group: int = 0
+    start: int = 0
+    stop: int = 0
+    payload: bytes = b""
+    names: tuple[str, ...] = ()  # CSV: every column's name, in file order
+    delimiter: str = ","
+
+
+def read_task(task: Task) -> tuple[Chunk, int]:
+    """Worker: (the chunk, bytes of input it covered)."""
+    if task.kind == "parquet":
+        table = pq.ParquetFile(task.path).read_row_group(task.row_group, columns=task.schema.columns)
+        return convert(table, task.schema, task.skip_bad_rows, lines=table.num_rows, line_of=None), 0
+    if task.kind == "csv-range":
+        with open(task.path, "rb") as f:
+            f.seek(task.start)
+            data = f.read(task.stop - task.start)
+    else:
+        data = task.payload
+    return read_csv_bytes(data, task), len(data)
+
+
+def read_csv_bytes(data: bytes, task: Task) -> Chunk:
+    lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+    skipped: list[tuple[int, str]] = []
+
+    def invalid(row) -> str:
+        line = (row.number - 1) if row.number is not None else -1
+        skipped.append((line, f"{row.actual_columns} fields, expected {row.expected_columns}"))
+        return "skip"
+
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(data),
+            read_options=pacsv.ReadOptions(column_names=list(task.names), use_threads=False, block_size=1 << 26),
+            parse_options=pacsv.ParseOptions(delimiter=task.delimiter, newlines_in_values=False,
+                                             ignore_empty_lines=False, invalid_row_handler=invalid),
+            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in task.names},
+                                                 include_columns=task.schema.columns, strings_can_be_null=False,
+                                                 quoted_strings_can_be_null=False))
+    except pa.ArrowInvalid as exc:
+        raise ChunkError(-1, f"not readable as {task.delimiter!r}-separated text ({exc})") from None
+    if skipped and not task.skip_bad_rows:
+        line, reason = skipped[0]
+        raise ChunkError(line, reason)
+    kept = np.setdiff1d(np.arange(lines), [s[0] for s in skipped]) if skipped else None
+    chunk = convert(table, task.schema, task.skip_bad_rows, lines=lines,
+                    line_of=(lambda i: int(kept[i])) if kept is not None else None)
+    chunk.bad = skipped[:5] + chunk.bad
+    chunk.bad_count += len(skipped)
+    return chunk
+
+
+def convert(table: pa.Table, schema: Schema, skip_bad_rows: bool, *, lines: int, line_of) -> Chunk:
+    """Typed arrays of one chunk; rows with a bad field raise ChunkError (or are dropped and counted)."""
+    n = table.num_rows
+    line = line_of or (lambda i: i)
+    bad_rows = np.zeros(n, dtype=bool)
+    reasons: dict[int, str] = {}
+
+    def fail(mask: np.ndarray, reason) -> None:
+        rows = np.flatnonzero(mask & ~bad_rows)
+        if rows.size == 0:
+            return
+        if not skip_bad_rows:
+            raise ChunkError(line(int(rows[0])), reason(int(rows[0])))
+        bad_rows[rows] = True
+        for r in rows[:5]:
+            reasons.setdefault(int(r), reason(int(r)))
+
+    labels = _numbers(table.column(schema.label), schema.label, fail)
+    fail(~np.isin(labels, (0.0, 1.0)), lambda r: f"column {schema.label}: label {_text(table, schema.label, r)}, "
+                                                 "expected 0 or 1")
+    dense = np.zeros((n, len(schema.dense)), dtype=np.float32)
+    for j, feature in enumerate(schema.dense):
+        dense[:, j] = _numbers(table.column(feature.name), feature.name, fail)
+    single, multi, counters = [], [], Counters()
+    for feature in schema.categorical:
+        column = table.column(feature.name)
+        if not feature.multi_hot:
+            if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+                raise ChunkError(-1, f"column {feature.name}: a list column ({column.type}); expected "
+                                     "multi_hot for it in the schema")
+            single.append(hash_values(column))
+            continue
+        lengths, values, overflow = _lists(column, feature)
+        if overflow is not None and feature.overflow == "error":
+            fail(overflow > 0, lambda r, f=feature, o=overflow, ln=lengths: (
+                f"column {f.name}: {int(ln[r] + o[r])} values, more than max_length {f.max_length} (the "
+                "schema's overflow: error; truncate cuts and counts)"))
+        elif overflow is not None:
+            counters.truncated_rows[feature.name] = int((overflow > 0).sum())
+            counters.truncated_values[feature.name] = int(overflow.sum())
+        multi.append((lengths, hash_values(values)))
+    keep = ~bad_rows
+    if bad_rows.any():
+        single = [s[keep] for s in single]
+        multi = [_keep_lists(lengths, keys, keep) for lengths, keys in multi]
+    bad = [(line(r), reasons[r]) for r in sorted(reasons)[:5]]
+    return Chunk(labels[keep].astype(np.uint8), dense[keep], single, multi, lines, bad, int(bad_rows.sum()), counters)
+
+
+def _text(table: pa.Table, column: str, row: int) -> str:
+    return repr(table.column(column)[row].as_py())
+
+
+def _numbers(column: pa.ChunkedArray, name: str, fail) -> np.ndarray:
+    """float64 values; empty text and nulls are 0 (a missing value); text that is not a number is a bad row."""
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if pa.types.is_boolean(array.type):
+        array = pc.cast(array, pa.int8())
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+        stripped = pc.utf8_trim_whitespace(array)
+        blank = pc.equal(stripped, "")
+        try:
+            values = pc.cast(pc.if_else(blank, pa.scalar(None, array.type), stripped), pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            texts = stripped.to_pylist()
+            out = np.zeros(len(texts))
+            bad = np.zeros(len(texts), dtype=bool)
+            for i, text in enumerate(texts):
+                try:
+                    out[i] = float(text) if text else 0.0
+                except ValueError:
+                    bad[i] = True
+            fail(bad | ~np.isfinite(out), lambda r: f"column {name}: {texts[r]!r} is not a number")
+            return np.where(bad, 0.0, out)
+    elif pa.types.is_integer(array.type) or pa.types.is_floating(array.type) or pa.types.is_decimal(array.type):
+        values = pc.cast(array, pa.float64())
+    else:
+        raise ChunkError(-1, f"column {name}: type {array.type}; expected numbers (or text holding numbers)")
+    out = values.to_numpy(zero_copy_only=False)
+    out = np.nan_to_num(out.astype(np.float64), nan=0.0, posinf=np.inf, neginf=-np.inf)  # nulls -> 0
+    fail(~np.isfinite(out), lambda r: f"column {name}: {out[r]!r} is not a finite number")
+    return np.where(np.isfinite(out), out, 0.0)
+
+
+def _lists(column: pa.ChunkedArray, feature) -> tuple[np.ndarray, pa.Array, np.ndarray | None]:
+    """(per-row lengths after truncation, the kept values, per-row values cut (None: no limit))."""
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+        array = pc.split_pattern(pc.fill_null(array, ""), feature.delimiter)
+    elif not (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)):
+        raise ChunkError(-1, f"column {feature.name}: type {array.type}; expected a list column or text joined "
+                             f"by {feature.delimiter!r} (multi_hot)")
+    n = len(array)
+    parents = pc.list_parent_indices(array).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.list_flatten(array)
+    present = pc.and_(pc.is_valid(values), pc.not_equal(pc.cast(values, pa.string()), "")).to_numpy(
+        zero_copy_only=False) if len(values) else np.zeros(0, dtype=bool)
+    parents, values = parents[present], values.filter(pa.array(present))
+    lengths = np.bincount(parents, minlength=n).astype(np.int64)
+    if not feature.max_length:
+        return lengths.astype(np.int32), values, None
+    starts = np.cumsum(lengths) - lengths
+    position = np.arange(parents.size) - starts[parents]
+    kept = position < feature.max_length
+    overflow = np.maximum(lengths - feature.max_length, 0)
+    return np.minimum(lengths, feature.max_length).astype(np.int32), values.filter(pa.array(kept)), overflow
+
+
+def _keep_lists(lengths: np.ndarray, keys: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    owner = np.repeat(np.arange(lengths.size), lengths)
+    return lengths[keep], keys[keep[owner]]
