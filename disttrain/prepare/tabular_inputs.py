@@ -86,7 +86,7 @@ def _parquet(path: str, schema: Schema, first: pa.Schema | None) -> tuple[Input,
 
 
 def _open_text(path: str, codec: str | None):
-    return pa.CompressedInputStream(pa.OSFile(path), codec) if codec else open(path, "rb")
+    return pa.input_stream(path, compression=codec) if codec else open(path, "rb")
 
 
 def _csv(path: str, schema: Schema, opts) -> Input:
@@ -94,7 +94,7 @@ def _csv(path: str, schema: Schema, opts) -> Input:
     codec = CODECS.get(suffixes[-1].lower()) if suffixes else None
     try:
         with _open_text(path, codec) as f:
-            first = f.readline(1 << 20).decode("utf-8", "replace").rstrip("\r\n")
+            first = f.read(1 << 20).split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r")
     except (OSError, pa.ArrowInvalid) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
     base = Path(path).name.lower()
@@ -151,14 +151,17 @@ def tasks_of(source: Input, schema: Schema, skip_bad_rows: bool):
             yield Task("csv-range", source.path, start=a, stop=b, **common)
         return
     with _open_text(source.path, source.codec) as f:
-        if source.header_lines:
-            f.readline()
-        rest = b""
+        rest, header = b"", bool(source.header_lines)
         while True:
             data = f.read(CHUNK_BYTES)
             if not data:
                 break
             data = rest + data
+            if header:  # drop the header line once it is whole
+                if b"\n" not in data:
+                    rest = data
+                    continue
+                data, header = data.split(b"\n", 1)[1], False
             cut = data.rfind(b"\n") + 1
             rest, data = (data, b"") if cut == 0 else (data[cut:], data[:cut])
             if data:
