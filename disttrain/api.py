@@ -17,7 +17,6 @@ when a checkpoint's config names it (a file disttrain reads never makes it impor
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,8 +85,9 @@ def launch(cfg: Config) -> dict | None:
     code = start(cfg, prepare_launch(cfg))
     if code != 0:
         raise JobFailed(f"the job's workers exited with code {code}", code)
-    summary = Path(cfg.run.output_dir).expanduser() / "summary.json"
-    return json.loads(summary.read_text()) if summary.is_file() else None
+    from disttrain.engine.outputs import published_summary
+
+    return published_summary(cfg)
 
 
 def train(cfg: Config, *, reexec: bool = False) -> dict | None:

@@ -10,11 +10,13 @@ then the resolved config the workers read is written to `<run.output_dir>/config
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from disttrain import config as config_mod
 from disttrain.engine.build import build_plan, check_config, data_source_spec
-from disttrain.engine.checkpoint import VERIFIED, check_fits, find_checkpoint, verify
+from disttrain.engine.checkpoint import VERIFIED, check_fits, find_checkpoint, read_manifest, remote, verify
+from disttrain.engine.checkpoint.load import renamed_tables
+from disttrain.engine.checkpoint.verify import read_meta
+from disttrain.engine.outputs import run_dir
 from disttrain.engine.resources import RESOURCES_CHECKED, check_directories, check_memory, checkpoint_bytes
 from disttrain.launchers import launcher_for
 from disttrain.runtime.backend import resolve_backend
@@ -57,9 +59,7 @@ def prepare_launch(cfg: config_mod.Config) -> str:
         data_source_spec(cfg).preflight(cfg)
         if cfg.train.resume:
             check_resume(cfg, model)
-    out = Path(cfg.run.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "config.yaml"
+    path = run_dir(cfg) / "config.yaml"
     path.write_text(config_mod.to_yaml(cfg))
     return str(path.resolve())
 
@@ -69,8 +69,17 @@ def check_resume(cfg: config_mod.Config, model) -> None:
     path = find_checkpoint(cfg.train.resume, cfg.checkpoint.dir)
     if path is None:
         return
-    meta = verify(path)
     dense = {n: list(p.shape) for n, p in model.named_parameters() if not n.startswith("embeddings.")}
+    if remote.is_copy(path):  # object storage: the manifest and meta here; each worker checks what it fetches
+        where = remote.source_of(path)
+        try:
+            read_manifest(path)
+            meta = renamed_tables(read_meta(path), model.tables)
+        finally:
+            remote.release(path)
+        check_fits(meta, where, model=cfg.model.name, tables=model.tables, dense_shapes=dense)
+        return
+    meta = renamed_tables(verify(path), model.tables)
     check_fits(meta, path, model=cfg.model.name, tables=model.tables, dense_shapes=dense)
     os.environ[VERIFIED] = str(path.resolve())  # the workers check sizes, not hashes, of what was just hashed
 

@@ -8,9 +8,9 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 
 from disttrain import config as config_mod
+from disttrain.engine.outputs import run_dir
 from disttrain.errors import DisttrainError
 from disttrain.launchers import LAUNCHERS, launcher_of_worker
 from disttrain.runtime.bootstrap import bootstrap
@@ -43,10 +43,9 @@ def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] = os.environ, 
     env = worker_env_from(environ)
     apply_threads(placement["threads"])
     if env.rank == 0:
-        out = Path(cfg.run.output_dir)
+        out = cfg.run.output_dir
         try:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "config.yaml").write_text(config_mod.to_yaml(cfg))
+            (run_dir(cfg) / "config.yaml").write_text(config_mod.to_yaml(cfg))
         except OSError as exc:
             raise DisttrainError(f"run.output_dir: {out} is not writable ({exc.strerror or exc}); expected a "
                                  "directory this job can create files in") from None
@@ -74,7 +73,7 @@ def _run(cfg: config_mod.Config, env, comm, serve: str | None, trainer) -> dict 
         request = json.loads(serve)
         summary = serve_sharded(trainer, request["mode"], request["iterations"], request.get("exact_max_length", 0))
         if summary is not None:
-            write_json(Path(cfg.run.output_dir) / "infer.json", summary)
+            write_json(run_dir(cfg) / "infer.json", summary)
     else:
         try:
             summary = trainer.run()

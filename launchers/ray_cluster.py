@@ -29,10 +29,12 @@ from pathlib import Path
 
 from disttrain import config as config_mod
 from disttrain.config import Config
+from disttrain.engine.outputs import run_dir
 from disttrain.errors import ConfigError, DisttrainError, missing
 from disttrain.runtime.bootstrap import CPU_SLOTS, USER_SET, user_set_variables
 from disttrain.runtime.env import RUN_ID, WorkerEnv, free_port, split_endpoint, transport_env, wait_for_tcp
 from disttrain.runtime.signals import PREEMPTED
+from disttrain.storage import is_remote, join, local
 
 FORWARDED = ("DISTTRAIN_FAULT",)  # test hook: fault injection (disttrain.engine.faults)
 REPORTED = ("train_loss", "eval_auc", "eval_logloss", "eval_accuracy", "samples_per_s", "steps", "world_size")
@@ -121,15 +123,18 @@ def _train_loop(loop_config: dict) -> None:
 JOB_DRIVER = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in the driver of a `ray job submit`
 
 
-def _resolved_output_dir(cfg: Config) -> Path:
-    """`run.output_dir` as an absolute path. Under `ray job submit` the driver runs in Ray's temporary copy of the
-    working directory, where a relative path would vanish with the session: refused in one line."""
-    path = Path(cfg.run.output_dir).expanduser()
+def _resolved_output_dir(cfg: Config) -> str:
+    """`run.output_dir` as an absolute path (or its URL on object storage). Under `ray job submit` the driver runs
+    in Ray's temporary copy of the working directory, where a relative path would vanish with the session: refused
+    in one line."""
+    if is_remote(cfg.run.output_dir):
+        return cfg.run.output_dir
+    path = Path(local(cfg.run.output_dir)).expanduser()
     if not path.is_absolute() and JOB_DRIVER in os.environ:
         raise ConfigError(f"run.output_dir: got {cfg.run.output_dir!r}, a relative path, but this `ray job submit` driver "
                           f"runs in Ray's temporary copy of the working directory ({os.getcwd()}), deleted with the "
                           "session; expected an absolute path (or ~/...), on shared storage for multi-node clusters")
-    return path.resolve()
+    return str(path.resolve())
 
 
 def launch_ray(cfg: Config, config_path: str) -> int:
@@ -170,7 +175,8 @@ def launch_ray(cfg: Config, config_path: str) -> int:
                 "user_env": user_env,
                 "transport_env": transport_env(cfg.launch.socket_ifname),
                 "cpus_per_worker": cpus,
-                "output_dir": str(out),
+                # where rank 0 writes its files (a staging directory when run.output_dir is on object storage)
+                "output_dir": str(run_dir(cfg_for_workers)) if is_remote(out) else out,
                 "run_id": os.environ.get(RUN_ID) or uuid.uuid4().hex,
                 # Ray workers do not inherit the driver's environment: carry disttrain's own switches.
                 "driver_env": {k: v for k, v in os.environ.items() if k in FORWARDED},
@@ -211,13 +217,14 @@ def _interrupt(signum, _frame) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def _collect(result, out: Path) -> None:
-    """Bring rank 0's output directory (reported as a checkpoint) to the driver's run.output_dir."""
+def _collect(result, out: str) -> None:
+    """Bring rank 0's output directory (reported as a checkpoint) to the driver's run.output_dir (on object
+    storage rank 0 published it there already)."""
     metrics = result.metrics or {}
     where = result.checkpoint.path if result.checkpoint else "(none)"
-    if result.checkpoint is not None and not (out / "summary.json").exists():
-        result.checkpoint.to_directory(str(out))
+    if result.checkpoint is not None and not is_remote(out) and not (Path(out) / "summary.json").exists():
+        result.checkpoint.to_directory(out)
     shown = " ".join(f"{k}={metrics[k]:.6g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
                      for k in REPORTED if k in metrics)
     print(f"disttrain: Ray reported {shown}", flush=True)
-    print(f"disttrain: summary {out / 'summary.json'}; Ray Train checkpoint {where}", flush=True)
+    print(f"disttrain: summary {join(out, 'summary.json')}; Ray Train checkpoint {where}", flush=True)

@@ -166,7 +166,9 @@ def cmd_bench(args) -> int:
                              + "; expected more steps than that: the benchmark times the steps after them")
     code = cmd_launch(args, base=BENCH_CONFIG)
     if code == 0:
-        summary = json.loads((Path(cfg.run.output_dir) / "summary.json").read_text())
+        from disttrain.engine.outputs import published_summary
+
+        summary = published_summary(cfg)
         print(
             f"BENCH dlrm/{summary['flavor']} world_size={summary['world_size']} "
             f"global_batch={summary['global_batch_size']} samples_per_s={summary['samples_per_s']:.0f}"

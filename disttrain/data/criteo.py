@@ -16,7 +16,6 @@ is padded (the padding is masked out of the metrics).
 
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -27,9 +26,11 @@ import torch
 
 from disttrain.batch import Batch, KeyedBags
 from disttrain.config import Config
+from disttrain.data.columns import Store
 from disttrain.data.contract import SourceSpec, agreed, epochs_to_steps, resume_note
 from disttrain.errors import ConfigError, DataError
 from disttrain.fileio import sha256_file
+from disttrain.storage import is_remote, local
 from disttrain.tables import EmbeddingTableSpec
 
 FORMAT = "disttrain-criteo"  # meta.json "format" and "version" of a directory `disttrain data criteo` writes
@@ -42,8 +43,9 @@ VERIFIED_ENV = "DISTTRAIN_VERIFIED_DATA"  # set by the launcher after it checked
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    path: Path
+    path: str  # a local directory or a URL
     meta: dict
+    store: Store
 
     @property
     def rows(self) -> int:
@@ -78,20 +80,25 @@ class DatasetInfo:
         return hashlib.sha256("".join(files[f]["sha256"] for f in sorted(files)).encode()).hexdigest()[:16]
 
 
-def open_dataset(path: str | Path, *, verify: str = "size") -> DatasetInfo:
-    """Read and check `meta.json` against the files: sizes always, sha256 with verify="checksum"."""
-    path = Path(path)
-    meta_path = path / "meta.json"
-    partial = any(path.parent.glob(f".tmp-{path.name}-*"))
-    hint = (" (an interrupted `disttrain data criteo` left only its partial .tmp- directory; run it again)"
-            if partial else "")
-    if not path.is_dir():
-        raise DataError(f"data.path: {path} is not a directory; expected the --out of `disttrain data criteo`{hint}")
-    if not meta_path.is_file():
-        raise DataError(f"data.path: {path} has no meta.json; expected a directory written by "
-                        f"`disttrain data criteo`{hint}")
+def open_dataset(path, *, verify: str = "size") -> DatasetInfo:
+    """Read and check `meta.json` against the files: sizes always, sha256 with verify="checksum" (local; on object
+    storage a checksum would read every byte, so sizes are checked there: `disttrain data verify URL` hashes)."""
+    store = Store(path)
+    meta_path = store.where("meta.json")
+    if not store.remote:
+        local_dir = Path(store.root)
+        partial = any(local_dir.parent.glob(f".tmp-{local_dir.name}-*"))
+        hint = (" (an interrupted `disttrain data criteo` or `data prepare` left only its partial .tmp- directory; "
+                "run it again)"
+                if partial else "")
+        if not local_dir.is_dir():
+            raise DataError(f"data.path: {path} is not a directory; expected the --out of `disttrain data prepare` "
+                            f"or `disttrain data criteo`{hint}")
+        if not (local_dir / "meta.json").is_file():
+            raise DataError(f"data.path: {path} has no meta.json; expected a directory written by "
+                            f"`disttrain data prepare` or `disttrain data criteo`{hint}")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = store.read_json("meta.json")
     except (OSError, ValueError) as exc:
         raise DataError(f"{meta_path}: unreadable metadata ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -123,23 +130,23 @@ def open_dataset(path: str | Path, *, verify: str = "size") -> DatasetInfo:
         files = meta["files"]
     except (KeyError, TypeError) as exc:
         raise DataError(f"{meta_path}: incomplete metadata (missing {exc})") from None
+    sizes = store.sizes()
     for name, size in expected.items():
-        f = path / name
+        where = store.where(name)
         if name not in files:
             raise DataError(f"{meta_path}: no entry for {name}")
-        if not f.is_file():
-            raise DataError(f"{f}: missing (listed in {meta_path})")
-        actual = f.stat().st_size
-        if actual != size or files[name]["bytes"] != size:
-            raise DataError(f"{f}: {actual} bytes, expected {size} from {meta_path} "
+        if name not in sizes:
+            raise DataError(f"{where}: missing (listed in {meta_path})")
+        if sizes[name] != size or files[name]["bytes"] != size:
+            raise DataError(f"{where}: {sizes[name]} bytes, expected {size} from {meta_path} "
                             f"({rows} rows); the directory is damaged or was changed")
-    if verify == "checksum":
+    if verify == "checksum" and not store.remote:
         for name in expected:
-            digest = sha256_file(path / name)
+            digest = sha256_file(Path(store.root) / name)
             if digest != files[name]["sha256"]:
-                raise DataError(f"{path / name}: sha256 {digest[:16]}..., expected {files[name]['sha256'][:16]}... "
-                                f"from {meta_path}; the file was changed or damaged")
-    return DatasetInfo(path, meta)
+                raise DataError(f"{store.where(name)}: sha256 {digest[:16]}..., expected "
+                                f"{files[name]['sha256'][:16]}... from {meta_path}; the file was changed or damaged")
+    return DatasetInfo(store.url, meta, store)
 
 
 class CriteoData:
@@ -163,21 +170,22 @@ class CriteoData:
         if len(tables) != len(info.table_rows):
             raise DataError(f"{info.path}: {len(info.table_rows)} categorical columns, but the model has "
                             f"{len(tables)} tables")
-        rows, path = info.rows, info.path
-        self.labels = np.memmap(path / "labels.u8", dtype=np.uint8, mode="r", shape=(rows,))
-        self.dense = np.memmap(path / "dense.f32", dtype="<f4", mode="r", shape=(rows, info.num_dense))
+        rows, store = info.rows, info.store
+        self.labels = store.column("labels.u8", "u1", (rows,))
+        self.dense = store.column("dense.f32", "<f4", (rows, info.num_dense))
         self.single = [i for i, multi in enumerate(info.multi_hot) if not multi]
-        self.sparse = np.memmap(path / "sparse.i32", dtype="<i4", mode="r", shape=(len(self.single), rows)) \
-            if self.single else np.zeros((0, rows), np.int32)
-        self.multi = {i: (np.memmap(path / "multi" / f"{name}.offsets.i64", dtype="<i8", mode="r", shape=(rows + 1,)),
-                          np.memmap(path / "multi" / f"{name}.values.i32", dtype="<i4", mode="r"))
-                      for i, (name, multi) in enumerate(zip(info.table_names, info.multi_hot)) if multi}
+        # sparse.i32 is column-major: one contiguous id column per single-hot table
+        self.sparse = [store.column("sparse.i32", "<i4", (rows,), offset=4 * rows * k) for k in range(len(self.single))]
+        self.multi = {i: (store.column(f"multi/{t['name']}.offsets.i64", "<i8", (rows + 1,)),
+                          store.column(f"multi/{t['name']}.values.i32", "<i4", (int(t["values"]),)))
+                      for i, t in enumerate(info.meta["tables"]) if t.get("multi_hot")}
+        self.notes = ([f"data.path: {info.path} is on object storage: files checked by size (a checksum would read "
+                       "every byte; `disttrain data verify URL` hashes them)"] if store.remote else [])
         # Ids past a table's rows (the model caps tables with model.max_rows) are folded by modulo.
         self.fold = np.array([t.num_rows for t in tables], dtype=np.int64)
         self.needs_fold = any(t.num_rows < r for t, r in zip(tables, info.table_rows))
         self.train_lo, self.train_hi = info.split("train")
         self.steps_per_epoch = (self.train_hi - self.train_lo) // global_batch
-        self.notes: list[str] = []
         self._windows: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._block_orders: OrderedDict[int, np.ndarray] = OrderedDict()
 
@@ -251,22 +259,19 @@ class CriteoData:
         sorted_rows = rows[order]
         inverse = np.empty_like(order)
         inverse[order] = np.arange(order.size)
-        labels = self.labels[sorted_rows][inverse].astype(np.float32)
-        dense = self.dense[sorted_rows][inverse]
-        single = self.sparse[:, sorted_rows][:, inverse].astype(np.int64)
+        labels = self.labels.take(sorted_rows)[inverse].astype(np.float32)
+        dense = self.dense.take(sorted_rows)[inverse]
         local = rows.size
         lengths, values = [], []
         for t in range(len(self.tables)):
             if t in self.multi:
                 offsets, ids = self.multi[t]
-                starts, stops = offsets[rows], offsets[rows + 1]  # batch order (row ranges are small reads)
-                count = (stops - starts).astype(np.int64)
-                within = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
-                lengths.append(count)
-                values.append(np.asarray(ids[np.repeat(starts, count) + within], dtype=np.int64))
+                starts, stops = offsets.take(sorted_rows)[inverse], offsets.take(sorted_rows + 1)[inverse]
+                lengths.append((stops - starts).astype(np.int64))
+                values.append(ids.ranges(starts, stops).astype(np.int64))
             else:
                 lengths.append(np.ones(local, dtype=np.int64))
-                values.append(single[self.single.index(t)])
+                values.append(self.sparse[self.single.index(t)].take(sorted_rows)[inverse].astype(np.int64))
             if self.needs_fold:
                 values[-1] %= self.fold[t]
         sparse = KeyedBags(
@@ -293,7 +298,11 @@ def verify_for_launch(path: str, verify: str) -> None:
     """Launcher pre-flight: the full check once, before any worker starts; workers then check sizes only."""
     open_dataset(path, verify=verify)
     if verify == "checksum":
-        os.environ[VERIFIED_ENV] = str(Path(path).resolve())
+        os.environ[VERIFIED_ENV] = _identity(path)
+
+
+def _identity(path: str) -> str:
+    return path if is_remote(path) else str(Path(local(path)).resolve())
 
 
 def _shape(cfg: Config) -> None:
@@ -315,9 +324,9 @@ def _shape(cfg: Config) -> None:
 
 
 def _open(cfg: Config, tables: list[EmbeddingTableSpec], comm, rank: int) -> CriteoData:
-    path = Path(cfg.data.path)
+    path = cfg.data.path
     # The full check once: by the launcher (which says so in the environment) or here by rank 0 for all.
-    checksum = cfg.data.verify == "checksum" and os.environ.get(VERIFIED_ENV) != str(path.resolve())
+    checksum = cfg.data.verify == "checksum" and os.environ.get(VERIFIED_ENV) != _identity(path)
     info = agreed(comm, lambda: open_dataset(path, verify="checksum" if checksum and rank == 0 else "size"))
     return CriteoData(info, tables, global_batch=cfg.train.batch_size, seed=cfg.train.seed,
                       shuffle=cfg.data.shuffle, shuffle_window=cfg.data.shuffle_window)

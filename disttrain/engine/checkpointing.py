@@ -6,7 +6,8 @@ import os
 import time
 from pathlib import Path
 
-from disttrain.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from disttrain.engine.checkpoint import find_checkpoint, load_checkpoint, remote, save_checkpoint
+from disttrain.engine.outputs import publish
 from disttrain.engine.state import RunState
 from disttrain.runtime.env import RUN_ID
 
@@ -21,13 +22,17 @@ def resume(trainer, state: RunState) -> int:
             target = find_checkpoint(cfg.train.resume, cfg.checkpoint.dir)
         elif cfg.launch.max_restarts and cfg.checkpoint.dir and os.environ.get(RUN_ID):
             target = find_checkpoint("auto", cfg.checkpoint.dir, run_id=os.environ[RUN_ID])
+        if target is not None:  # on object storage every rank makes its own local copy of what it reads
+            source = remote.source_of(target)
+            remote.release(target)
+            target = source
     target = comm.all_gather_object(str(target) if target else None)[0]
     if target is None:
         if cfg.train.resume == "auto":
             trainer.log.line(f"resume: no checkpoint in {cfg.checkpoint.dir} yet; starting at step 0")
         return 0
     start = time.perf_counter()
-    loaded = load_checkpoint(Path(target), par=trainer.par, comm=comm, cfg=cfg)
+    loaded = load_checkpoint(remote.open_checkpoint(target), par=trainer.par, comm=comm, cfg=cfg)
     seconds = max(comm.all_gather_object(time.perf_counter() - start))
     state.step, state.history = loaded.step, list(loaded.history)
     # The run's clock goes on from the checkpoint's (the report's throughput line continues, never goes back).
@@ -71,6 +76,8 @@ class PeriodicCheckpoint:
             fault_before_commit=self.faults.crash_in_checkpoint(state.step), data=trainer.data.position(state.step),
         )
         trainer.log.line(f"checkpoint: {path} ({time.perf_counter() - start:.2f} s)")
+        if trainer.comm.rank == 0:
+            publish(trainer.cfg)  # a remote run.output_dir gets the run's files so far
         self.last_step, self.last_path = state.step, path
         return path
 

@@ -25,6 +25,7 @@ from disttrain.config import Config
 from disttrain.errors import ConfigError, PlanError
 from disttrain.optim import optimizer_spec
 from disttrain.sharding.plan import ShardingPlan
+from disttrain.storage import check_reachable, is_remote, local
 
 MIB = 2**20
 RESOURCES_CHECKED = "DISTTRAIN_RESOURCES_CHECKED"  # set by `disttrain launch` once its pre-flight checked them
@@ -132,13 +133,17 @@ def checkpoint_bytes(cfg: Config, model, plan: ShardingPlan) -> int:
 
 
 def check_directories(cfg: Config, checkpoint_size: int) -> None:
-    """`run.output_dir` and `checkpoint.dir` can be written, and the latter has room for one more checkpoint."""
+    """`run.output_dir` and `checkpoint.dir` can be written, and the latter has room for one more checkpoint (on
+    object storage: the store answers and lets us in; its room is the store's business)."""
     targets = [("run.output_dir", cfg.run.output_dir)] + ([("checkpoint.dir", cfg.checkpoint.dir)]
                                                           if cfg.checkpoint.dir else [])
     for key, directory in targets:
-        _check_writable(key, Path(directory))
-    if cfg.checkpoint.dir:
-        free = shutil.disk_usage(_existing(Path(cfg.checkpoint.dir))).free
+        if is_remote(directory):
+            check_reachable(directory, key)
+        else:
+            _check_writable(key, Path(local(directory)))
+    if cfg.checkpoint.dir and not is_remote(cfg.checkpoint.dir):
+        free = shutil.disk_usage(_existing(Path(local(cfg.checkpoint.dir)))).free
         if free < checkpoint_size:
             raise ConfigError(f"checkpoint.dir: {cfg.checkpoint.dir} has {free / MIB:,.1f} MiB free, a checkpoint of "
                               f"this run takes {checkpoint_size / MIB:,.1f} MiB; expected room for at least one")

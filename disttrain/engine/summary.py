@@ -12,10 +12,12 @@ import numpy as np
 import torch
 
 from disttrain import config as config_mod
+from disttrain.engine.outputs import publish, run_dir
 from disttrain.engine.state import RunState
 from disttrain.phases import aggregate, per_step_ms
 from disttrain.phases import describe as describe_breakdown
 from disttrain.runtime.allocator import loaded_allocator
+from disttrain.storage import join
 
 
 def worker_info(env, placement: dict, device: torch.device) -> dict:
@@ -65,9 +67,10 @@ def finish(trainer, state: RunState, final: dict[str, float]) -> dict | None:
     )
     if summary["breakdown"]:
         trainer.log.line(describe_breakdown(summary["breakdown"]))
-    path = Path(trainer.cfg.run.output_dir) / "summary.json"
+    path = run_dir(trainer.cfg) / "summary.json"
     write_json(path, summary)
-    trainer.log.line(f"summary: {path}")
+    publish(trainer.cfg)
+    trainer.log.line(f"summary: {join(trainer.cfg.run.output_dir, 'summary.json')}")
     return summary
 
 

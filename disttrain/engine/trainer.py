@@ -29,6 +29,7 @@ from disttrain.engine.evaluation import PeriodicEvaluation, evaluate_sharded
 from disttrain.engine.faults import FaultInjection
 from disttrain.engine.guard import StepGuard, Verdict
 from disttrain.engine.loss import training_loss
+from disttrain.engine.outputs import run_dir
 from disttrain.engine.prefetch import Prefetcher
 from disttrain.engine.profiling import ProfileWindow
 from disttrain.engine.progress import IntervalLog
@@ -62,12 +63,14 @@ class Trainer:
         bf16 = cfg.train.precision == "bf16"
         self.autocast = lambda: torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
         self._pool: dict[int, object] = {}
-        self.board = Board(cfg.run.output_dir, enabled=cfg.run.tensorboard and env.rank == 0)
+        self.out_dir = str(run_dir(cfg)) if env.rank == 0 else cfg.run.output_dir  # where rank 0 writes (staged
+        # when run.output_dir is on object storage; published after each checkpoint and at the end)
+        self.board = Board(self.out_dir, enabled=cfg.run.tensorboard and env.rank == 0)
         self.started = time.perf_counter()
         steps = cfg.train.steps
         self.warmup = cfg.train.warmup_steps if cfg.train.warmup_steps >= 0 else min(5, steps // 5)
         self.profile = ProfileWindow(first_step=0, warmup=self.warmup, count=0, last_step=steps, device=self.device,
-                                     out_dir=cfg.run.output_dir, rank=env.rank, log=self.log)
+                                     out_dir=str(run_dir(cfg)), rank=env.rank, log=self.log)
         self.guard = StepGuard(comm, stops, mode=cfg.train.nonfinite_loss, device=self.device)
 
     def batch(self, step: int, split: str = "train"):
@@ -108,7 +111,7 @@ class Trainer:
         first = state.first_step = resume(self, state)
         faults = FaultInjection(self.env.rank, fresh=first == 0)
         self.profile = ProfileWindow(first_step=first, warmup=self.warmup, count=cfg.train.profile_steps,
-                                     last_step=cfg.train.steps, device=self.device, out_dir=cfg.run.output_dir,
+                                     last_step=cfg.train.steps, device=self.device, out_dir=str(run_dir(cfg)),
                                      rank=self.env.rank, log=self.log)
         checkpoints = PeriodicCheckpoint(self, faults)
         hooks = [faults, self.profile, IntervalLog(self), PeriodicEvaluation(self), checkpoints]

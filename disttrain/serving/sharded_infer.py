@@ -10,7 +10,8 @@ import tempfile
 from pathlib import Path
 
 from disttrain.engine.build import build_model
-from disttrain.engine.checkpoint import META, find_checkpoint, verify
+from disttrain.engine.checkpoint import META, find_checkpoint, remote, verify
+from disttrain.engine.checkpoint.verify import read_meta
 from disttrain.engine.sharded_serve import default_iterations
 from disttrain.errors import ConfigError
 from disttrain.launch import launch, prepare_launch
@@ -26,7 +27,12 @@ def run_sharded_inference(checkpoint: str, *, nproc: int, mode: str, config: str
     if precision == "int8":
         raise ConfigError("--precision int8 with --nproc: the int8 model serves in one process; expected --nproc 1")
     path = find_checkpoint(str(checkpoint), "", key="--checkpoint")
-    cfg = run_config(verify(path)["config"], f"{path / META}", config, overrides or [])
+    source = remote.source_of(path)  # on object storage each worker fetches what it serves
+    try:
+        stored = (read_meta(path) if remote.is_copy(path) else verify(path))["config"]
+    finally:
+        remote.release(path)
+    cfg = run_config(stored, f"{source}/{META}", config, overrides or [])
     if mode == "latency":
         batch_size = nproc  # one request per rank at a time
     if batch_size:
@@ -36,7 +42,7 @@ def run_sharded_inference(checkpoint: str, *, nproc: int, mode: str, config: str
                           "(each rank serves an equal part of every batch)")
     cfg.launch.launcher, cfg.launch.nnodes, cfg.launch.node_rank = "local", 1, 0
     cfg.launch.nproc_per_node, cfg.launch.max_restarts, cfg.launch.master_port = nproc, 0, 0
-    cfg.train.resume, cfg.train.steps, cfg.train.precision = str(path), 0, precision
+    cfg.train.resume, cfg.train.steps, cfg.train.precision = source, 0, precision
     check_exact_length(cfg, build_model(cfg, embedding_device="meta").tables, exact_max_length)
     cfg.checkpoint.dir, cfg.run.progress, cfg.run.tensorboard = "", False, False  # serving writes no events
     with tempfile.TemporaryDirectory(prefix="disttrain-infer-") as scratch:

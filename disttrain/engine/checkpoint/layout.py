@@ -18,7 +18,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from disttrain.errors import ConfigError
 from disttrain.fileio import sha256_file
 
 if TYPE_CHECKING:
@@ -76,32 +75,3 @@ def committed_checkpoints(root: str | Path) -> list[Path]:
         return []
     found = [p for p in root.glob(f"{STEP_PREFIX}*") if (p / MANIFEST).is_file()]
     return sorted(found, key=lambda p: p.name)
-
-
-def find_checkpoint(spec: str, root: str, *, key: str = "train.resume", run_id: str | None = None) -> Path | None:
-    """`auto`: the newest complete checkpoint in `root` (None if there is none yet); a path: that checkpoint,
-    or the newest inside a checkpoint directory. `run_id`: only checkpoints that run wrote (restarts)."""
-    if spec == "auto" or run_id is not None:
-        if not root:
-            raise ConfigError(f"{key}: got {spec!r}, but checkpoint.dir is empty; expected checkpoint.dir to be set")
-        found = committed_checkpoints(root)
-        if run_id is not None:
-            found = [p for p in found if run_id in _read_meta_quiet(p).get("run_ids", [])]
-        return found[-1] if found else None
-    path = Path(spec)
-    if not path.exists():
-        raise ConfigError(f"{key}: {spec}: checkpoint directory not found")
-    if (path / MANIFEST).is_file():
-        return path
-    found = committed_checkpoints(path)
-    if not found:
-        raise ConfigError(f"{key}: {spec}: no complete checkpoint there (expected a {STEP_PREFIX}N directory "
-                          f"holding {MANIFEST}, or one itself)")
-    return found[-1]
-
-
-def _read_meta_quiet(path: Path) -> dict:
-    try:
-        return json.loads((path / META).read_text())
-    except (OSError, ValueError):
-        return {}

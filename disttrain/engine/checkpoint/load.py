@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from disttrain.engine.checkpoint import remote
 from disttrain.engine.checkpoint.layout import dense_parameters, rank_dir
 from disttrain.engine.checkpoint.safe_read import SafeFileSystemReader
 from disttrain.engine.checkpoint.verify import check_fits, read_manifest, read_meta, verify_shared
@@ -77,8 +78,16 @@ def renamed_tables(meta: dict, tables) -> dict:
             "shards": [{**s, "table": new.get(s["table"], s["table"])} for s in meta["shards"]]}
 
 
-def load_checkpoint(path: Path, *, par, comm, cfg) -> Loaded:
-    """Fill this rank's shards, the dense part and the optimizers from `path`, whatever plan wrote it."""
+def load_checkpoint(path, *, par, comm, cfg) -> Loaded:
+    """Fill this rank's shards, the dense part and the optimizers from `path` (a local checkpoint, or a local copy
+    of one on object storage, removed afterwards), whatever plan wrote it."""
+    try:
+        return _load(Path(path), par=par, comm=comm, cfg=cfg)
+    finally:
+        remote.release(path)
+
+
+def _load(path: Path, *, par, comm, cfg) -> Loaded:
     collection, sparse = par.embeddings, par.sparse_optimizer
     locations = collection.shard_locations()
     meta = renamed_tables(read_meta(path), collection.tables)  # checked field by field before anything is sized
@@ -86,7 +95,7 @@ def load_checkpoint(path: Path, *, par, comm, cfg) -> Loaded:
     for record in meta["shards"]:
         by_table.setdefault(record["table"], []).append(record)
     # Verify what this rank will read: rank 0's files (dense part) and those of every overlapping writer.
-    needed = {rank_dir(0)}
+    needed = {rank_dir(0)} | ({rank_dir(comm.rank)} if meta["world_size"] == comm.world_size else set())
     for table, shard, _, _ in locations:
         for rec in by_table.get(table.name, []):
             if overlap(shard.rows, tuple(rec["rows"])) and overlap(shard.cols, tuple(rec["cols"])):
@@ -129,7 +138,7 @@ def load_checkpoint(path: Path, *, par, comm, cfg) -> Loaded:
         sparse.steps = meta["sparse_steps"]
     if meta["world_size"] == comm.world_size:
         torch.set_rng_state(reader_rng(path, comm.rank))
-    return Loaded(step=meta["step"], history=meta["history"], path=path,
+    return Loaded(step=meta["step"], history=meta["history"], path=remote.source_of(path),
                   optimizer_restored=same_optimizer and dense_restored, data=meta.get("data"))
 
 

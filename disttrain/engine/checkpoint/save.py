@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 import uuid
 import warnings
@@ -21,6 +22,7 @@ import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
 from disttrain import config as config_mod
+from disttrain.engine.checkpoint import remote
 from disttrain.engine.checkpoint.layout import (
     FORMAT,
     MANIFEST,
@@ -38,6 +40,7 @@ from disttrain.engine.checkpoint.layout import (
 from disttrain.errors import DataError
 from disttrain.fileio import sha256_file
 from disttrain.optim import ELEMENT
+from disttrain.storage import explain, filesystem, is_remote, join, local
 
 
 def save_checkpoint(root: str | Path, *, step: int, par, comm, cfg, history: list[dict], run_id: str,
@@ -45,7 +48,10 @@ def save_checkpoint(root: str | Path, *, step: int, par, comm, cfg, history: lis
     """Collective: every rank calls it after the same step. Returns the committed directory. If any rank cannot
     write (a full or read-only disk) or holds non-finite weights, every rank raises the same one-line error, the
     partial directory is removed and the newest committed checkpoint stays as it was."""
-    root = Path(root)
+    if is_remote(root):
+        return save_remote(str(root), step=step, par=par, comm=comm, cfg=cfg, history=history, run_id=run_id,
+                           keep_last=keep_last, fault_before_commit=fault_before_commit, data=data)
+    root = Path(local(root))
     token = comm.all_gather_object(uuid.uuid4().hex[:12] if comm.rank == 0 else None)[0]
     tmp = root / f"{TMP_PREFIX}{step_dir_name(step)}-{token}"
     written, problem = None, _nonfinite(par, comm.rank)
@@ -140,11 +146,10 @@ def _write_rank(tmp: Path, par, rank: int) -> dict:
     return {"records": records, "files": file_table(tmp, mine), "dense_opt": dense_opt}
 
 
-def _commit(tmp: Path, committed: Path, token: str, *, step, par, comm, cfg, history, data, gathered) -> None:
-    """Rank 0: meta.json, then the manifest (the commit marker), then the atomic rename into place."""
+def _meta(*, step, par, comm, cfg, history, data, gathered) -> dict:
     collection, sparse = par.embeddings, par.sparse_optimizer
     written = [g["written"] for g in gathered]
-    meta = {
+    return {
         "format": FORMAT,
         "step": step,
         "run_ids": sorted({g["run_id"] for g in gathered if g["run_id"]}),
@@ -163,10 +168,19 @@ def _commit(tmp: Path, committed: Path, token: str, *, step, par, comm, cfg, his
         "data": data or {"source": cfg.data.source},  # where the reader stands (batches are a function of step)
         "config": config_mod.to_yaml(cfg),
     }
+
+
+def _write_meta_and_manifest(tmp: Path, meta: dict, gathered, step: int) -> None:
     write_json(tmp / META, meta)
-    all_files = {k: v for w in written for k, v in w["files"].items()}
+    all_files = {k: v for g in gathered for k, v in g["written"]["files"].items()}
     all_files[META] = [(tmp / META).stat().st_size, sha256_file(tmp / META)]
     write_json(tmp / MANIFEST, {"format": FORMAT, "step": step, "files": all_files})
+
+
+def _commit(tmp: Path, committed: Path, token: str, *, step, par, comm, cfg, history, data, gathered) -> None:
+    """Rank 0: meta.json, then the manifest (the commit marker), then the atomic rename into place."""
+    meta = _meta(step=step, par=par, comm=comm, cfg=cfg, history=history, data=data, gathered=gathered)
+    _write_meta_and_manifest(tmp, meta, gathered, step)
     fsync_dir(tmp)
     root, old = committed.parent, None
     if committed.exists():  # the same step saved again (a rerun): replace it only once the new one is whole
@@ -186,3 +200,76 @@ def _prune(root: Path, keep_last: int, *, keep: Path) -> None:
         for old in committed_checkpoints(root)[:-keep_last]:
             if old != keep:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+# ----- object storage ----------------------------------------------------------------------------------------------
+def save_remote(url: str, *, step, par, comm, cfg, history, run_id, keep_last, fault_before_commit=False,
+                data=None) -> str:
+    """`save_checkpoint` to object storage: each rank writes and hashes its files locally, uploads them, then rank
+    0 uploads meta.json and the manifest last (the commit); see `remote`."""
+    fs, root = filesystem(url, key="checkpoint.dir")
+    name = step_dir_name(step)
+    prefix = join(root, name)
+    problem = None
+    if comm.rank == 0:  # the same step saved again: it stops being a checkpoint before any file changes
+        problem = _try(lambda: fs.exists(join(prefix, MANIFEST)) and fs.rm_file(join(prefix, MANIFEST)), url, step, 0)
+    problem = comm.all_gather_object(problem)[0]
+    staging = Path(tempfile.mkdtemp(prefix="disttrain-save-"))
+    written = None
+    try:
+        problem = problem or _nonfinite(par, comm.rank)
+        if problem is None:
+            try:
+                written = _write_rank(staging, par, comm.rank)
+            except (Exception, CheckpointException) as exc:  # noqa: BLE001 - the local staging disk
+                problem = _failure(exc, staging, step, comm.rank)
+        if problem is None:
+            problem = _try(lambda: _upload(fs, staging, prefix, list(written["files"])), url, step, comm.rank)
+        gathered = comm.all_gather_object({"written": written, "problem": problem, "run_id": run_id})
+        problem = next((g["problem"] for g in gathered if g["problem"]), None)
+        if problem is None and comm.rank == 0:
+            if fault_before_commit:
+                os._exit(19)  # tests: killed after every rank uploaded, before the commit
+
+            def commit() -> None:
+                meta = _meta(step=step, par=par, comm=comm, cfg=cfg, history=history, data=data, gathered=gathered)
+                _write_meta_and_manifest(staging, meta, gathered, step)
+                _upload(fs, staging, prefix, [META, MANIFEST])  # in this order: the manifest is the commit
+                _prune_remote(fs, root, keep_last, keep=name)
+
+            problem = _try(commit, url, step, 0)
+        problem = problem or comm.all_gather_object(problem)[0]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if problem is not None:
+        if comm.rank == 0:
+            _try(lambda: fs.rm(prefix, recursive=True), url, step, 0)
+        comm.barrier()
+        newest = remote.committed(url)
+        kept = f"{newest[-1].rsplit('/', 1)[-1]} is intact" if newest else "no earlier checkpoint exists"
+        raise DataError(f"{problem}; the partial checkpoint was removed, {kept}")
+    return join(url, name)
+
+
+def _upload(fs, staging: Path, prefix: str, files: list[str]) -> None:
+    fs.put([str(staging / f) for f in files], [join(prefix, f) for f in files])
+
+
+def _try(fn, url: str, step: int, rank: int) -> str | None:
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - the store's errors: one line naming the checkpoint
+        return f"checkpoint.dir: writing {join(url, step_dir_name(step))} failed on rank {rank} " \
+               f"({str(explain(exc, url, 'checkpoint.dir')).split(': ', 2)[-1]})"
+    return None
+
+
+def _prune_remote(fs, root: str, keep_last: int, *, keep: str) -> None:
+    """Drop complete checkpoints beyond the newest `keep_last` and prefixes without a manifest (partial saves)."""
+    steps = [p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
+    complete = {p.rsplit("/", 2)[-2] for p in fs.glob(join(root, "step_*", MANIFEST))}
+    doomed = [s for s in steps if s.startswith("step_") and s not in complete and s != keep]
+    if keep_last > 0:
+        doomed += [s for s in sorted(complete)[:-keep_last] if s != keep]
+    for s in doomed:
+        fs.rm(join(root, s), recursive=True)

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from disttrain.engine.checkpoint import remote
 from disttrain.engine.checkpoint.layout import FORMAT, MANIFEST, META
 from disttrain.engine.checkpoint.safe_read import check_manifest_paths, check_meta
 from disttrain.errors import DataError
@@ -62,6 +63,8 @@ def _files_under(manifest: dict, dirs: set[str] | None) -> list[str]:
 def verify(path: Path, *, only: set[str] | None = None) -> dict:
     """Check files against the manifest (all, or those under the `only` sub-directories); returns meta."""
     manifest = read_manifest(path)
+    if remote.is_copy(path):
+        remote.fetch(path, _files_under(manifest, only))
     problems = _problems(path, manifest, _files_under(manifest, only), digest=True)
     if problems:
         raise DataError(problems[0])
@@ -72,6 +75,14 @@ def verify_shared(path: Path, comm, dirs: set[str]) -> dict:
     """Collective `verify`: sizes everywhere, and each file hashed by one rank only (files read by any rank,
     shared out round-robin); a checkpoint `disttrain launch` has just hashed is not hashed again."""
     manifest = read_manifest(path)
+    if remote.is_copy(path):  # each rank fetched its own copy: it checks every byte it will read
+        files = _files_under(manifest, dirs)
+        remote.fetch(path, files)
+        problems = sorted(p for found in comm.all_gather_object(_problems(path, manifest, files, digest=True))
+                          for p in found)
+        if problems:
+            raise DataError(problems[0])
+        return read_meta(path)
     files = _files_under(manifest, set().union(*comm.all_gather_object(sorted(dirs))))
     hashed = os.environ.get(VERIFIED) != str(path.resolve())
     mine = _problems(path, manifest, files, digest=False)

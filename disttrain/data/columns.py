@@ -1,0 +1,118 @@
+"""The files of a prepared dataset as arrays a reader gathers rows from: memory-mapped when local, read by byte
+ranges when on object storage (never whole files).
+
+A remote column is read in blocks of `BLOCK_BYTES`; the blocks a batch needs are fetched together (one request
+each, concurrently through fsspec's `cat_ranges`) and kept in a small LRU cache, so the nearby rows of the next
+batches (the training order shuffles blocks of rows, then rows within windows) mostly come from memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+
+import numpy as np
+
+from disttrain.storage import filesystem, is_remote, join, local, remote_call
+
+BLOCK_BYTES = 1 << 20
+CACHE_BLOCKS = 512  # per column: 512 MiB at most
+
+
+class LocalColumn:
+    def __init__(self, path: str, dtype: str, shape: tuple[int, ...], offset: int = 0):
+        self.array = np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return self.array[rows]
+
+    def ranges(self, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+        count = (stops - starts).astype(np.int64)
+        within = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+        return np.asarray(self.array[np.repeat(starts, count) + within])
+
+
+class RemoteColumn:
+    """Rows of a little-endian array at `offset` in a remote file, fetched by blocks."""
+
+    def __init__(self, fs, url: str, path: str, dtype: str, shape: tuple[int, ...], offset: int = 0):
+        self.fs, self.url, self.path, self.dtype, self.shape, self.offset = fs, url, path, np.dtype(dtype), shape, offset
+        self.row_bytes = self.dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+        self.rows_per_block = max(1, BLOCK_BYTES // self.row_bytes)
+        self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def _blocks(self, wanted: np.ndarray) -> None:
+        missing = [int(b) for b in np.unique(wanted) if int(b) not in self.cache]
+        if missing:
+            starts = [self.offset + b * self.rows_per_block * self.row_bytes for b in missing]
+            ends = [min(s + self.rows_per_block * self.row_bytes, self.offset + self.shape[0] * self.row_bytes)
+                    for s in starts]
+            data = remote_call(self.url, "data.path", self.fs.cat_ranges, [self.path] * len(missing), starts, ends)
+            for b, raw in zip(missing, data):
+                if isinstance(raw, Exception):
+                    raise remote_call(self.url, "data.path", _raise, raw)
+                self.cache[b] = np.frombuffer(raw, dtype=self.dtype).reshape(-1, *self.shape[1:])
+        for b in np.unique(wanted):
+            self.cache.move_to_end(int(b))
+        while len(self.cache) > CACHE_BLOCKS:
+            self.cache.popitem(last=False)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        blocks = rows // self.rows_per_block
+        self._blocks(blocks)
+        out = np.empty((rows.size, *self.shape[1:]), dtype=self.dtype)
+        for b in np.unique(blocks):
+            mask = blocks == b
+            out[mask] = self.cache[int(b)][rows[mask] - b * self.rows_per_block]
+        return out
+
+    def ranges(self, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+        count = (stops - starts).astype(np.int64)
+        within = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+        return self.take(np.repeat(starts, count) + within)
+
+
+def _raise(exc: BaseException):
+    raise exc
+
+
+class Store:
+    """A prepared dataset's directory: local, or a URL on object storage."""
+
+    def __init__(self, path):
+        self.url = str(path)
+        self.remote = is_remote(path)
+        if self.remote:
+            self.fs, self.root = filesystem(self.url, key="data.path")
+        else:
+            self.root = local(path)
+
+    def where(self, name: str) -> str:
+        return join(self.url, name) if self.remote else join(self.root, name)
+
+    def read_json(self, name: str):
+        if not self.remote:
+            with open(join(self.root, name)) as f:
+                return json.load(f)
+        return json.loads(remote_call(self.url, "data.path", self.fs.cat_file, join(self.root, name)))
+
+    def sizes(self) -> dict[str, int]:
+        """Every file below the directory, relative name -> bytes."""
+        if not self.remote:
+            import os
+
+            out = {}
+            for folder, _, files in os.walk(self.root):
+                for f in files:
+                    full = os.path.join(folder, f)
+                    out[os.path.relpath(full, self.root)] = os.path.getsize(full)
+            return out
+        found = remote_call(self.url, "data.path", self.fs.find, self.root, detail=True)
+        prefix = self.root.rstrip("/") + "/"
+        return {k[len(prefix):]: int(v["size"]) for k, v in found.items() if k.startswith(prefix)}
+
+    def column(self, name: str, dtype: str, shape: tuple[int, ...], offset: int = 0):
+        if self.remote:
+            return RemoteColumn(self.fs, self.where(name), join(self.root, name), dtype, shape, offset)
+        return LocalColumn(join(self.root, name), dtype, shape, offset)

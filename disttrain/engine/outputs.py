@@ -1,0 +1,53 @@
+"""Where a run writes `run.output_dir`'s files (config.yaml, summary.json, TensorBoard events, traces).
+
+A local `run.output_dir` is written directly, as always. On object storage (`s3://...`) the run writes to a local
+staging directory (the same path for the launcher and the workers of a machine) and rank 0 publishes it: after
+every checkpoint and at the end of the run, so a run killed between checkpoints loses no more of its outputs than
+of its training. `published_summary` reads the result back wherever it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from disttrain.storage import filesystem, is_remote, join, local, remote_call
+
+
+def run_dir(cfg) -> Path:
+    """The local directory the run's files are written to (created)."""
+    url = cfg.run.output_dir
+    if not is_remote(url):
+        path = Path(local(url)).expanduser()
+    else:
+        path = Path(tempfile.gettempdir()) / f"disttrain-runs-{os.getuid()}" / hashlib.sha1(url.encode()).hexdigest()[:16]
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def publish(cfg) -> None:
+    """Upload the staging directory's files to a remote `run.output_dir` (nothing to do for a local one)."""
+    url = cfg.run.output_dir
+    if not is_remote(url):
+        return
+    fs, root = filesystem(url, key="run.output_dir")
+    staging = run_dir(cfg)
+    files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+    if files:
+        remote_call(url, "run.output_dir", fs.put, [str(staging / f) for f in files], [join(root, f) for f in files])
+
+
+def published_summary(cfg) -> dict | None:
+    """summary.json of a finished run (None where this machine cannot see it: another node's rank 0)."""
+    url = cfg.run.output_dir
+    if not is_remote(url):
+        path = Path(local(url)).expanduser() / "summary.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+    fs, root = filesystem(url, key="run.output_dir")
+    try:
+        return json.loads(fs.cat_file(join(root, "summary.json")))
+    except FileNotFoundError:
+        return None
