@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[test,ray,onnx]"
+	$(BIN)/pip install -q -e ".[test,ray,onnx,s3]"
 	touch $(STAMP)
 
 demo: $(STAMP) system-deps

@@ -92,4 +92,4 @@ def table_names(cfg, count: int) -> list[str]:
 
 # Criteo-shaped models (one bag per table per sample; multi-hot bags pooled) read generated click logs or a directory
 # written by `disttrain data prepare` or `disttrain data criteo` (both `data.source=prepared`; `criteo` is the old name).
-CTR_SOURCES = {"synthetic": "synthetic", "criteo": "criteo", "prepared": "criteo"}
+CTR_SOURCES = {"synthetic": "synthetic", "criteo": "criteo", "prepared": "criteo", "torchrec": "criteo"}

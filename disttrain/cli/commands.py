@@ -222,7 +222,8 @@ def cmd_data_criteo(args) -> int:
         out=Path(args.out), vocab_threshold=args.vocab_threshold, hash_rows=args.hash_rows, split=args.split,
         delimiter=args.delimiter, header=args.header, label_column=args.label_column,
         dense_columns=args.dense_columns, sparse_columns=args.sparse_columns, skip_bad_rows=args.skip_bad_rows,
-        workers=args.workers, force=args.force, progress=not args.quiet,
+        workers=args.workers, force=args.force, progress=not args.quiet, id_order=args.id_order,
+        vocab_dicts=args.vocab_dicts,
     )
     meta = prepare(args.raw, opts)
     seconds = meta["seconds"]["total"]
@@ -238,8 +239,14 @@ def cmd_data_criteo(args) -> int:
     splits = meta["splits"]
     print("  splits: " + ", ".join(f"{k} rows [{lo:,}, {hi:,})" for k, (lo, hi) in splits.items()))
     mode = meta["options"]["mode"]
-    rule = (f"ids of values seen >= {meta['options']['vocab_threshold']} times in train, 0 = other"
-            if mode == "vocabulary" else f"hash modulo {meta['options']['hash_rows']}, numbered densely")
+    options = meta["options"]
+    rule = (f"ids of values seen >= {options['vocab_threshold']} times in train, 0 = other"
+            if mode == "vocabulary" else f"hash modulo {options['hash_rows']}, numbered densely")
+    if options["id_order"] == "first-seen":
+        rule += ", in order of first appearance (the reference's ids)"
+    elif options["vocab_dicts"]:
+        unseen = sum(t.get("unseen_rows", 0) for t in meta["tables"])
+        rule += f", ids from the reference's dictionaries in {options['vocab_dicts']} ({unseen:,} unseen values -> 0)"
     print(f"  tables ({mode}: {rule}): " + " ".join(f"{t['name']}={t['rows']:,}" for t in meta["tables"]))
     print(f"train on it: disttrain launch data.source=criteo data.path={args.out} ...")
     return 0

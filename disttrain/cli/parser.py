@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ids for values seen at least this often in the train split; others share id 0 (default 1)")
     p.add_argument("--hash-rows", "--max-ind-range", dest="hash_rows", type=int, default=0,
                    help="instead of a vocabulary: hash modulo N and number the results densely (the reference)")
+    p.add_argument("--id-order", default="frequency", choices=["frequency", "first-seen"],
+                   help="frequency: most frequent first, 0 = rare (default); first-seen: every value over all rows "
+                        "in order of first appearance, the reference's ids exactly")
+    p.add_argument("--vocab-dicts", default="", metavar="DIR",
+                   help="the reference's dictionaries ({train,day}_fea_dict_J.npz) as vocabularies: its ids exactly "
+                        "(values they lack -> id 0, counted)")
     p.add_argument("--split", default="auto",
                    help="kaggle (7 days, last -> test/val halves), days (last file -> test/val), files "
                         "(train[, val], test files), none, ratio:A,B,C; auto: kaggle for one file, days for more")

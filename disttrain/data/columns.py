@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,6 +23,7 @@ CACHE_BLOCKS = 512  # per column: 512 MiB at most
 class LocalColumn:
     def __init__(self, path: str, dtype: str, shape: tuple[int, ...], offset: int = 0):
         self.array = np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset)
+        self.shape, self.dtype = self.array.shape, self.array.dtype
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         return self.array[rows]
@@ -112,7 +114,99 @@ class Store:
         prefix = self.root.rstrip("/") + "/"
         return {k[len(prefix):]: int(v["size"]) for k, v in found.items() if k.startswith(prefix)}
 
+    def read(self, name: str, start: int, stop: int) -> bytes:
+        """Bytes [start, stop) of a file (fewer at its end)."""
+        if not self.remote:
+            with open(join(self.root, name), "rb") as f:
+                f.seek(start)
+                return f.read(stop - start)
+        return remote_call(self.url, "data.path", self.fs.cat_file, join(self.root, name), start, stop)
+
+    def open(self, name: str):
+        """A seekable binary file object (remote ones read by ranges)."""
+        if not self.remote:
+            return open(join(self.root, name), "rb")
+        return remote_call(self.url, "data.path", self.fs.open, join(self.root, name), "rb")
+
     def column(self, name: str, dtype: str, shape: tuple[int, ...], offset: int = 0):
         if self.remote:
             return RemoteColumn(self.fs, self.where(name), join(self.root, name), dtype, shape, offset)
         return LocalColumn(join(self.root, name), dtype, shape, offset)
+
+
+# ---- what a reader takes from the columns ----------------------------------------------------------------------
+
+
+class Columns(NamedTuple):
+    """What a reader gathers rows from: labels [rows(, 1)], dense [rows, d], the single-hot tables' ids
+    (`take(rows) -> [n, tables]`) and each multi-hot table's bags (`bags(sorted_rows, inverse)`)."""
+
+    labels: object
+    dense: object
+    ids: object
+    bags: dict
+
+
+class DayColumns:
+    """Consecutive files (days) of the same columns, read as one: row r of the whole is row r - start of its day."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+        self.starts = np.cumsum([0] + [p.shape[0] for p in parts])
+        self.shape = (int(self.starts[-1]), *parts[0].shape[1:])
+        self.dtype = parts[0].dtype
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        day = np.searchsorted(self.starts, rows, side="right") - 1
+        out = np.empty((rows.size, *self.shape[1:]), dtype=self.dtype)
+        for d in np.unique(day):
+            mask = day == d
+            out[mask] = self.parts[d].take(rows[mask] - self.starts[d])
+        return out
+
+
+class IdColumns:
+    """Single-hot ids stored one contiguous column per table (a prepared directory's sparse.i32)."""
+
+    def __init__(self, columns: list):
+        self.columns = columns
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((rows.size, len(self.columns)), dtype=np.int64)
+        for k, c in enumerate(self.columns):
+            out[:, k] = c.take(rows)
+        return out
+
+
+class IdRows:
+    """Single-hot ids stored row-major, one row of every table per sample (TorchRec's day_N_sparse.npy)."""
+
+    def __init__(self, column):
+        self.column = column
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return self.column.take(rows).astype(np.int64, copy=False)
+
+
+class OffsetBags:
+    """Multi-hot bags of varying length: offsets [rows + 1] into a values column."""
+
+    def __init__(self, offsets, values):
+        self.offsets, self.values = offsets, values
+
+    def bags(self, sorted_rows: np.ndarray, inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        starts = self.offsets.take(sorted_rows)[inverse]
+        stops = self.offsets.take(sorted_rows + 1)[inverse]
+        return (stops - starts).astype(np.int64), self.values.ranges(starts, stops).astype(np.int64)
+
+
+class FixedBags:
+    """Multi-hot bags of one length: a [rows, size] column (TorchRec's materialised multi-hot days)."""
+
+    def __init__(self, column):
+        self.column = column
+
+    def bags(self, sorted_rows: np.ndarray, inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        values = self.column.take(sorted_rows)[inverse]
+        return np.full(values.shape[0], values.shape[1], dtype=np.int64), values.reshape(-1).astype(np.int64)

@@ -26,8 +26,9 @@ import torch
 
 from disttrain.batch import Batch, KeyedBags
 from disttrain.config import Config
-from disttrain.data.columns import Store
+from disttrain.data.columns import Columns, IdColumns, OffsetBags, Store
 from disttrain.data.contract import SourceSpec, agreed, epochs_to_steps, resume_note
+from disttrain.data.torchrec_days import TorchRecDays, is_torchrec_days
 from disttrain.errors import ConfigError, DataError
 from disttrain.fileio import sha256_file
 from disttrain.storage import is_remote, local
@@ -70,6 +71,19 @@ class DatasetInfo:
     def split(self, name: str) -> tuple[int, int]:
         lo, hi = self.meta["splits"][name]
         return int(lo), int(hi)
+
+    bounded = True  # ids are below their table's rows (TorchRec's days are folded by modulo)
+
+    def columns(self) -> Columns:
+        rows, store = self.rows, self.store
+        single = [t["name"] for t in self.meta["tables"] if not t.get("multi_hot")]
+        # sparse.i32 is column-major: one contiguous id column per single-hot table
+        ids = IdColumns([store.column("sparse.i32", "<i4", (rows,), offset=4 * rows * k) for k in range(len(single))])
+        bags = {i: OffsetBags(store.column(f"multi/{t['name']}.offsets.i64", "<i8", (rows + 1,)),
+                              store.column(f"multi/{t['name']}.values.i32", "<i4", (int(t["values"]),)))
+                for i, t in enumerate(self.meta["tables"]) if t.get("multi_hot")}
+        return Columns(store.column("labels.u8", "u1", (rows,)), store.column("dense.f32", "<f4", (rows, self.num_dense)),
+                       ids, bags)
 
     @property
     def fingerprint(self) -> str:
@@ -170,20 +184,14 @@ class CriteoData:
         if len(tables) != len(info.table_rows):
             raise DataError(f"{info.path}: {len(info.table_rows)} categorical columns, but the model has "
                             f"{len(tables)} tables")
-        rows, store = info.rows, info.store
-        self.labels = store.column("labels.u8", "u1", (rows,))
-        self.dense = store.column("dense.f32", "<f4", (rows, info.num_dense))
+        self.columns = info.columns()
         self.single = [i for i, multi in enumerate(info.multi_hot) if not multi]
-        # sparse.i32 is column-major: one contiguous id column per single-hot table
-        self.sparse = [store.column("sparse.i32", "<i4", (rows,), offset=4 * rows * k) for k in range(len(self.single))]
-        self.multi = {i: (store.column(f"multi/{t['name']}.offsets.i64", "<i8", (rows + 1,)),
-                          store.column(f"multi/{t['name']}.values.i32", "<i4", (int(t["values"]),)))
-                      for i, t in enumerate(info.meta["tables"]) if t.get("multi_hot")}
         self.notes = ([f"data.path: {info.path} is on object storage: files checked by size (a checksum would read "
-                       "every byte; `disttrain data verify URL` hashes them)"] if store.remote else [])
-        # Ids past a table's rows (the model caps tables with model.max_rows) are folded by modulo.
+                       "every byte; `disttrain data verify URL` hashes them)"] if info.store.remote else [])
+        # Ids past a table's rows (the model caps tables with model.max_rows; TorchRec's days hold raw ids) are
+        # folded by modulo.
         self.fold = np.array([t.num_rows for t in tables], dtype=np.int64)
-        self.needs_fold = any(t.num_rows < r for t, r in zip(tables, info.table_rows))
+        self.needs_fold = not info.bounded or any(t.num_rows < r for t, r in zip(tables, info.table_rows))
         self.train_lo, self.train_hi = info.split("train")
         self.steps_per_epoch = (self.train_hi - self.train_lo) // global_batch
         self._windows: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
@@ -259,21 +267,22 @@ class CriteoData:
         sorted_rows = rows[order]
         inverse = np.empty_like(order)
         inverse[order] = np.arange(order.size)
-        labels = self.labels.take(sorted_rows)[inverse].astype(np.float32)
-        dense = self.dense.take(sorted_rows)[inverse]
+        cols = self.columns
+        labels = cols.labels.take(sorted_rows).reshape(-1)[inverse].astype(np.float32)
+        dense = cols.dense.take(sorted_rows)[inverse].astype(np.float32, copy=False)
+        single = cols.ids.take(sorted_rows)[inverse] if self.single else None
         local = rows.size
         lengths, values = [], []
         for t in range(len(self.tables)):
-            if t in self.multi:
-                offsets, ids = self.multi[t]
-                starts, stops = offsets.take(sorted_rows)[inverse], offsets.take(sorted_rows + 1)[inverse]
-                lengths.append((stops - starts).astype(np.int64))
-                values.append(ids.ranges(starts, stops).astype(np.int64))
+            if t in cols.bags:
+                n, v = cols.bags[t].bags(sorted_rows, inverse)
+                lengths.append(n)
+                values.append(v)
             else:
                 lengths.append(np.ones(local, dtype=np.int64))
-                values.append(self.sparse[self.single.index(t)].take(sorted_rows)[inverse].astype(np.int64))
+                values.append(single[:, self.single.index(t)])
             if self.needs_fold:
-                values[-1] %= self.fold[t]
+                values[-1] = values[-1] % self.fold[t]
         sparse = KeyedBags(
             keys=tuple(t.name for t in self.tables),
             bags_per_key=tuple(1 for _ in self.tables),
@@ -294,9 +303,23 @@ class CriteoData:
         return self._read(np.where(valid, pos, lo), valid)
 
 
+def torchrec_days(path) -> bool:
+    """Whether `path` is a folder of TorchRec's .npy days rather than a prepared directory."""
+    store = Store(path)
+    if store.remote:
+        return is_torchrec_days(store)
+    root = Path(store.root)
+    return root.is_dir() and not (root / "meta.json").exists() and any(root.glob("day_*_labels.npy"))
+
+
+def open_data(path, *, verify: str = "size", table_rows: list[int] | None = None):
+    """A prepared directory (`open_dataset`) or a folder of TorchRec days (no checksums there to verify)."""
+    return TorchRecDays(path, table_rows) if torchrec_days(path) else open_dataset(path, verify=verify)
+
+
 def verify_for_launch(path: str, verify: str) -> None:
     """Launcher pre-flight: the full check once, before any worker starts; workers then check sizes only."""
-    open_dataset(path, verify=verify)
+    open_data(path, verify=verify)
     if verify == "checksum":
         os.environ[VERIFIED_ENV] = _identity(path)
 
@@ -306,8 +329,14 @@ def _identity(path: str) -> str:
 
 
 def _shape(cfg: Config) -> None:
-    info = open_dataset(cfg.data.path, verify="size")
+    info = open_data(cfg.data.path, verify="size")
     rows = info.table_rows
+    if not info.bounded and not cfg.model.table_sizes:
+        raise ConfigError(f"model.table_sizes: not set, but {cfg.data.path} holds TorchRec's days, whose files do not "
+                          f"say how large the tables are; expected {len(info.table_names)} sizes (TorchRec's "
+                          "--num_embeddings_per_feature; ids are folded by modulo of them as TorchRec does)")
+    if not info.bounded:
+        rows = list(cfg.model.table_sizes)
     if not cfg.model.table_sizes:
         cfg.model.table_sizes = list(rows)
     elif len(cfg.model.table_sizes) != len(rows):
@@ -327,12 +356,13 @@ def _open(cfg: Config, tables: list[EmbeddingTableSpec], comm, rank: int) -> Cri
     path = cfg.data.path
     # The full check once: by the launcher (which says so in the environment) or here by rank 0 for all.
     checksum = cfg.data.verify == "checksum" and os.environ.get(VERIFIED_ENV) != _identity(path)
-    info = agreed(comm, lambda: open_dataset(path, verify="checksum" if checksum and rank == 0 else "size"))
+    info = agreed(comm, lambda: open_data(path, verify="checksum" if checksum and rank == 0 else "size",
+                                          table_rows=list(cfg.model.table_sizes)))
     return CriteoData(info, tables, global_batch=cfg.train.batch_size, seed=cfg.train.seed,
                       shuffle=cfg.data.shuffle, shuffle_window=cfg.data.shuffle_window)
 
 
 SPEC = SourceSpec("criteo", open=_open, shape=_shape,
                   path="the directory written by `disttrain data prepare FILES... --out DIR` (or `disttrain data "
-                       "criteo RAW... --out DIR`)",
+                       "criteo RAW... --out DIR`), or a folder of TorchRec's day_N_*.npy days",
                   preflight=lambda cfg: verify_for_launch(cfg.data.path, cfg.data.verify))

@@ -5,12 +5,14 @@ Output directory (all little-endian, no headers; shapes and splits in `meta.json
     labels.u8     [rows]               click labels
     dense.f32     [rows, num_dense]    log(1 + max(x, 0)) of the integer features
     sparse.i32    [num_sparse, rows]   one contiguous id column per table (column-major)
-    vocab/C<k>.u32                     raw hash of each id (id 0 is the reserved default in vocabulary mode)
+    vocab/C<k>.u32                     raw hash of each id (id 0 is the reserved default in vocabulary mode
+                                       with --id-order frequency)
     meta.json                          rows, tables, splits, options, sources, sha256 of every file
 
 Two passes, both on every core. Pass 1 parses byte ranges of the inputs in worker processes (`criteo_parse`) while
 the main process appends the results in input order. Pass 2 takes one table per task: sort the table's raw hashes
-once, count them, build the vocabulary, then write the ids. Everything goes to a hidden `.tmp-` sibling that is
+once, count them, build the vocabulary (most frequent first; or, as the reference numbers them, in order of first
+appearance over all rows with `--id-order first-seen`; or the reference's own dictionaries), then write the ids. Everything goes to a hidden `.tmp-` sibling that is
 renamed into place after `meta.json` is written, so an interrupted run never leaves a directory that looks
 complete.
 """
@@ -50,7 +52,9 @@ from disttrain.prepare.criteo_parse import (
     parse_block,
 )
 from disttrain.prepare.output import Progress, commit, staging_dir
+from disttrain.prepare.reference_dicts import dict_files, load_dict
 
+ID_ORDERS = ("frequency", "first-seen")
 CHUNK_BYTES = 16 << 20  # one task of pass 1
 BLOCK_BYTES = 2 << 20  # one parse_block call: small enough that its temporaries stay in cache
 
@@ -137,7 +141,8 @@ GROUP_ROWS = 1 << 26  # rows sorted at once in pass 2 (row numbers are packed in
 
 
 def _group(values: np.ndarray):
-    """Sort once: distinct values, and for each sorted position its row and its distinct value's index."""
+    """Sort once: distinct values, for each sorted position its row and its distinct value's index, and each
+    distinct value's first row."""
     n = values.size
     packed = (values.astype(np.uint64) << np.uint64(32)) | np.arange(n, dtype=np.uint64)
     packed.sort()
@@ -148,17 +153,30 @@ def _group(values: np.ndarray):
     new[:1] = True
     np.not_equal(sorted_values[1:], sorted_values[:-1], out=new[1:])
     group = np.cumsum(new) - 1
-    return sorted_values[new], group, rows
+    return sorted_values[new], group, rows, rows[new]
+
+
+def _vocabulary(merged, total, first, threshold: int, hash_rows: int, id_order: str, dictionary):
+    """(values in id order, ids reserved before them) for one table."""
+    if dictionary is not None:  # the reference's own dictionary: its ids, exactly
+        return dictionary, 0
+    if id_order == "first-seen":  # the reference's numbering: every value, in order of first appearance
+        return merged[np.argsort(first, kind="stable")], 0
+    if hash_rows:  # the distinct hashed values, in sorted order
+        return merged[total > 0], 0
+    # values seen at least `threshold` times in training, most frequent first; 0 = everything else
+    keep = total >= max(threshold, 1)
+    return merged[keep][np.lexsort((merged[keep], -total[keep]))], 1
 
 
 def _table_task(task) -> dict:
     """Worker: one table's vocabulary (or hash ids) and its id column in sparse.i32."""
-    tmp, t, name, rows, train_rows, threshold, hash_rows = task
+    tmp, t, name, rows, train_rows, threshold, hash_rows, id_order, dict_file = task
     tmp = Path(tmp)
     raw = np.memmap(tmp / f"raw_{t}.u32", dtype=np.uint32, mode="r", shape=(rows,))
     out = np.memmap(tmp / "sparse.i32", dtype=np.int32, mode="r+", offset=4 * t * rows, shape=(rows,))
-    # Count every distinct value: over the training rows (vocabulary) or over all rows (hashing).
-    counted = rows if hash_rows else train_rows
+    # Count every distinct value: over the training rows (vocabulary) or over all rows (hashing, first-seen).
+    counted = rows if hash_rows or id_order == "first-seen" else train_rows
 
     def grouped(lo: int, hi: int):
         values = np.asarray(raw[lo:hi])
@@ -166,46 +184,49 @@ def _table_task(task) -> dict:
 
     keys: list[np.ndarray] = []
     counts: list[np.ndarray] = []
+    firsts: list[np.ndarray] = []
     cache = None
     for lo in range(0, rows, GROUP_ROWS):
-        uniq, group, order = grouped(lo, min(rows, lo + GROUP_ROWS))
+        uniq, group, order, first = grouped(lo, min(rows, lo + GROUP_ROWS))
         in_count = order < (counted - lo)
         keys.append(uniq)
         counts.append(np.bincount(group[in_count], minlength=uniq.size))
+        firsts.append(first + lo)
         if rows <= GROUP_ROWS:
-            cache = (uniq, group, order)
+            cache = (uniq, group, order, first)
     if len(keys) == 1:
-        merged, total = keys[0], counts[0]
+        merged, total, first = keys[0], counts[0], firsts[0]
     else:
         merged, inverse = np.unique(np.concatenate(keys), return_inverse=True)
         total = np.bincount(inverse, weights=np.concatenate(counts), minlength=merged.size).astype(np.int64)
-    if hash_rows:  # the reference: the distinct hashed values, numbered in order
-        vocab = merged[total > 0]
-        reserved = 0
-    else:  # values seen at least `threshold` times in training, most frequent first; 0 = everything else
-        keep = total >= max(threshold, 1)
-        order_by_freq = np.lexsort((merged[keep], -total[keep]))
-        vocab = merged[keep][order_by_freq]
-        reserved = 1
+        first = np.full(merged.size, np.iinfo(np.int64).max)
+        np.minimum.at(first, inverse, np.concatenate(firsts))
+    dictionary = load_dict(Path(dict_file)) if dict_file else None
+    vocab, reserved = _vocabulary(merged, total, first, threshold, hash_rows, id_order, dictionary)
     # Lookup: sorted keys -> ids.
     lookup_keys_order = np.argsort(vocab, kind="stable")
     lookup_keys = vocab[lookup_keys_order]
     lookup_ids = (lookup_keys_order + reserved).astype(np.int32)
+    unseen = 0
     for lo in range(0, rows, GROUP_ROWS):
         hi = min(rows, lo + GROUP_ROWS)
-        uniq, group, order = cache if cache is not None else grouped(lo, hi)
+        uniq, group, order, _ = cache if cache is not None else grouped(lo, hi)
         pos = np.searchsorted(lookup_keys, uniq)
         pos_c = np.minimum(pos, max(lookup_keys.size - 1, 0))
         found = (pos < lookup_keys.size) & (lookup_keys[pos_c] == uniq) if lookup_keys.size else np.zeros(uniq.size, bool)
         ids_of_uniq = np.where(found, lookup_ids[pos_c] if lookup_keys.size else 0, 0).astype(np.int32)
+        unseen += int(np.count_nonzero(~found[group]))
         block = np.empty(hi - lo, dtype=np.int32)
         block[order] = ids_of_uniq[group]
         out[lo:hi] = block
     out.flush()
     (tmp / "vocab").mkdir(exist_ok=True)
     vocab.astype(np.uint32).tofile(tmp / "vocab" / f"{name}.u32")
-    return {"name": name, "rows": int(vocab.size + reserved), "distinct_train": int((total > 0).sum()),
+    info = {"name": name, "rows": int(vocab.size + reserved), "distinct_train": int((total > 0).sum()),
             "reserved_default": bool(reserved)}
+    if dictionary is not None:
+        info["unseen_rows"] = unseen  # values the reference's dictionary lacks: id 0
+    return info
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -222,6 +243,12 @@ def prepare(raw_paths: list[str], opts: PrepOptions) -> dict:
         raise DataError(f"--vocab-threshold: got {opts.vocab_threshold}, expected 1 or more")
     if opts.hash_rows < 0 or opts.hash_rows > 2**31 - 1:
         raise DataError(f"--hash-rows: got {opts.hash_rows}, expected 0 (vocabulary) or 1..2147483647")
+    if opts.id_order not in ID_ORDERS:
+        raise DataError(f"--id-order: got {opts.id_order!r}, expected one of {', '.join(ID_ORDERS)}")
+    if opts.vocab_threshold != 1 and (opts.id_order == "first-seen" or opts.vocab_dicts):
+        raise DataError(f"--vocab-threshold: got {opts.vocab_threshold}, expected 1 with "
+                        f"{'--vocab-dicts' if opts.vocab_dicts else '--id-order first-seen'} (the reference numbers "
+                        "every value)")
     out = Path(opts.out)
     if (out / "meta.json").exists() and not opts.force:
         raise DataError(f"--out {out}: already holds a processed dataset (remove it or pass --force)")
@@ -240,6 +267,10 @@ def prepare(raw_paths: list[str], opts: PrepOptions) -> dict:
             raise DataError(f"{s.path}: {len(s.layout.dense)} dense and {len(s.layout.sparse)} categorical columns, "
                             f"but {sources[0].path} has {len(first.dense)} and {len(first.sparse)}")
     num_dense, num_sparse = len(first.dense), len(first.sparse)
+    dicts = dict_files(opts.vocab_dicts, num_sparse) if opts.vocab_dicts else [""] * num_sparse
+    for f in dicts:  # checked before the long parse (the table workers read them again)
+        if f:
+            load_dict(f)
     sparse_names = [SPARSE_NAMES[i] if i < NUM_SPARSE else f"C{i + 1}" for i in range(num_sparse)]
     tmp = staging_dir(out)
     workers = opts.workers or os.cpu_count() or 1
@@ -265,8 +296,8 @@ def prepare(raw_paths: list[str], opts: PrepOptions) -> dict:
             train_rows = splits["train"][1]
             with open(tmp / "sparse.i32", "wb") as f:
                 f.truncate(4 * rows * num_sparse)
-            table_tasks = [(str(tmp), t, sparse_names[t], rows, train_rows, opts.vocab_threshold, opts.hash_rows)
-                           for t in range(num_sparse)]
+            table_tasks = [(str(tmp), t, sparse_names[t], rows, train_rows, opts.vocab_threshold, opts.hash_rows,
+                            opts.id_order, str(dicts[t])) for t in range(num_sparse)]
             tables = list(pool.imap_unordered(_table_task, table_tasks))
             tables.sort(key=lambda d: sparse_names.index(d["name"]))
             for t in range(num_sparse):
@@ -286,6 +317,8 @@ def prepare(raw_paths: list[str], opts: PrepOptions) -> dict:
                 "mode": "hash" if opts.hash_rows else "vocabulary",
                 "vocab_threshold": opts.vocab_threshold,
                 "hash_rows": opts.hash_rows,
+                "id_order": "reference dictionaries" if opts.vocab_dicts else opts.id_order,
+                "vocab_dicts": str(Path(opts.vocab_dicts).resolve()) if opts.vocab_dicts else "",
                 "split": opts.split,
                 "skip_bad_rows": opts.skip_bad_rows,
                 "dense_transform": "log(1 + max(x, 0))",

@@ -22,6 +22,8 @@ class PrepOptions:
     out: Path
     vocab_threshold: int = 1
     hash_rows: int = 0  # > 0: hash ids modulo this (the reference's --max-ind-range) instead of a vocabulary
+    id_order: str = "frequency"  # vocabulary: frequency (0 = rare/unseen) | first-seen (the reference's numbering)
+    vocab_dicts: str = ""  # a folder of the reference's *_fea_dict_*.npz: its ids, exactly
     split: str = "auto"
     delimiter: str = "auto"  # tab, comma, auto (from the first line)
     header: str = "auto"  # auto, yes, no
