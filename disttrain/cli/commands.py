@@ -226,18 +226,7 @@ def cmd_data_criteo(args) -> int:
         vocab_dicts=args.vocab_dicts,
     )
     meta = prepare(args.raw, opts)
-    seconds = meta["seconds"]["total"]
-    bad = sum(s["bad_rows"] for s in meta["sources"])
-    print(f"wrote {args.out}: {meta['rows']:,} rows in {seconds:.1f} s ({meta['rows'] / max(seconds, 1e-9):,.0f} rows/s; "
-          f"parse {meta['seconds']['parse']:.1f} s, ids {meta['seconds']['ids']:.1f} s)")
-    for s in meta["sources"]:
-        print(f"  {s['path']}: {s['rows']:,} rows" + (f", {s['bad_rows']:,} bad rows skipped" if s["bad_rows"] else ""))
-        for example in s["bad_examples"]:
-            print(f"    skipped {example}")
-    if bad:
-        print(f"  {bad:,} bad rows skipped in all")
-    splits = meta["splits"]
-    print("  splits: " + ", ".join(f"{k} rows [{lo:,}, {hi:,})" for k, (lo, hi) in splits.items()))
+    _print_written(args.out, meta, "parse")
     mode = meta["options"]["mode"]
     options = meta["options"]
     rule = (f"ids of values seen >= {options['vocab_threshold']} times in train, 0 = other"
@@ -250,6 +239,22 @@ def cmd_data_criteo(args) -> int:
     print(f"  tables ({mode}: {rule}): " + " ".join(f"{t['name']}={t['rows']:,}" for t in meta["tables"]))
     print(f"train on it: disttrain launch data.source=criteo data.path={args.out} ...")
     return 0
+
+
+def _print_written(out: str, meta: dict, first_phase: str) -> None:
+    """What `data criteo` and `data prepare` wrote: rows, speed, sources (bad rows skipped), splits."""
+    seconds = meta["seconds"]
+    print(f"wrote {out}: {meta['rows']:,} rows in {seconds['total']:.1f} s "
+          f"({meta['rows'] / max(seconds['total'], 1e-9):,.0f} rows/s; {first_phase} {seconds[first_phase]:.1f} s, "
+          f"ids {seconds['ids']:.1f} s)")
+    for s in meta["sources"]:
+        print(f"  {s['path']}: {s['rows']:,} rows" + (f", {s['bad_rows']:,} bad rows skipped" if s["bad_rows"] else ""))
+        for example in s["bad_examples"]:
+            print(f"    skipped {example}")
+    bad = sum(s["bad_rows"] for s in meta["sources"])
+    if bad:
+        print(f"  {bad:,} bad rows skipped in all")
+    print("  splits: " + ", ".join(f"{k} rows [{lo:,}, {hi:,})" for k, (lo, hi) in meta["splits"].items()))
 
 
 def cmd_data_prepare(args) -> int:
@@ -270,14 +275,7 @@ def cmd_data_prepare(args) -> int:
                           column_names=args.column_names, vocab_from=args.vocab_from, skip_bad_rows=args.skip_bad_rows,
                           workers=args.workers, force=args.force, progress=not args.quiet)
     meta = prepare(args.inputs, schema, opts)
-    seconds = meta["seconds"]["total"]
-    print(f"wrote {args.out}: {meta['rows']:,} rows in {seconds:.1f} s ({meta['rows'] / max(seconds, 1e-9):,.0f} "
-          f"rows/s; read {meta['seconds']['read']:.1f} s, ids {meta['seconds']['ids']:.1f} s)")
-    for s in meta["sources"]:
-        print(f"  {s['path']}: {s['rows']:,} rows" + (f", {s['bad_rows']:,} bad rows skipped" if s["bad_rows"] else ""))
-        for example in s["bad_examples"]:
-            print(f"    skipped {example}")
-    print("  splits: " + ", ".join(f"{k} rows [{lo:,}, {hi:,})" for k, (lo, hi) in meta["splits"].items()))
+    _print_written(args.out, meta, "read")
     for t in meta["tables"]:
         extra = [f"{t['mode']}"]
         if t["multi_hot"]:
