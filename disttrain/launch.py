@@ -16,7 +16,7 @@ from disttrain.engine.build import build_plan, check_config, data_source_spec
 from disttrain.engine.checkpoint import VERIFIED, check_fits, find_checkpoint, read_manifest, remote, verify
 from disttrain.engine.checkpoint.load import renamed_tables
 from disttrain.engine.checkpoint.verify import read_meta
-from disttrain.engine.outputs import run_dir
+from disttrain.engine.outputs import new_run_dir
 from disttrain.engine.resources import RESOURCES_CHECKED, check_directories, check_memory, checkpoint_bytes
 from disttrain.launchers import launcher_for
 from disttrain.runtime.backend import resolve_backend
@@ -59,7 +59,7 @@ def prepare_launch(cfg: config_mod.Config) -> str:
         data_source_spec(cfg).preflight(cfg)
         if cfg.train.resume:
             check_resume(cfg, model)
-    path = run_dir(cfg) / "config.yaml"
+    path = new_run_dir(cfg) / "config.yaml"
     path.write_text(config_mod.to_yaml(cfg))
     return str(path.resolve())
 

@@ -39,7 +39,7 @@ class StepGuard:
         slots (or, without dense gradients to ride on, an all-reduce of their own)."""
         stop = float(bool(self.stops is not None and self.stops.requested))
         if loss.device.type == "cpu":  # reading the loss costs nothing here
-            local = torch.tensor([stop, float(not math.isfinite(float(loss)))])
+            local = torch.tensor([stop, float(not math.isfinite(float(loss.detach())))])
         else:
             local = torch.stack([torch.tensor(stop, device=loss.device), (~torch.isfinite(loss.detach())).float()])
         if self.comm.world_size == 1:

@@ -11,21 +11,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 from disttrain.storage import filesystem, is_remote, join, local, remote_call
 
 
+def _staging(url: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"disttrain-runs-{os.getuid()}" / hashlib.sha1(url.encode()).hexdigest()[:16]
+
+
 def run_dir(cfg) -> Path:
     """The local directory the run's files are written to (created)."""
     url = cfg.run.output_dir
-    if not is_remote(url):
-        path = Path(local(url)).expanduser()
-    else:
-        path = Path(tempfile.gettempdir()) / f"disttrain-runs-{os.getuid()}" / hashlib.sha1(url.encode()).hexdigest()[:16]
+    path = _staging(url) if is_remote(url) else Path(local(url)).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def new_run_dir(cfg) -> Path:
+    """`run_dir` at the start of a launch: an earlier run's staged files of the same URL are dropped, so they are
+    never published as this run's (restarted workers keep what this run staged)."""
+    if is_remote(cfg.run.output_dir):
+        shutil.rmtree(_staging(cfg.run.output_dir), ignore_errors=True)
+    return run_dir(cfg)
 
 
 def publish(cfg) -> None:

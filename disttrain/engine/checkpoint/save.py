@@ -272,4 +272,7 @@ def _prune_remote(fs, root: str, keep_last: int, *, keep: str) -> None:
     if keep_last > 0:
         doomed += [s for s in sorted(complete)[:-keep_last] if s != keep]
     for s in doomed:
-        fs.rm(join(root, s), recursive=True)
+        try:
+            fs.rm(join(root, s), recursive=True)
+        except FileNotFoundError:  # listed a moment ago, gone now (a store's listing may lag its deletes)
+            pass
