@@ -346,6 +346,22 @@ def test_infer_reads_an_s3_checkpoint_like_a_local_copy(aws, dataset, reference,
                {k: first[k] for k in ("step", "samples", "auc", "logloss")}
 
 
+def test_export_and_quantize_read_an_s3_checkpoint(aws, dataset, reference, killed, tmp_path):
+    """`export` from the bucket writes the same model file as from the uninterrupted run's local checkpoint, and
+    `quantize` tunes int8 from the bucket."""
+    from disttrain.export import load_exported
+
+    _, full_ck = reference
+    _, ck, _ = killed
+    for name, target in (("s3", ck), ("local", str(full_ck))):
+        result = cli("export", target, "--out", str(tmp_path / f"{name}.pt"))
+        assert result.returncode == 0, result.stderr[-3000:]
+    a, b = (load_exported(tmp_path / f"{name}.pt")[0].state_dict() for name in ("s3", "local"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    result = cli("quantize", "--checkpoint", ck, "--out", str(tmp_path / "int8"), "quant.calibration_batches=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def _one_line_without_secret(result, *needles: str) -> str:
     text = result.stdout + result.stderr
     assert result.returncode not in (0, None), text
