@@ -18,7 +18,8 @@ class DataError(DisttrainError):
 
 
 # Optional dependencies -> the extra that installs them (pyproject.toml [project.optional-dependencies]).
-EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "ray": "ray", "horovod": "horovod", "sklearn": "quality"}
+EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "ray": "ray", "horovod": "horovod", "sklearn": "quality",
+          "s3fs": "s3", "gcsfs": "gcs", "adlfs": "azure"}
 
 
 class MissingDependency(DisttrainError):

@@ -44,8 +44,10 @@ def filesystem(url: str, *, key: str):
     import fsspec
 
     protocol = scheme(url)
+    # S3: a silent endpoint (a firewall dropping packets) fails after 10 s per attempt rather than botocore's 60.
+    options = {"config_kwargs": {"connect_timeout": 10}} if protocol in ("s3", "s3a") else {}
     try:
-        return fsspec.core.url_to_fs(url)
+        return fsspec.core.url_to_fs(url, **options)
     except ImportError:
         module, extra = CLIENTS.get(protocol, (protocol, ""))
         raise missing(module, f"{key}={url}") if extra else DataError(
