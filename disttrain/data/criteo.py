@@ -28,15 +28,13 @@ from disttrain.batch import Batch, KeyedBags
 from disttrain.config import Config
 from disttrain.data.columns import Columns, IdColumns, OffsetBags, Store
 from disttrain.data.contract import SourceSpec, agreed, epochs_to_steps, resume_note
+from disttrain.data.prepared_format import FORMAT, VERSIONS
 from disttrain.data.torchrec_days import TorchRecDays, is_torchrec_days
 from disttrain.errors import ConfigError, DataError
 from disttrain.fileio import sha256_file
 from disttrain.storage import is_remote, local
 from disttrain.tables import EmbeddingTableSpec
 
-FORMAT = "disttrain-criteo"  # meta.json "format" and "version" of a directory `disttrain data criteo` writes
-FORMAT_VERSION = 1
-VERSIONS = (1, 2)  # 2: `disttrain data prepare` (names, multi-hot features, 64-bit vocabularies)
 BLOCK_ROWS = 4096
 SPLITS = ("train", "val", "test")
 VERIFIED_ENV = "DISTTRAIN_VERIFIED_DATA"  # set by the launcher after it checked every checksum

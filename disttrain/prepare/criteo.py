@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from disttrain.data.criteo import FORMAT, FORMAT_VERSION
+from disttrain.data.prepared_format import FORMAT, FORMAT_VERSION
 from disttrain.errors import DataError
 from disttrain.fileio import sha256_file
 from disttrain.prepare.criteo_inputs import (

@@ -24,20 +24,20 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from disttrain.data.criteo import FORMAT
+from disttrain.data.prepared_format import FORMAT
 from disttrain.errors import DataError
 from disttrain.fileio import sha256_file
 from disttrain.prepare.criteo_inputs import compute_splits
 from disttrain.prepare.output import Progress, commit, staging_dir
 from disttrain.prepare.schema import Counters, Schema
-from disttrain.prepare.tabular_ids import check_same_schema, dense_stats, table_task, transform_dense
+from disttrain.prepare.tabular_ids import check_same_schema, dense_task, table_task
 from disttrain.prepare.tabular_inputs import Input, inspect_inputs, tasks_of
-from disttrain.prepare.tabular_read import ChunkError, read_task
+from disttrain.prepare.tabular_read import Chunk, ChunkError, read_task
 
 VERSION = 2  # meta.json "version" of a prepared directory (1: `disttrain data criteo` before multi-hot)
 
@@ -114,35 +114,72 @@ def prepare(paths: list[str], schema: Schema | None, opts: PrepareOptions) -> di
         raise
 
 
+def read_to_parts(item) -> tuple[Chunk, int]:
+    """Worker: read one task and write its arrays to part files, which the main process appends in input order;
+    hands back the chunk without its arrays (nothing large crosses the process boundary)."""
+    index, task, folder = item
+    chunk, nbytes = read_task(task)
+    base = f"{folder}/{index:07d}"
+    chunk.labels.tofile(f"{base}.labels")
+    np.ascontiguousarray(chunk.dense, dtype="<f4").tofile(f"{base}.dense")
+    singles = [c.name for c in task.schema.categorical if not c.multi_hot]
+    multis = [c.name for c in task.schema.categorical if c.multi_hot]
+    for name, keys in zip(singles, chunk.single):
+        keys.tofile(f"{base}.keys_{name}")
+    for name, (lengths, keys) in zip(multis, chunk.multi):
+        lengths.tofile(f"{base}.len_{name}")
+        keys.tofile(f"{base}.keys_{name}")
+    return replace(chunk, labels=chunk.labels[:0], dense=chunk.dense[:0], single=[], multi=[],
+                   stored_rows=chunk.labels.size), nbytes
+
+
+def _append(target, part: str) -> None:
+    """Append a part file to an open output file (in the kernel where it can) and remove the part."""
+    with open(part, "rb") as src:
+        size = os.fstat(src.fileno()).st_size
+        target.flush()
+        copied = 0
+        try:
+            while copied < size:
+                n = os.copy_file_range(src.fileno(), target.fileno(), size - copied)
+                if n == 0:
+                    break
+                copied += n
+        except (AttributeError, OSError):
+            src.seek(copied)
+            shutil.copyfileobj(src, target)
+    os.unlink(part)
+
+
 def _pass1(pool, inputs: list[Input], schema: Schema, opts: PrepareOptions, tmp: Path) -> None:
     progress = Progress(opts.progress, sum(i.bytes for i in inputs))
-    singles = [c for c in schema.categorical if not c.multi_hot]
-    multis = [c for c in schema.categorical if c.multi_hot]
     files = {"labels": open(tmp / "labels.u8", "wb"), "dense": open(tmp / "dense.raw.f32", "wb")}
     for c in schema.categorical:
-        files[c.name] = open(tmp / f"keys_{c.name}.u64", "wb")
-    for c in multis:
-        files["len_" + c.name] = open(tmp / f"len_{c.name}.i32", "wb")
+        files["keys_" + c.name] = open(tmp / f"keys_{c.name}.u64", "wb")
+        if c.multi_hot:
+            files["len_" + c.name] = open(tmp / f"len_{c.name}.i32", "wb")
+    parts = tmp / "parts"
+    parts.mkdir()
+    first = 0  # part number of the source's first task
     try:
         for source in inputs:
             try:
-                for chunk, nbytes in pool.imap(read_task, tasks_of(source, schema, opts.skip_bad_rows)):
+                tasks = tasks_of(source, schema, opts.skip_bad_rows)
+                work = ((first + i, task, str(parts)) for i, task in enumerate(tasks))
+                for index, (chunk, nbytes) in enumerate(pool.imap(read_to_parts, work), start=first):
+                    for suffix, target in files.items():  # imap hands the results back in input order
+                        _append(target, f"{parts}/{index:07d}.{suffix}")
+                    first = index + 1
                     source.add(chunk)
-                    files["labels"].write(memoryview(chunk.labels))
-                    files["dense"].write(memoryview(np.ascontiguousarray(chunk.dense, dtype="<f4")))
-                    for c, keys in zip(singles, chunk.single):
-                        files[c.name].write(memoryview(keys))
-                    for c, (lengths, keys) in zip(multis, chunk.multi):
-                        files["len_" + c.name].write(memoryview(lengths))
-                        files[c.name].write(memoryview(keys))
                     opts.counters.add(chunk.counters)
-                    progress.update(nbytes or source.bytes_per_task, chunk.labels.size)
+                    progress.update(nbytes or source.bytes_per_task, chunk.rows)
             except ChunkError as exc:
                 raise DataError(f"{source.where(exc.row)}: {exc.reason}"
                                 + (" (--skip-bad-rows skips and counts such rows)" if exc.row >= 0 else "")) from None
     finally:
         for f in files.values():
             f.close()
+        shutil.rmtree(parts, ignore_errors=True)
     progress.update(0, 0, force=True)
     progress.finish()
 
@@ -160,13 +197,11 @@ def _pass2(pool, tmp: Path, schema: Schema, rows: int, train_rows: int, previous
                       "feature": {"name": c.name, "multi_hot": c.multi_hot, "pooling": c.pooling, "hash": c.hash_rows,
                                   "min_count": c.min_count, "max_length": c.max_length}})
         slot += not c.multi_hot
-    done = {t["name"]: t for t in pool.imap_unordered(table_task, tasks)}
+    given = [d["stats"] for d in previous["meta"]["dense"]] if previous else None
+    dense = pool.apply_async(dense_task, (str(tmp), rows, train_rows, [d.transform for d in schema.dense], given))
+    done = {t["name"]: t for t in pool.imap_unordered(table_task, tasks)}  # beside the dense columns
     tables = [done[c.name] for c in schema.categorical]
-    raw = np.memmap(tmp / "dense.raw.f32", dtype="<f4", mode="r", shape=(rows, len(schema.dense)))
-    stats = previous["meta"]["dense"] if previous else None
-    stats = [d["stats"] for d in stats] if stats else dense_stats(raw, train_rows)
-    transform_dense(raw, [d.transform for d in schema.dense], stats).tofile(tmp / "dense.f32")
-    del raw
+    stats = dense.get()
     for p in [tmp / "dense.raw.f32", *tmp.glob("keys_*.u64"), *tmp.glob("len_*.i32")]:
         p.unlink()
     dense_meta = [{"name": d.name, "transform": d.transform, "stats": s} for d, s in zip(schema.dense, stats)]

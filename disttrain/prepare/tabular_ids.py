@@ -13,31 +13,42 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 
 from disttrain.errors import DataError
+from disttrain.prepare.hashing import arrow, numpy_of
 
 OOV = 0  # the id of values outside a vocabulary
 
 
-def vocabulary(keys: np.ndarray, *, min_count: int, id_order: str) -> np.ndarray:
-    """The keys that get ids 1.., in id order, from the training split's keys."""
-    unique, first, counts = np.unique(keys, return_index=True, return_counts=True)
-    keep = counts >= min_count
-    unique, first, counts = unique[keep], first[keep], counts[keep]
-    order = np.argsort(first, kind="stable") if id_order == "first-seen" else np.lexsort((unique, -counts))
-    return unique[order]
+def vocabulary_ids(keys: np.ndarray, train: int, *, min_count: int, id_order: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """(the vocabulary: keys that get ids 1.., in id order; every key's id (OOV for the others); how many distinct
+    keys the training split has) from the keys of
+    all rows, the first `train` of which are the training split. One hash pass (Arrow's dictionary encoding,
+    whose dictionary is in order of first appearance) instead of sorting every key."""
+    encoded = pc.dictionary_encode(arrow(np.asarray(keys, dtype=np.uint64)))
+    index, unique = numpy_of(encoded.indices), numpy_of(encoded.dictionary)
+    counts = np.bincount(index[:train], minlength=unique.size)
+    kept = np.flatnonzero(counts >= max(min_count, 1))
+    # first-seen: the dictionary's order (training rows come first); frequency: most frequent first, ties by key
+    order = kept if id_order == "first-seen" else kept[np.lexsort((unique[kept], -counts[kept]))]
+    id_of = np.full(unique.size, OOV, dtype=np.int32)
+    id_of[order] = np.arange(1, order.size + 1, dtype=np.int32)
+    return unique[order], id_of[index], int(np.count_nonzero(counts))
 
 
 def lookup(vocab: np.ndarray, keys: np.ndarray, base: int = 1) -> tuple[np.ndarray, int]:
     """(ids of `keys` in `vocab` (position + base; OOV when absent), how many were absent)."""
-    if vocab.size == 0:
-        return np.full(keys.size, OOV, dtype=np.int32), int(keys.size)
-    order = np.argsort(vocab, kind="stable")
-    sorted_vocab = vocab[order]
-    pos = np.minimum(np.searchsorted(sorted_vocab, keys), sorted_vocab.size - 1)
-    found = sorted_vocab[pos] == keys
-    ids = np.where(found, order[pos] + base, OOV).astype(np.int32)
-    return ids, int((~found).sum())
+    position = pc.index_in(arrow(np.asarray(keys, dtype=np.uint64)), value_set=arrow(np.asarray(vocab, dtype=np.uint64)))
+    absent = position.null_count
+    ids = numpy_of(pc.add(position, base), fill=OOV).astype(np.int32)
+    return ids, int(absent)
+
+
+def distinct(keys: np.ndarray) -> int:
+    """How many different keys (one sort: faster here than a hash table or np.unique)."""
+    ordered = np.sort(np.asarray(keys))
+    return int(ordered.size and 1 + np.count_nonzero(ordered[1:] != ordered[:-1]))
 
 
 def table_task(task: dict) -> dict:
@@ -57,17 +68,21 @@ def table_task(task: dict) -> dict:
     if feature["hash"]:
         ids = (np.asarray(keys) % np.uint64(feature["hash"])).astype(np.int32)
         info.update(mode="hash", hash_rows=feature["hash"], rows=feature["hash"], reserved_default=False,
-                    distinct_train=int(np.unique(train_keys).size))
+                    distinct_train=distinct(train_keys))
     else:
         given = task.get("vocab")
-        vocab = (np.fromfile(given, dtype=np.uint64) if given
-                 else vocabulary(np.asarray(train_keys), min_count=feature["min_count"], id_order=task["id_order"]))
-        ids, unseen = lookup(vocab, np.asarray(keys))
+        if given:
+            vocab = np.fromfile(given, dtype=np.uint64)
+            ids, unseen = lookup(vocab, np.asarray(keys))
+            distinct_train = distinct(train_keys)
+        else:
+            vocab, ids, distinct_train = vocabulary_ids(np.asarray(keys), train_keys.size,
+                                                        min_count=feature["min_count"], id_order=task["id_order"])
+            unseen = int(np.count_nonzero(ids == OOV))
         (tmp / "vocab").mkdir(exist_ok=True)
         vocab.tofile(tmp / "vocab" / f"{name}.u64")
         info.update(mode="vocabulary", min_count=feature["min_count"], rows=int(vocab.size) + 1,
-                    reserved_default=True, distinct_train=int(np.unique(train_keys).size),
-                    out_of_vocabulary=unseen)
+                    reserved_default=True, distinct_train=distinct_train, out_of_vocabulary=unseen)
     if feature["multi_hot"]:
         (tmp / "multi").mkdir(exist_ok=True)
         ids.tofile(tmp / "multi" / f"{name}.values.i32")
@@ -80,6 +95,14 @@ def table_task(task: dict) -> dict:
         out.flush()
     del keys
     return info
+
+
+def dense_task(tmp: str, rows: int, train_rows: int, transforms: list[str], stats: list[dict] | None) -> list[dict]:
+    """Worker: the training split's statistics (unless given: `--vocab-from`), then dense.f32 transformed."""
+    raw = np.memmap(Path(tmp) / "dense.raw.f32", dtype="<f4", mode="r", shape=(rows, len(transforms)))
+    stats = stats or dense_stats(raw, train_rows)
+    transform_dense(raw, transforms, stats).tofile(Path(tmp) / "dense.f32")
+    return stats
 
 
 def dense_stats(raw: np.ndarray, train_rows: int) -> list[dict]:

@@ -50,7 +50,7 @@ class Input:
             if len(self.bad_examples) < 5:
                 self.bad_examples.append(f"{self.where(row)}: {reason}")
         self.bad_rows += chunk.bad_count
-        self.rows += chunk.labels.size
+        self.rows += chunk.rows
         self.lines += chunk.lines
         self.chunks += 1
 

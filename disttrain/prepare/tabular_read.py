@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from disttrain.prepare.hashing import hash_values
+from disttrain.prepare.hashing import EMPTY, arrow, hash_values, numpy_of
 from disttrain.prepare.schema import Counters, Schema
 
 
@@ -39,6 +39,11 @@ class Chunk:
     bad: list[tuple[int, str]] = field(default_factory=list)  # (0-based line in the chunk, reason), the first few
     bad_count: int = 0
     counters: Counters = field(default_factory=Counters)
+    stored_rows: int = -1  # >= 0: the arrays went to part files (`tabular.read_to_parts`), this many rows
+
+    @property
+    def rows(self) -> int:
+        return self.labels.size if self.stored_rows < 0 else self.stored_rows
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,8 @@ class Task:
 def read_task(task: Task) -> tuple[Chunk, int]:
     """Worker: (the chunk, bytes of input it covered)."""
     if task.kind == "parquet":
-        table = pq.ParquetFile(task.path).read_row_group(task.row_group, columns=task.schema.columns)
+        table = pq.ParquetFile(task.path, read_dictionary=_text_leaves(task.path, task.schema)).read_row_group(
+            task.row_group, columns=task.schema.columns)
         return convert(table, task.schema, task.skip_bad_rows, lines=table.num_rows, line_of=None), 0
     if task.kind == "csv-range":
         with open(task.path, "rb") as f:
@@ -67,6 +73,19 @@ def read_task(task: Task) -> tuple[Chunk, int]:
     else:
         data = task.payload
     return read_csv_bytes(data, task), len(data)
+
+
+def _text_leaves(path: str, schema: Schema) -> list[str]:
+    """The Parquet leaf columns of text categorical features (single or in lists): read as dictionaries, straight
+    from the file's dictionary pages, so each distinct text is decoded and hashed once per row group."""
+    categorical = {c.name for c in schema.categorical}
+    layout = pq.ParquetFile(path).schema
+    leaves = []
+    for i in range(len(layout)):
+        column = layout.column(i)
+        if column.path.split(".")[0] in categorical and column.physical_type == "BYTE_ARRAY":
+            leaves.append(column.path)
+    return leaves
 
 
 def read_csv_bytes(data: bytes, task: Task) -> Chunk:
@@ -160,9 +179,9 @@ def _numbers(column: pa.ChunkedArray, name: str, fail) -> np.ndarray:
         array = pc.cast(array, pa.int8())
     if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
         stripped = pc.utf8_trim_whitespace(array)
-        blank = pc.equal(stripped, "")
+        blank = pc.equal(stripped, EMPTY)
         try:
-            values = pc.cast(pc.if_else(blank, pa.scalar(None, array.type), stripped), pa.float64())
+            values = pc.cast(pc.if_else(blank, pa.nulls(1, array.type)[0], stripped), pa.float64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             texts = stripped.to_pylist()
             out = np.zeros(len(texts))
@@ -178,8 +197,8 @@ def _numbers(column: pa.ChunkedArray, name: str, fail) -> np.ndarray:
         values = pc.cast(array, pa.float64())
     else:
         raise ChunkError(-1, f"column {name}: type {array.type}; expected numbers (or text holding numbers)")
-    out = values.to_numpy(zero_copy_only=False)
-    out = np.nan_to_num(out.astype(np.float64), nan=0.0, posinf=np.inf, neginf=-np.inf)  # nulls -> 0
+    out = numpy_of(values, fill=0.0)  # nulls -> 0
+    out = np.nan_to_num(out.astype(np.float64), nan=0.0, posinf=np.inf, neginf=-np.inf)
     fail(~np.isfinite(out), lambda r: f"column {name}: {out[r]!r} is not a finite number")
     return np.where(np.isfinite(out), out, 0.0)
 
@@ -188,24 +207,37 @@ def _lists(column: pa.ChunkedArray, feature) -> tuple[np.ndarray, pa.Array, np.n
     """(per-row lengths after truncation, the kept values, per-row values cut (None: no limit))."""
     array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
-        array = pc.split_pattern(pc.fill_null(array, ""), feature.delimiter)
+        array = pc.split_pattern(pc.fill_null(array, EMPTY) if array.null_count else array, feature.delimiter)
     elif not (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)):
         raise ChunkError(-1, f"column {feature.name}: type {array.type}; expected a list column or text joined "
                              f"by {feature.delimiter!r} (multi_hot)")
     n = len(array)
-    parents = pc.list_parent_indices(array).to_numpy(zero_copy_only=False).astype(np.int64)
+    parents = numpy_of(pc.list_parent_indices(array)).astype(np.int64)
     values = pc.list_flatten(array)
-    present = pc.and_(pc.is_valid(values), pc.not_equal(pc.cast(values, pa.string()), "")).to_numpy(
-        zero_copy_only=False) if len(values) else np.zeros(0, dtype=bool)
-    parents, values = parents[present], values.filter(pa.array(present))
+    present = numpy_of(pc.is_valid(values), fill=False)
+    if _is_text(values.type):  # an empty text is no value (`a||b`, a trailing delimiter)
+        present &= numpy_of(pc.not_equal(values, EMPTY), fill=False)
+    elif pa.types.is_dictionary(values.type) and _is_text(values.type.value_type):  # checked once per distinct text
+        present &= numpy_of(pc.not_equal(values.dictionary, EMPTY), fill=False)[numpy_of(values.indices)]
+    keep = None if present.all() else np.flatnonzero(present)
+    if keep is not None:
+        parents = parents[keep]
     lengths = np.bincount(parents, minlength=n).astype(np.int64)
-    if not feature.max_length:
-        return lengths.astype(np.int32), values, None
-    starts = np.cumsum(lengths) - lengths
-    position = np.arange(parents.size) - starts[parents]
-    kept = position < feature.max_length
-    overflow = np.maximum(lengths - feature.max_length, 0)
-    return np.minimum(lengths, feature.max_length).astype(np.int32), values.filter(pa.array(kept)), overflow
+    overflow = None
+    if feature.max_length:
+        starts = np.cumsum(lengths) - lengths
+        kept = (np.arange(parents.size) - starts[parents]) < feature.max_length
+        overflow = np.maximum(lengths - feature.max_length, 0)
+        lengths = np.minimum(lengths, feature.max_length)
+        if not kept.all():
+            keep = np.flatnonzero(kept) if keep is None else keep[kept]
+    if keep is not None:  # one gather of the values kept
+        values = values.take(arrow(keep))
+    return lengths.astype(np.int32), values, overflow
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
 def _keep_lists(lengths: np.ndarray, keys: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
