@@ -68,7 +68,7 @@ def test_round_trip_through_yaml(tmp_path):
         (["data.source=dien"], r"data.source: got 'dien' with model.name=dlrm; expected synthetic or criteo"),
         (["model.name=dien", "data.source=criteo"], r"data.source: got 'criteo' with model.name=dien; expected synthetic or dien"),
         (["data.source=criteo"], r"data.path: empty with data.source=criteo; expected the directory written by"),
-        (["train.epochs=2"], r"train.epochs: got 2.0, but data.source=synthetic has no epochs; expected train.steps \(or data.source=criteo or prepared\)"),
+        (["train.epochs=2"], r"train.epochs: got 2.0, but data.source=synthetic has no epochs; expected train.steps \(or data.source=criteo or prepared or torchrec\)"),
         (["launch.launcher=slurm"], r"launch.launcher: got 'slurm', expected one of local, torchrun, ray, horovod"),
     ],
 )

@@ -140,9 +140,11 @@ def test_a_relative_output_dir_under_ray_job_submit_is_refused(monkeypatch):
     from disttrain.launchers.ray_cluster import JOB_DRIVER, _resolved_output_dir
 
     cfg = load_config(None, ["run.output_dir=runs/x"])
-    assert _resolved_output_dir(cfg).is_absolute()  # not under a Ray job: resolved here
+    assert Path(_resolved_output_dir(cfg)).is_absolute()  # not under a Ray job: resolved here
     monkeypatch.setenv(JOB_DRIVER, "{}")
     with pytest.raises(ConfigError, match="run.output_dir: got 'runs/x', a relative path"):
         _resolved_output_dir(cfg)
     cfg = load_config(None, ["run.output_dir=~/runs/x"])
-    assert _resolved_output_dir(cfg) == Path("~/runs/x").expanduser()
+    assert _resolved_output_dir(cfg) == str(Path("~/runs/x").expanduser())
+    cfg = load_config(None, ["run.output_dir=s3://bucket/runs/x"])  # object storage: the URL as it is
+    assert _resolved_output_dir(cfg) == "s3://bucket/runs/x"

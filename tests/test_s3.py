@@ -103,7 +103,7 @@ def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)  # its own session: weed and nothing else
         try:
-            proc.wait(5)
+            proc.wait(1)  # nothing of it is kept: no need to wait for a clean stop
         except subprocess.TimeoutExpired:  # weed lingers after SIGTERM
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)

@@ -81,22 +81,20 @@ def test_days_read_back_what_was_written(tmp_path, multi_hot):
                 assert np.array_equal(got, ids % SIZES[j])
 
 
-def test_dcnv2_trains_on_multi_hot_days_sharded_like_one_process(tmp_path):
+def test_dcnv2_trains_sharded_on_multi_hot_days(tmp_path):
+    """DLRM-DCNv2 (what TorchRec's multi-hot days are for) on 2 ranks, tables named as TorchRec names them. (Sharded
+    == one process on multi-hot bags is tests/test_prepare.py's; the reader is the same.)"""
     write_days(tmp_path / "days", days([256, 256, 64], multi_hot=True), multi_hot=True)
-    common = ["model.name=dlrm_dcnv2", "data.source=torchrec", f"data.path={tmp_path}/days",
-              f"model.table_sizes={SIZES}", "model.embedding_dim=8", "train.batch_size=32", "train.steps=10",
-              "data.eval_batches=1", "run.progress=false", "sharding.strategy=auto"]
-    one = disttrain("launch", *common, "launch.nproc_per_node=1", f"run.output_dir={tmp_path}/one", env=clean_env())
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = disttrain("launch", *common, "launch.nproc_per_node=2", f"run.output_dir={tmp_path}/two", env=clean_env())
-    assert two.returncode == 0, two.stderr[-2000:]
-    a, b = summary(tmp_path / "one"), summary(tmp_path / "two")
-    assert a["steps"] == b["steps"] == 10
-    for key in ("train_loss", "eval_logloss", "eval_auc", "val_logloss"):
-        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
-    assert [t["name"] for t in b["plan"]["tables"]][:2] == ["cat_0", "cat_1"]  # TorchRec's feature names
-    assert {t["type"] for t in b["plan"]["tables"]} != {"table_wise"} or {r for t in b["plan"]["tables"]
-                                                                         for r in t["ranks"]} == {0, 1}
+    run = disttrain("launch", "model.name=dlrm_dcnv2", "data.source=torchrec", f"data.path={tmp_path}/days",
+                    f"model.table_sizes={SIZES}", "model.embedding_dim=8", "train.batch_size=32", "train.steps=8",
+                    "data.eval_batches=1", "run.progress=false", "sharding.strategy=auto", "launch.nproc_per_node=2",
+                    f"run.output_dir={tmp_path}/two", env=clean_env())
+    assert run.returncode == 0, run.stderr[-2000:]
+    b = summary(tmp_path / "two")
+    assert b["steps"] == 8 and b["world_size"] == 2 and math.isfinite(b["train_loss"])
+    assert b["eval_samples"] == 32 and b["data"]["steps_per_epoch"] == 512 // 32
+    assert [t["name"] for t in b["plan"]["tables"]] == [f"cat_{j}" for j in range(26)]  # TorchRec's feature names
+    assert {r for t in b["plan"]["tables"] for r in t["ranks"]} == {0, 1}
 
 
 def test_bad_days_are_one_line(tmp_path):
