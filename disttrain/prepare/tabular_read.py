@@ -64,7 +64,7 @@ def read_task(task: Task) -> tuple[Chunk, int]:
     """Worker: (the chunk, bytes of input it covered)."""
     if task.kind == "parquet":
         table = pq.ParquetFile(task.path, read_dictionary=_text_leaves(task.path, task.schema)).read_row_group(
-            task.row_group, columns=task.schema.columns)
+            task.row_group, columns=task.schema.columns, use_threads=False)  # one process per core already
         return convert(table, task.schema, task.skip_bad_rows, lines=table.num_rows, line_of=None), 0
     if task.kind == "csv-range":
         with open(task.path, "rb") as f:
