@@ -51,7 +51,7 @@ from disttrain.prepare.criteo_parse import (
     ParseError,
     parse_block,
 )
-from disttrain.prepare.output import Progress, commit, staging_dir
+from disttrain.prepare.output import Progress, commit, file_entries, phase_seconds, staging_dir
 from disttrain.prepare.reference_dicts import dict_files, load_dict
 
 ID_ORDERS = ("frequency", "first-seen")
@@ -330,9 +330,8 @@ def prepare(raw_paths: list[str], opts: PrepOptions) -> dict:
                  "layout": s.layout.to_json()}
                 for s in sources
             ],
-            "files": {f: {"bytes": os.path.getsize(tmp / f), "sha256": d} for f, d in zip(files, digests)},
-            "seconds": {"parse": round(parse_seconds, 3), "ids": round(map_seconds, 3),
-                        "total": round(time.perf_counter() - started, 3)},
+            "files": file_entries(tmp, files, digests),
+            "seconds": phase_seconds(started, parse=parse_seconds, ids=map_seconds),
         }
         commit(tmp, out, meta)
         return meta

@@ -23,6 +23,16 @@ def staging_dir(out: Path) -> Path:
     return tmp
 
 
+def file_entries(tmp: Path, files: list[str], digests: list[str]) -> dict:
+    """meta.json's "files": size and sha256 of each written file."""
+    return {f: {"bytes": os.path.getsize(tmp / f), "sha256": d} for f, d in zip(files, digests)}
+
+
+def phase_seconds(started: float, **phases: float) -> dict:
+    """meta.json's "seconds": each phase and the total since `started`."""
+    return {**{k: round(v, 3) for k, v in phases.items()}, "total": round(time.perf_counter() - started, 3)}
+
+
 def commit(tmp: Path, out: Path, meta: dict) -> None:
     """Write meta.json last, then put the directory in place (replacing an older output)."""
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

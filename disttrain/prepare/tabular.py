@@ -33,7 +33,7 @@ from disttrain.data.prepared_format import FORMAT
 from disttrain.errors import DataError
 from disttrain.fileio import sha256_file
 from disttrain.prepare.criteo_inputs import compute_splits
-from disttrain.prepare.output import Progress, commit, staging_dir
+from disttrain.prepare.output import Progress, commit, file_entries, phase_seconds, staging_dir
 from disttrain.prepare.schema import Counters, Schema
 from disttrain.prepare.tabular_ids import check_same_schema, dense_task, table_task
 from disttrain.prepare.tabular_inputs import Input, inspect_inputs, tasks_of
@@ -103,9 +103,8 @@ def prepare(paths: list[str], schema: Schema | None, opts: PrepareOptions) -> di
                         "hash": "FNV-1a 64 of the value's UTF-8 text; id = hash % rows",
                         "missing": "dense: 0 before the transform; categorical: the empty text"},
             "sources": [i.to_json() for i in inputs],
-            "files": {f: {"bytes": os.path.getsize(tmp / f), "sha256": d} for f, d in zip(files, digests)},
-            "seconds": {"read": round(read_seconds, 3), "ids": round(id_seconds, 3),
-                        "total": round(time.perf_counter() - started, 3)},
+            "files": file_entries(tmp, files, digests),
+            "seconds": phase_seconds(started, read=read_seconds, ids=id_seconds),
         }
         commit(tmp, out, meta)
         return meta
