@@ -46,8 +46,8 @@ def commit(tmp: Path, out: Path, meta: dict) -> None:
 
 
 class Progress:
-    def __init__(self, enabled: bool, total_bytes: int):
-        self.enabled, self.total, self.done, self.rows = enabled, total_bytes, 0, 0
+    def __init__(self, enabled: bool, total_bytes: int, label: str = "parse"):
+        self.enabled, self.total, self.done, self.rows, self.label = enabled, total_bytes, 0, 0, label
         self.start = self.last = time.perf_counter()
         self.tty = sys.stderr.isatty()
 
@@ -60,7 +60,7 @@ class Progress:
         self.last = now
         pct = 100.0 * self.done / max(self.total, 1)
         rate = self.rows / max(now - self.start, 1e-9)
-        line = f"parse: {self.rows:,} rows, {pct:5.1f}% of input, {rate:,.0f} rows/s"
+        line = f"{self.label}: {self.rows:,} rows, {pct:5.1f}% of input, {rate:,.0f} rows/s"
         print(("\r\x1b[K" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
 
     def finish(self) -> None:

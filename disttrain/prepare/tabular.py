@@ -151,7 +151,7 @@ def _append(target, part: str) -> None:
 
 
 def _pass1(pool, inputs: list[Input], schema: Schema, opts: PrepareOptions, tmp: Path) -> None:
-    progress = Progress(opts.progress, sum(i.bytes for i in inputs))
+    progress = Progress(opts.progress, sum(i.bytes for i in inputs), label="read")
     files = {"labels": open(tmp / "labels.u8", "wb"), "dense": open(tmp / "dense.raw.f32", "wb")}
     for c in schema.categorical:
         files["keys_" + c.name] = open(tmp / f"keys_{c.name}.u64", "wb")
