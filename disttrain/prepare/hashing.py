@@ -57,7 +57,8 @@ def fnv1a64(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
     out = np.full(n, FNV_OFFSET, dtype=np.uint64)
     if n == 0 or lengths.max(initial=0) == 0:
         return out
-    order = np.argsort(-lengths, kind="stable")  # longest first: the active strings are a prefix
+    key = -lengths.astype(np.int16) if lengths.max() < 2**15 else -lengths  # int16: numpy sorts it by radix
+    order = np.argsort(key, kind="stable")  # longest first: the active strings are a prefix
     starts = offsets[:-1].astype(np.int64)[order]
     sorted_lengths = lengths[order]
     h = out[order]

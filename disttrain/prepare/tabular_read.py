@@ -63,8 +63,9 @@ class Task:
 def read_task(task: Task) -> tuple[Chunk, int]:
     """Worker: (the chunk, bytes of input it covered)."""
     if task.kind == "parquet":
-        table = pq.ParquetFile(task.path, read_dictionary=_text_leaves(task.path, task.schema)).read_row_group(
-            task.row_group, columns=task.schema.columns, use_threads=False)  # one process per core already
+        footer = pq.ParquetFile(task.path).metadata  # read once, for the text columns and the reading
+        table = pq.ParquetFile(task.path, metadata=footer, read_dictionary=_text_leaves(footer, task.schema)) \
+            .read_row_group(task.row_group, columns=task.schema.columns, use_threads=False)  # a process per core
         return convert(table, task.schema, task.skip_bad_rows, lines=table.num_rows, line_of=None), 0
     if task.kind == "csv-range":
         with open(task.path, "rb") as f:
@@ -75,11 +76,11 @@ def read_task(task: Task) -> tuple[Chunk, int]:
     return read_csv_bytes(data, task), len(data)
 
 
-def _text_leaves(path: str, schema: Schema) -> list[str]:
+def _text_leaves(footer: pq.FileMetaData, schema: Schema) -> list[str]:
     """The Parquet leaf columns of text categorical features (single or in lists): read as dictionaries, straight
     from the file's dictionary pages, so each distinct text is decoded and hashed once per row group."""
     categorical = {c.name for c in schema.categorical}
-    layout = pq.ParquetFile(path).schema
+    layout = footer.schema
     leaves = []
     for i in range(len(layout)):
         column = layout.column(i)
