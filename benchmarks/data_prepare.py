@@ -9,7 +9,7 @@ min_count 2), item (int, Zipf, vocabulary), device (string, hashed into --hash-r
 0..8 values: multi-hot, max_length 5, vocabulary).
 
 1. prepare: the real CLI (`data prepare --schema S --workers 1|2`) as a subprocess, wall time, shown with and
-   without its start-up (interpreter + the command's imports, torch among them; measured apart) and by its own
+   without its start-up (interpreter + the command's imports; measured apart) and by its own
    meta.json seconds. polars (a subprocess too) does the same: read, training-split (first 90%) statistics and
    transforms, vocabularies (training counts, min_count, ids 1.. most frequent first, 0 = out of vocabulary;
    ties by value, disttrain breaks them by FNV key), polars' own hash for the hashed column (not FNV-1a),
@@ -178,8 +178,8 @@ def part_prepare(args, work: Path, parquet: Path, rows: int, results: dict) -> P
     startup = best([py, "-c", "import disttrain.cli.commands, disttrain.prepare.tabular, disttrain.worker as w; "
                           "w.exit_now(0)"], 5)  # the CLI leaves the same way (no teardown)
     polars_startup = best([py, "-c", "import numpy, polars"], 5)
-    print(f"start-up: `disttrain --version` {bare:.2f} s; interpreter + the imports of `data prepare` (torch "
-          f"among them) {startup:.2f} s; interpreter + numpy + polars {polars_startup:.2f} s", flush=True)
+    print(f"start-up: `disttrain --version` {bare:.2f} s; interpreter + the imports of `data prepare` "
+          f"{startup:.2f} s; interpreter + numpy + polars {polars_startup:.2f} s", flush=True)
     walls: dict[str, list[float]] = {}
     inner: dict[str, list[float]] = {}
     for round_index in range(args.repeat):

@@ -8,9 +8,20 @@ import os
 import sys
 from pathlib import Path
 
-from disttrain import api
-from disttrain import config as config_mod
 from disttrain.errors import DisttrainError
+
+
+def _api():
+    """The API, imported when a command needs it (`data prepare` and `data criteo` start without it and torch)."""
+    from disttrain import api
+
+    return api
+
+
+def _config():
+    from disttrain import config
+
+    return config
 
 BENCH_CONFIG = "bench_kaggle"  # a ready config (cluster_configs/bench_kaggle.yaml, shipped in the package)
 
@@ -26,14 +37,14 @@ def _load(items: list[str], base: str | None = None):
     path, overrides = _split_args(items)
     if path is not None and base is not None:
         raise DisttrainError(f"{path}: unexpected argument, expected key=value overrides")
-    return api.load_config(path or base, overrides)
+    return _api().load_config(path or base, overrides)
 
 
 def cmd_train(args) -> int:
     from disttrain.runtime.signals import PREEMPTED, Preempted
 
     try:
-        api.train(_load(args.items), reexec=True)
+        _api().train(_load(args.items), reexec=True)
     except Preempted as stop:
         if os.environ.get("RANK", "0") == "0":
             print(f"disttrain: {stop}", file=sys.stderr, flush=True)
@@ -46,7 +57,7 @@ def cmd_export(args) -> int:
     if plain:
         raise DisttrainError(f"export: unexpected arguments {' '.join(plain)}; expected CHECKPOINT --out FILE "
                              "[key=value ...]")
-    out = api.export(args.checkpoint, args.out, overrides=args.items)
+    out = _api().export(args.checkpoint, args.out, overrides=args.items)
     print(f"exported {args.checkpoint} -> {out} ({out.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
@@ -55,7 +66,7 @@ def cmd_infer(args) -> int:
     from disttrain.serving.infer import describe
 
     config, overrides = _split_args(args.items)
-    result = api.infer(args.checkpoint, mode=args.mode, precision=args.precision, runtime=args.runtime,
+    result = _api().infer(args.checkpoint, mode=args.mode, precision=args.precision, runtime=args.runtime,
                        nproc=args.nproc, batch_size=args.batch_size, iterations=args.iterations,
                        exact_max_length=args.exact_max_length, config=config, overrides=overrides)
     print(json.dumps(result, indent=2) if args.json else describe(result))
@@ -79,7 +90,7 @@ def cmd_export_onnx(args) -> int:
 def cmd_quantize(args) -> int:
     from disttrain.serving.quantize import describe
 
-    report = api.quantize(args.checkpoint, args.out, overrides=[*args.items],
+    report = _api().quantize(args.checkpoint, args.out, overrides=[*args.items],
                           max_relative_auc_loss=args.max_relative_auc_loss)
     print(json.dumps(report, indent=2) if args.json else describe(report))
     return 0
@@ -109,14 +120,14 @@ def cmd_import(args) -> int:
 
 def cmd_launch(args, base: str | None = None) -> int:
     try:
-        api.launch(_load(args.items, base))
-    except api.JobFailed as failed:
+        _api().launch(_load(args.items, base))
+    except _api().JobFailed as failed:
         return failed.code
     return 0
 
 
 def cmd_plan(args) -> int:
-    report = api.plan(_load(args.items), args.world_size or None)
+    report = _api().plan(_load(args.items), args.world_size or None)
     print(json.dumps(report.to_json(), indent=2) if args.json else report.describe())
     return 0
 
@@ -129,7 +140,7 @@ def cmd_config(args) -> int:
     if args.config_command == "list":
         if args.items:
             raise DisttrainError(f"config list: unexpected arguments {' '.join(args.items)}")
-        ready = config_mod.ready_configs()
+        ready = _config().ready_configs()
         if args.json:
             print(json.dumps(ready, indent=2))
         else:
@@ -139,7 +150,7 @@ def cmd_config(args) -> int:
         return 0
     if args.config_command == "show":
         cfg = _load(args.items)
-        print(json.dumps(config_mod.to_dict(cfg), indent=2) if args.json else config_mod.to_yaml(cfg), end="")
+        print(json.dumps(_config().to_dict(cfg), indent=2) if args.json else _config().to_yaml(cfg), end="")
         return 0
     if args.items:
         raise DisttrainError(f"config keys: unexpected arguments {' '.join(args.items)}")
@@ -152,7 +163,7 @@ def cmd_config(args) -> int:
         for k in keys():
             print(f"{k.path:<{width}}  {json.dumps(k.default)}\n{'':<{width}}  {k.help}")
         print("\nnames the registries know (model.name also takes package.module:attribute, as does data.source):")
-        for key, names in api.registries().items():
+        for key, names in _api().registries().items():
             print(f"  {key}: {', '.join(names)}")
     return 0
 
@@ -186,7 +197,7 @@ def cmd_topology(args) -> int:
         cfg.launch.affinity = args.affinity
     if args.nproc_per_node:
         cfg.launch.nproc_per_node = args.nproc_per_node if args.nproc_per_node == "auto" else positive(args.nproc_per_node)
-    config_mod.validate(cfg)
+    _config().validate(cfg)
     topology = detect_topology(args.lscpu)
     nproc = resolve_nproc(cfg, topology)
     placements = placements_for(cfg, topology, nproc=nproc, user_env=user_set_variables(os.environ))

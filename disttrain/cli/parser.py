@@ -7,7 +7,7 @@ import argparse
 
 from disttrain import __version__
 from disttrain.cli import commands as c
-from disttrain.config import AFFINITIES
+from disttrain.config_schema import AFFINITIES
 
 USAGE = """`disttrain` command line: train, launch, plan, bench, serve, prepare data.
 

@@ -87,14 +87,16 @@ def prepare(paths: list[str], schema: Schema | None, opts: PrepareOptions) -> di
             mode = opts.split if opts.split != "auto" else ("ratio:90,5,5" if len(inputs) == 1 else "days")
             splits = compute_splits(mode, [i.rows for i in inputs])
             train_rows = splits["train"][1]
-            tables, dense_meta = _pass2(pool, tmp, schema, rows, train_rows, previous)
+            tables, dense_meta, known = _pass2(pool, tmp, schema, rows, train_rows, previous)
             for t in tables:
                 if t["multi_hot"]:
                     t["truncated_rows"] = opts.counters.truncated_rows.get(t["name"], 0)
                     t["truncated_values"] = opts.counters.truncated_values.get(t["name"], 0)
             id_seconds = time.perf_counter() - started - read_seconds
             files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-            digests = pool.map(sha256_file, [str(tmp / f) for f in files])
+            rest = [f for f in files if f not in known]  # written in pieces (labels, sparse.i32): read back
+            known.update(zip(rest, pool.map(sha256_file, [str(tmp / f) for f in rest])))
+            digests = [known[f] for f in files]
         meta = {
             "format": FORMAT, "version": VERSION, "rows": rows, "num_dense": len(schema.dense),
             "dense_names": [d.name for d in schema.dense], "dense": dense_meta, "tables": tables,
@@ -200,11 +202,14 @@ def _pass2(pool, tmp: Path, schema: Schema, rows: int, train_rows: int, previous
     dense = pool.apply_async(dense_task, (str(tmp), rows, train_rows, [d.transform for d in schema.dense], given))
     done = {t["name"]: t for t in pool.imap_unordered(table_task, tasks)}  # beside the dense columns
     tables = [done[c.name] for c in schema.categorical]
-    stats = dense.get()
+    stats, dense_digests = dense.get()
+    digests = dict(dense_digests)
+    for t in tables:
+        digests.update(t.pop("sha256", {}))
     for p in [tmp / "dense.raw.f32", *tmp.glob("keys_*.u64"), *tmp.glob("len_*.i32")]:
         p.unlink()
     dense_meta = [{"name": d.name, "transform": d.transform, "stats": s} for d, s in zip(schema.dense, stats)]
-    return tables, dense_meta
+    return tables, dense_meta, digests
 
 
 def _vocab_source(path: str) -> dict:

@@ -10,6 +10,7 @@ travel in meta.json, so `--vocab-from` applies the same transform to a new day.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -80,13 +81,13 @@ def table_task(task: dict) -> dict:
                                                         min_count=feature["min_count"], id_order=task["id_order"])
             unseen = int(np.count_nonzero(ids == OOV))
         (tmp / "vocab").mkdir(exist_ok=True)
-        vocab.tofile(tmp / "vocab" / f"{name}.u64")
+        _write(vocab, tmp, f"vocab/{name}.u64", info)
         info.update(mode="vocabulary", min_count=feature["min_count"], rows=int(vocab.size) + 1,
                     reserved_default=True, distinct_train=distinct_train, out_of_vocabulary=unseen)
     if feature["multi_hot"]:
         (tmp / "multi").mkdir(exist_ok=True)
-        ids.tofile(tmp / "multi" / f"{name}.values.i32")
-        offsets.tofile(tmp / "multi" / f"{name}.offsets.i64")
+        _write(ids, tmp, f"multi/{name}.values.i32", info)
+        _write(offsets, tmp, f"multi/{name}.offsets.i64", info)
         info.update(values=int(offsets[-1]), max_length=feature["max_length"],
                     mean_length=round(float(offsets[-1]) / max(rows, 1), 4))
     else:
@@ -97,12 +98,22 @@ def table_task(task: dict) -> dict:
     return info
 
 
-def dense_task(tmp: str, rows: int, train_rows: int, transforms: list[str], stats: list[dict] | None) -> list[dict]:
-    """Worker: the training split's statistics (unless given: `--vocab-from`), then dense.f32 transformed."""
+def _write(array: np.ndarray, tmp: Path, name: str, info: dict) -> None:
+    """Write a file and note its sha256 from memory (meta.json lists it; no second read)."""
+    array = np.ascontiguousarray(array)
+    array.tofile(tmp / name)
+    info.setdefault("sha256", {})[name] = hashlib.sha256(memoryview(array).cast("B")).hexdigest()
+
+
+def dense_task(tmp: str, rows: int, train_rows: int, transforms: list[str],
+               stats: list[dict] | None) -> tuple[list[dict], dict]:
+    """Worker: the training split's statistics (unless given: `--vocab-from`), then dense.f32 transformed;
+    (statistics, {file: sha256})."""
     raw = np.memmap(Path(tmp) / "dense.raw.f32", dtype="<f4", mode="r", shape=(rows, len(transforms)))
     stats = stats or dense_stats(raw, train_rows)
-    transform_dense(raw, transforms, stats).tofile(Path(tmp) / "dense.f32")
-    return stats
+    written: dict = {}
+    _write(transform_dense(raw, transforms, stats), Path(tmp), "dense.f32", written)
+    return stats, written["sha256"]
 
 
 def dense_stats(raw: np.ndarray, train_rows: int) -> list[dict]:
