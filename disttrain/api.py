@@ -85,9 +85,11 @@ def launch(cfg: Config) -> dict | None:
     code = start(cfg, prepare_launch(cfg))
     if code != 0:
         raise JobFailed(f"the job's workers exited with code {code}", code)
-    from disttrain.engine.outputs import published_summary
+    from disttrain.engine.outputs import drop_staging, published_summary
 
-    return published_summary(cfg)
+    summary = published_summary(cfg)
+    drop_staging(cfg)  # a run.output_dir on object storage: all of it is in the bucket now
+    return summary
 
 
 def train(cfg: Config, *, reexec: bool = False) -> dict | None:

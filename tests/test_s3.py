@@ -208,6 +208,9 @@ def killed(s3, dataset):
                        f"run.output_dir={out}", "launch.max_restarts=1", "launch.timeout_s=120",
                        env={**s3.env, "DISTTRAIN_FAULT": "1:25:kill"})
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
+    from disttrain.engine.outputs import _staging
+
+    assert not _staging(out).exists()  # all published: the job's local staging is gone
     return json.loads(s3.fs.cat_file(f"{out}/summary.json")), ck, result.stdout + result.stderr
 
 

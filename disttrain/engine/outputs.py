@@ -30,11 +30,16 @@ def run_dir(cfg) -> Path:
     return path
 
 
+def drop_staging(cfg) -> None:
+    """After a job that succeeded (its last publish done): remove the local staging of a remote run.output_dir."""
+    if is_remote(cfg.run.output_dir):
+        shutil.rmtree(_staging(cfg.run.output_dir), ignore_errors=True)
+
+
 def new_run_dir(cfg) -> Path:
     """`run_dir` at the start of a launch: an earlier run's staged files of the same URL are dropped, so they are
     never published as this run's (restarted workers keep what this run staged)."""
-    if is_remote(cfg.run.output_dir):
-        shutil.rmtree(_staging(cfg.run.output_dir), ignore_errors=True)
+    drop_staging(cfg)
     return run_dir(cfg)
 
 
