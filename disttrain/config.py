@@ -61,12 +61,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "launch.affinity": AFFINITIES,
     "launch.backend": BACKENDS,
 }
-POSITIVE = ("train.batch_size", "quant.calibration_batches", "launch.nnodes", "data.multi_hot_max", "data.num_dense", "launch.cpus_per_worker",
+POSITIVE = ("train.batch_size", "model.dynamic_min_count", "quant.calibration_batches", "launch.nnodes", "data.multi_hot_max", "data.num_dense", "launch.cpus_per_worker",
             "launch.timeout_s", "data.synthetic_samples", "launch.stop_grace_s")
 NON_NEGATIVE = (
     "train.steps", "train.eval_every", "model.max_rows", "model.embedding_dim", "sharding.num_column_shards",
     "data.cycle_batches", "data.max_history", "train.profile_steps", "launch.node_rank", "launch.master_port", "launch.threads_per_worker",
     "launch.num_workers", "launch.max_restarts", "checkpoint.every_steps", "checkpoint.keep_last",
+    "model.dynamic_ttl_steps", "model.dynamic_capacity",
 )
 
 

@@ -56,6 +56,17 @@ class ModelConfig:
                                             "table memory and all-to-all bytes); updates in fp32 with fp32 "
                                             "optimizer state, rounded stochastically into the rows; row-wise "
                                             "partial sums added in fp32; checkpoints hold fp32")
+    dynamic_tables: list[str] = key(factory=list, help="dynamic tables (names, `t<i>`, or `[all]`): raw 64-bit ids, "
+                                                       "no vocabulary; a row is created on an id's first sighting "
+                                                       "(after `model.dynamic_min_count`) on the rank owning the id's "
+                                                       "bucket; the table's declared rows are its expected size "
+                                                       "(init scale, plan)")
+    dynamic_min_count: int = key(1, help="dynamic tables: sightings before an id gets its own row (until then it "
+                                         "reads the default row, zeros)")
+    dynamic_ttl_steps: int = key(0, help="dynamic tables: drop a row (and its optimizer state) not seen for this "
+                                         "many steps (0 = never)")
+    dynamic_capacity: int = key(0, help="dynamic tables: rows per table per rank; past it the least frequently "
+                                        "used row goes (0 = unbounded)")
 
 
 @dataclass
@@ -82,6 +93,8 @@ class DataConfig:
     shuffle_window: int = key(262144, help="`criteo`: rows per shuffle window")
     verify: str = key("checksum", help="`criteo`: check the files before training: `checksum` (sha256 of every "
                                        "file, once, by the launcher or rank 0) or `size`")
+    raw_ids: bool = key(False, help="synthetic: ids drawn from the whole int64 space (a fixed bijection of the "
+                                    "table ids, same planted signal), for dynamic tables")
     cycle_batches: int = key(0, help="0 = fresh batches every step; N = generate N training batches once and "
                                      "cycle them (as peer benchmark drivers do)")
 

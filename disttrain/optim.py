@@ -101,7 +101,21 @@ class SparseRowOptimizer:
                                  dtype=torch.float32, device=weight.device)
                 for name, kind in self.spec.state.items()
             }
-        return self.state[key]
+        state = self.state[key]
+        for name, tensor in state.items():  # a dynamic table's weight grows: its state follows
+            if tensor.shape[0] < weight.shape[0]:
+                grown = torch.full((weight.shape[0], *tensor.shape[1:]), self.spec.initial, dtype=tensor.dtype,
+                                   device=tensor.device)
+                grown[: tensor.shape[0]] = tensor
+                state[name] = grown
+        return state
+
+    def reset_rows(self, key: str, rows: torch.Tensor) -> None:
+        """Rows (re)created in a dynamic table: their state starts over."""
+        if key in self.state:
+            state = self.state_for(key, self.collection.weight(key))
+            for tensor in state.values():
+                tensor.index_fill_(0, rows, self.spec.initial)
 
     def zero_grad(self) -> None:
         self.collection.pop_pending()  # drains in-flight gradient exchanges too
@@ -111,6 +125,8 @@ class SparseRowOptimizer:
         self.steps += 1
         if self.spec.every_step is not None:
             self.spec.every_step(self)
+        for key, rows in self.collection.pop_fresh().items():
+            self.reset_rows(key, rows)
         for key, (rows, grads) in self.collection.pop_pending().items():
             weight = self.collection.weight(key)
             state = self.state_for(key, weight)
@@ -118,6 +134,7 @@ class SparseRowOptimizer:
             if self.spec.coalesce or weight.dtype != torch.float32:  # bf16 rows are rounded once per row
                 rows, grads = _coalesce(rows, grads)
             self.spec.sparse_update(self, weight, state, rows, grads)
+        self.collection.end_step()
 
     def add(self, weight: torch.Tensor, rows: torch.Tensor, delta: torch.Tensor) -> None:
         """weight[rows] += delta; bf16 rows (distinct) are updated in fp32 and rounded stochastically.

@@ -6,6 +6,7 @@ add up to the time spent inside them and nothing is counted twice. The phases:
     data_wait         waiting for the next batch (the prefetcher's queue)
     embedding_lookup  the sharded embedding layer's own work, forward and backward: routing ids, lookups, pooling,
                       combining shards, turning bag gradients into row gradients
+    dynamic_ids       dynamic tables: raw ids to rows (hash map lookups, admission, eviction, new rows)
     all_to_all        the embedding exchange: the forward all-to-alls and the wait for the backward one, and the
                       all-gather of replicated tables' row gradients
     dense_forward     the model's forward and the loss outside the embedding layer (MLPs, interactions, ...)
@@ -24,7 +25,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-PHASES = ("data_wait", "embedding_lookup", "all_to_all", "dense_forward", "dense_backward", "all_reduce",
+PHASES = ("data_wait", "embedding_lookup", "dynamic_ids", "all_to_all", "dense_forward", "dense_backward", "all_reduce",
           "optimizer")
 
 

@@ -15,6 +15,46 @@ import torch
 INIT_CHUNK_ROWS = 65536
 
 
+# Dynamic tables (raw 64-bit ids): an id's owner is its bucket, the top bits of mix64(id); buckets are what
+# plans split across ranks, so resharding moves whole buckets.
+NUM_BUCKETS = 4096
+BUCKET_SHIFT = 64 - 12
+_M1, _M2 = -49064778989728563, -4265267296055464877  # murmur3's fmix64 constants as signed int64
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15
+
+
+def _shr(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def mix64(x: torch.Tensor) -> torch.Tensor:
+    """murmur3's 64-bit finalizer on int64 (wrapping arithmetic): a bijection whose every output bit depends on
+    every input bit. The same values as on uint64 (tests compare with numpy)."""
+    x = x ^ _shr(x, 33)
+    x = x * _M1
+    x = x ^ _shr(x, 33)
+    x = x * _M2
+    return x ^ _shr(x, 33)
+
+
+def bucket_of(ids: torch.Tensor) -> torch.Tensor:
+    """The bucket (0 .. NUM_BUCKETS-1) of every raw id: the rank owning the bucket holds the id's row."""
+    return _shr(mix64(ids), BUCKET_SHIFT)
+
+
+def dynamic_init_rows(*, seed: int, table_index: int, ids: torch.Tensor, dim: int, num_rows: int) -> torch.Tensor:
+    """The initial row [len(ids), dim] of every raw id of a dynamic table: a pure function of (seed, table, id),
+    so rows do not depend on the world size or the order ids arrive in. Uniform(+-sqrt(1/num_rows)) as fixed
+    tables, with `num_rows` the table's declared (expected) size."""
+    salt = mix64(torch.tensor([seed * 1_000_003 + table_index], dtype=torch.int64))
+    base = mix64(ids.to(torch.int64) ^ salt.to(ids.device))
+    cols = torch.arange(1, dim + 1, dtype=torch.int64, device=ids.device) * _GOLDEN
+    bits = _shr(mix64(base.unsqueeze(1) + cols), 40)  # 24 uniform bits
+    bound = (1.0 / max(num_rows, 1)) ** 0.5
+    return bits.to(torch.float32).mul_(2.0 * bound / 2**24).sub_(bound)
+
+
 @dataclass(frozen=True)
 class EmbeddingTableSpec:
     name: str
@@ -66,3 +106,12 @@ def by_alias(names: dict[str, object], tables: list[EmbeddingTableSpec]) -> dict
             key = tables[int(key[1:])].name
         out[key] = value
     return out
+
+
+def dynamic_indices(wanted: list[str], tables: list[EmbeddingTableSpec]) -> list[int]:
+    """Positions of the tables `model.dynamic_tables` names (`all`, names or `t<i>` aliases; others ignored here,
+    the config check names them)."""
+    if "all" in wanted:
+        return list(range(len(tables)))
+    names = set(by_alias(dict.fromkeys(wanted), tables))
+    return [i for i, t in enumerate(tables) if t.name in names]

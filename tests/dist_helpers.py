@@ -100,7 +100,8 @@ def make_data(cfg, tables, comm=None):
     if cfg.model.name == "dien":  # generated sequences (the planted-signal generator)
         return open_data(cfg, tables, comm=comm or SingleProcess(), rank=comm.rank if comm else 0)
     return SyntheticCTR(tables, num_dense=cfg.data.num_dense, global_batch=cfg.train.batch_size, seed=cfg.train.seed,
-                        distribution=cfg.data.distribution, multi_hot_max=cfg.data.multi_hot_max)
+                        distribution=cfg.data.distribution, multi_hot_max=cfg.data.multi_hot_max,
+                        raw_ids=cfg.data.raw_ids)
 
 
 def loss_sum(model, batch, global_batch: int, name: str) -> torch.Tensor:

@@ -281,7 +281,7 @@ def cmd_data_prepare(args) -> int:
         label=args.label_column, dense=args.dense_columns, sparse=args.sparse_columns,
         multi_hot=args.multi_hot_columns, transform=args.dense_transform, hash_rows=args.hash_rows,
         min_count=args.vocab_threshold, delimiter=args.list_delimiter, max_length=args.max_length,
-        id_order=args.id_order) if flags else None
+        id_order=args.id_order, raw_ids=args.raw_ids) if flags else None
     opts = PrepareOptions(out=Path(args.out), split=args.split, header=args.header, delimiter=args.delimiter,
                           column_names=args.column_names, vocab_from=args.vocab_from, skip_bad_rows=args.skip_bad_rows,
                           workers=args.workers, force=args.force, progress=not args.quiet)

@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--multi-hot-columns", default="", help="without --schema: list (multi-hot) columns")
     p.add_argument("--dense-transform", default="none", help="without --schema: none, log1p, standardize or minmax")
     p.add_argument("--hash-rows", type=int, default=0, help="without --schema: hash ids modulo N instead of vocabularies")
+    p.add_argument("--raw-ids", action="store_true", help="without --schema: every categorical's id is its value's "
+                                                          "64-bit hash, no vocabulary, no modulo (dynamic tables)")
     p.add_argument("--vocab-threshold", type=int, default=1, help="without --schema: min_count of the vocabularies")
     p.add_argument("--list-delimiter", default="|", help="without --schema: separator inside multi-hot text fields")
     p.add_argument("--max-length", type=int, default=0, help="without --schema: values kept per multi-hot row (0: all)")

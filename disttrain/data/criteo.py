@@ -33,7 +33,7 @@ from disttrain.data.torchrec_days import TorchRecDays, is_torchrec_days
 from disttrain.errors import ConfigError, DataError
 from disttrain.fileio import sha256_file
 from disttrain.storage import is_remote, local
-from disttrain.tables import EmbeddingTableSpec
+from disttrain.tables import EmbeddingTableSpec, dynamic_indices
 
 BLOCK_ROWS = 4096
 SPLITS = ("train", "val", "test")
@@ -74,11 +74,20 @@ class DatasetInfo:
 
     def columns(self) -> Columns:
         rows, store = self.rows, self.store
-        single = [t["name"] for t in self.meta["tables"] if not t.get("multi_hot")]
-        # sparse.i32 is column-major: one contiguous id column per single-hot table
-        ids = IdColumns([store.column("sparse.i32", "<i4", (rows,), offset=4 * rows * k) for k in range(len(single))])
+        # sparse.i32 is column-major: one contiguous id column per single-hot table; raw ones have their own file
+        columns, slot = [], 0
+        for t in self.meta["tables"]:
+            if t.get("multi_hot"):
+                continue
+            if t.get("mode") == "raw":
+                columns.append(store.column(f"raw/{t['name']}.i64", "<i8", (rows,)))
+            else:
+                columns.append(store.column("sparse.i32", "<i4", (rows,), offset=4 * rows * slot))
+                slot += 1
+        ids = IdColumns(columns)
         bags = {i: OffsetBags(store.column(f"multi/{t['name']}.offsets.i64", "<i8", (rows + 1,)),
-                              store.column(f"multi/{t['name']}.values.i32", "<i4", (int(t["values"]),)))
+                              store.column(f"multi/{t['name']}.values.{'i64' if t.get('mode') == 'raw' else 'i32'}",
+                                           "<i8" if t.get("mode") == "raw" else "<i4", (int(t["values"]),)))
                 for i, t in enumerate(self.meta["tables"]) if t.get("multi_hot")}
         return Columns(store.column("labels.u8", "u1", (rows,)), store.column("dense.f32", "<f4", (rows, self.num_dense)),
                        ids, bags)
@@ -124,7 +133,7 @@ def open_dataset(path, *, verify: str = "size") -> DatasetInfo:
         expected = {
             "labels.u8": rows,
             "dense.f32": 4 * rows * num_dense,
-            "sparse.i32": 4 * rows * sum(not t.get("multi_hot", False) for t in tables),
+            "sparse.i32": 4 * rows * sum(not t.get("multi_hot", False) and t.get("mode") != "raw" for t in tables),
         }
         for t in tables:
             if meta["version"] == 1:
@@ -132,9 +141,12 @@ def open_dataset(path, *, verify: str = "size") -> DatasetInfo:
                 continue
             if t["mode"] == "vocabulary":
                 expected[f"vocab/{t['name']}.u64"] = 8 * (t["rows"] - 1)
+            raw = t["mode"] == "raw"
             if t["multi_hot"]:
                 expected[f"multi/{t['name']}.offsets.i64"] = 8 * (rows + 1)
-                expected[f"multi/{t['name']}.values.i32"] = 4 * t["values"]
+                expected[f"multi/{t['name']}.values.{'i64' if raw else 'i32'}"] = (8 if raw else 4) * t["values"]
+            elif raw:
+                expected[f"raw/{t['name']}.i64"] = 8 * rows
         for name in SPLITS:
             lo, hi = splits[name]
             if not 0 <= lo <= hi <= rows:
@@ -175,8 +187,11 @@ class CriteoData:
         seed: int = 0,
         shuffle: bool = True,
         shuffle_window: int = 1 << 18,
+        dynamic: tuple[int, ...] = (),
     ):
+        """`dynamic`: indices of dynamic tables (raw ids pass as they are, never folded)."""
         self.info, self.tables, self.global_batch, self.seed = info, tables, global_batch, seed
+        self.dynamic_indices = dynamic
         self.shuffle = shuffle
         self.window = max(BLOCK_ROWS, shuffle_window // BLOCK_ROWS * BLOCK_ROWS)
         if len(tables) != len(info.table_rows):
@@ -190,6 +205,11 @@ class CriteoData:
         # folded by modulo.
         self.fold = np.array([t.num_rows for t in tables], dtype=np.int64)
         self.needs_fold = not info.bounded or any(t.num_rows < r for t, r in zip(tables, info.table_rows))
+        # A raw feature read by a fixed table is folded too (hashing modulo its rows); dynamic tables never are.
+        raw = [t.get("mode") == "raw" for t in getattr(info, "meta", {}).get("tables", [])]
+        self.needs_fold = self.needs_fold or any(raw)
+        for i in self.dynamic_indices:
+            self.fold[i] = 0
         self.train_lo, self.train_hi = info.split("train")
         self.steps_per_epoch = (self.train_hi - self.train_lo) // global_batch
         self._windows: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
@@ -279,7 +299,7 @@ class CriteoData:
             else:
                 lengths.append(np.ones(local, dtype=np.int64))
                 values.append(single[:, self.single.index(t)])
-            if self.needs_fold:
+            if self.needs_fold and self.fold[t]:
                 values[-1] = values[-1] % self.fold[t]
         sparse = KeyedBags(
             keys=tuple(t.name for t in self.tables),
@@ -357,7 +377,8 @@ def _open(cfg: Config, tables: list[EmbeddingTableSpec], comm, rank: int) -> Cri
     info = agreed(comm, lambda: open_data(path, verify="checksum" if checksum and rank == 0 else "size",
                                           table_rows=list(cfg.model.table_sizes)))
     return CriteoData(info, tables, global_batch=cfg.train.batch_size, seed=cfg.train.seed,
-                      shuffle=cfg.data.shuffle, shuffle_window=cfg.data.shuffle_window)
+                      shuffle=cfg.data.shuffle, shuffle_window=cfg.data.shuffle_window,
+                      dynamic=tuple(dynamic_indices(cfg.model.dynamic_tables, tables)))
 
 
 SPEC = SourceSpec("criteo", open=_open, shape=_shape,

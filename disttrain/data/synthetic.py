@@ -17,7 +17,7 @@ import torch
 from disttrain.batch import Batch, KeyedBags
 from disttrain.config import Config
 from disttrain.data.contract import SourceSpec, resume_note
-from disttrain.tables import EmbeddingTableSpec
+from disttrain.tables import EmbeddingTableSpec, mix64
 
 SPLITS = {"train": 0, "eval": 1}
 SCRAMBLE_PRIMES = (2654435761, 2246822519, 3266489917, 668265263)
@@ -51,7 +51,9 @@ class SyntheticCTR:
         distribution: str = "zipf",
         zipf_exponent: float = 1.05,
         multi_hot_max: int = 1,
+        raw_ids: bool = False,
     ):
+        self.raw_ids = raw_ids
         self.tables, self.num_dense, self.global_batch = tables, num_dense, global_batch
         self.seed, self.distribution, self.alpha, self.multi_hot = seed, distribution, zipf_exponent, multi_hot_max
         self.notes: list[str] = []
@@ -103,6 +105,13 @@ class SyntheticCTR:
         ids = np.clip(x.astype(np.int64) - 1, 0, rows - 1)
         return (ids * self.primes_T[None, :, None] + self.offsets_T[None, :, None]) % rows
 
+    def raw(self, values: torch.Tensor, per_table: torch.Tensor) -> torch.Tensor:
+        """`data.raw_ids`: table ids -> raw ids spread over the whole int64 space, by a bijection per table
+        (mix64 of the id salted by table), so the planted signal (a function of the table id) is unchanged."""
+        salt = torch.repeat_interleave(torch.arange(len(self.tables), dtype=torch.int64) * 0x5851F42D4C957F2D,
+                                       per_table)
+        return mix64(values ^ salt)
+
     def position(self, step: int) -> dict:
         """Where the reader stands after `step` global batches (saved in checkpoints): batches are a function
         of (seed, step), so the step is the whole position."""
@@ -137,12 +146,16 @@ class SyntheticCTR:
         labels = (u[:, nd] < probabilities).astype(np.float32)
         ids_TBM = ids_BTM.transpose(1, 0, 2)
         values = ids_TBM.reshape(-1) if m == 1 else ids_TBM[mask_BTM.transpose(1, 0, 2)]
+        lengths = torch.from_numpy(np.ascontiguousarray(lengths_BT.T).reshape(-1))
+        values = torch.from_numpy(np.ascontiguousarray(values))
+        if self.raw_ids:
+            values = self.raw(values, lengths.view(num_tables, local).sum(1))
         sparse = KeyedBags(
             keys=tuple(t.name for t in self.tables),
             bags_per_key=tuple(1 for _ in self.tables),
             batch_size=local,
-            lengths=torch.from_numpy(np.ascontiguousarray(lengths_BT.T).reshape(-1)),
-            values=torch.from_numpy(np.ascontiguousarray(values)),
+            lengths=lengths,
+            values=values,
         )
         return Batch(
             dense=torch.from_numpy(np.log1p(dense).astype(np.float32)),
@@ -156,7 +169,7 @@ def _open(cfg: Config, tables: list[EmbeddingTableSpec], comm, rank: int) -> Syn
     data = cfg.data
     return SyntheticCTR(tables, num_dense=data.num_dense, global_batch=cfg.train.batch_size, seed=cfg.train.seed,
                         distribution=data.distribution, zipf_exponent=data.zipf_exponent,
-                        multi_hot_max=data.multi_hot_max)
+                        multi_hot_max=data.multi_hot_max, raw_ids=data.raw_ids)
 
 
 SPEC = SourceSpec("synthetic", open=_open, epochs=False)

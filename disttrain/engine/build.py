@@ -16,9 +16,9 @@ from disttrain.data.sources import open_source, source_spec
 from disttrain.errors import ConfigError
 from disttrain.models import ModelSpec, model_spec
 from disttrain.optim import optimizer_spec
-from disttrain.sharding.plan import ShardingPlan
+from disttrain.sharding.plan import DynamicSettings, ShardingPlan
 from disttrain.sharding.planner import plan_sharding
-from disttrain.tables import EmbeddingTableSpec, by_alias
+from disttrain.tables import EmbeddingTableSpec, by_alias, dynamic_indices
 
 
 def check_config(cfg: Config) -> ModelSpec:
@@ -78,6 +78,22 @@ def check_model(model, cfg: Config):
     return model
 
 
+def dynamic_tables(cfg: Config, tables: list[EmbeddingTableSpec]) -> set[str]:
+    """The names of the tables `model.dynamic_tables` makes dynamic (`all`, names or `t<i>` aliases)."""
+    wanted = cfg.model.dynamic_tables
+    names = [t.name for t in tables]
+    for name in by_alias(dict.fromkeys(wanted), tables):
+        if name not in names and name != "all":
+            raise ConfigError(f"model.dynamic_tables: no table named {name!r}; expected `all` or names among "
+                              f"{', '.join(names)} (or t0..t{len(names) - 1})")
+    out = {names[i] for i in dynamic_indices(wanted, tables)}
+    fixed = [n for n in names if n not in out]
+    if cfg.data.raw_ids and fixed:
+        raise ConfigError(f"data.raw_ids: table {fixed[0]} is fixed ({tables[names.index(fixed[0])].num_rows} rows) "
+                          "and cannot take raw 64-bit ids; expected model.dynamic_tables to name it (or [all])")
+    return out
+
+
 def build_plan(cfg: Config, world_size: int) -> tuple[torch.nn.Module, ShardingPlan]:
     """The model (tables not allocated) and its sharding plan for `world_size` ranks."""
     if cfg.train.batch_size % world_size:
@@ -95,6 +111,9 @@ def build_plan(cfg: Config, world_size: int) -> tuple[torch.nn.Module, ShardingP
         optimizer=optimizer.name,
         optimizer_state=optimizer.state_words,
         embedding_dtype=cfg.model.embedding_dtype,
+        dynamic=dynamic_tables(cfg, model.tables),
+        dynamic_settings=DynamicSettings(min_count=cfg.model.dynamic_min_count, ttl_steps=cfg.model.dynamic_ttl_steps,
+                                         capacity=cfg.model.dynamic_capacity),
     )
     return model, plan
 

@@ -8,6 +8,7 @@ import time
 import torch
 
 from disttrain.engine.state import RunState
+from disttrain.engine.summary import dynamic_report
 from disttrain.metrics import evaluate
 from disttrain.phases import PHASES, per_step_ms
 
@@ -52,9 +53,15 @@ class IntervalLog:
                   "lr": trainer.cfg.train.lr, "time_s": now - trainer.started,
                   "rank_step_ms": [r["step_ms"] for r in per_rank],
                   "rank_phase_ms": [r["phases"] for r in per_rank]}
+        dynamic = dynamic_report(comm, trainer.par.embeddings)
+        if dynamic:
+            record["dynamic"] = {name: {k: t[k] for k in ("live", "admitted", "evicted", "candidates")}
+                                 for name, t in dynamic.items()}
         state.history.append(record)
         trainer.board.interval(record)
         state.interval_phases, state.interval_step_seconds = dict.fromkeys(PHASES, 0.0), 0.0
-        trainer.log.line(f"step {state.step:>6}  loss {mean_loss:.5f}  train_auc {train_auc:.4f}  samples/s {rate:,.0f}")
+        live = f"  dynamic rows {sum(t['live'] for t in dynamic.values()):,}" if dynamic else ""
+        trainer.log.line(f"step {state.step:>6}  loss {mean_loss:.5f}  train_auc {train_auc:.4f}  samples/s {rate:,.0f}"
+                         + live)
         state.interval_loss, state.interval_preds, state.interval_labels = 0.0, [], []
         state.interval_start = time.perf_counter()

@@ -53,10 +53,13 @@ def finish(trainer, state: RunState, final: dict[str, float]) -> dict | None:
     trainer.board.close()
     cpu_seconds = sum(comm.all_gather_object(state.timed_cpu_seconds))
     traces = [t for t in comm.all_gather_object(trainer.profile.trace) if t]
+    dynamic = dynamic_report(comm, trainer.par.embeddings)
     if comm.rank != 0:
         return None
+    if dynamic:
+        trainer.log.line(describe_dynamic(dynamic))
     summary = _summary(trainer, state, final, workers=workers, per_rank=per_rank, cpu_seconds=cpu_seconds,
-                       traces=traces)
+                       traces=traces, dynamic=dynamic)
     rate = (f"{summary['samples_per_s']:,.0f} samples/s" if state.timed_steps else
             f"no timed steps (all {state.step - state.first_step} within train.warmup_steps={trainer.warmup})")
     trainer.log.line(
@@ -74,7 +77,7 @@ def finish(trainer, state: RunState, final: dict[str, float]) -> dict | None:
     return summary
 
 
-def _summary(trainer, state: RunState, final: dict, *, workers, per_rank, cpu_seconds, traces) -> dict:
+def _summary(trainer, state: RunState, final: dict, *, workers, per_rank, cpu_seconds, traces, dynamic) -> dict:
     cfg, batch = trainer.cfg, trainer.global_batch
     rate = state.timed_steps * batch / state.timed_seconds if state.timed_seconds else float("nan")
     plan = trainer.plan.to_json()
@@ -110,9 +113,33 @@ def _summary(trainer, state: RunState, final: dict, *, workers, per_rank, cpu_se
         "plan": {"tables": [{k: t[k] for k in ("name", "type", "ranks", "rows", "dim", "shards")} for t in plan["tables"]],
                  "ranks": plan["ranks"], "embedding_dtype": plan["embedding_dtype"]},
         "workers": workers,
+        "dynamic_tables": dynamic or None,
         "history": state.history,
         "config": config_mod.to_dict(cfg),
     }
+
+
+def dynamic_report(comm, embeddings) -> dict:
+    """Collective: per dynamic table, the totals over ranks (live, admitted, evicted, candidates, unknown) and each
+    rank's own figures with its bytes; {} without dynamic tables (then nothing is exchanged)."""
+    if not embeddings.plan_has_dynamic:
+        return {}
+    per_rank = comm.all_gather_object(embeddings.dynamic_stats())
+    out: dict[str, dict] = {}
+    for rank, tables in enumerate(per_rank):
+        for name, figures in tables.items():
+            entry = out.setdefault(name, {"live": 0, "admitted": 0, "evicted": 0, "candidates": 0, "unknown": 0,
+                                          "capacity_per_rank": figures["capacity"], "ranks": []})
+            for key in ("live", "admitted", "evicted", "candidates", "unknown"):
+                entry[key] += figures[key]
+            entry["ranks"].append({"rank": rank, **{k: v for k, v in figures.items() if k != "capacity"}})
+    return out
+
+
+def describe_dynamic(report: dict) -> str:
+    return "dynamic tables: " + "; ".join(
+        f"{name} {t['live']:,} live ({t['admitted']:,} admitted, {t['evicted']:,} evicted"
+        + (f", {t['candidates']:,} candidates" if t["candidates"] else "") + ")" for name, t in report.items())
 
 
 def _route_addr(master_addr: str) -> str | None:

@@ -43,6 +43,7 @@ class Dense:
 class Categorical:
     name: str
     hash_rows: int = 0  # > 0: id = hash64(value) % hash_rows; 0: a vocabulary
+    raw: bool = False  # id = hash64(value) as a signed 64-bit id, no vocabulary, no modulo (dynamic tables)
     min_count: int = 1  # vocabulary: values seen this often in the training split get an id; others id 0
     multi_hot: bool = False
     max_length: int = 0  # multi-hot: values kept per row (0: no limit)
@@ -52,7 +53,8 @@ class Categorical:
 
     def to_json(self) -> dict:
         out = {"name": self.name, "pooling": self.pooling}
-        out.update({"hash": self.hash_rows} if self.hash_rows else {"min_count": self.min_count})
+        out.update({"raw": True} if self.raw else {"hash": self.hash_rows} if self.hash_rows
+                   else {"min_count": self.min_count})
         if self.multi_hot:
             out["multi_hot"] = {"max_length": self.max_length, "delimiter": self.delimiter,
                                 "overflow": self.overflow}
@@ -100,7 +102,13 @@ def _keys(where: str, spec, allowed: tuple[str, ...]) -> dict:
 
 
 def categorical(name: str, spec, where: str) -> Categorical:
-    spec = _keys(where, spec, ("hash", "min_count", "multi_hot", "pooling"))
+    spec = _keys(where, spec, ("hash", "min_count", "raw", "multi_hot", "pooling"))
+    raw = spec.get("raw", False)
+    if not isinstance(raw, bool):
+        raise DataError(f"{where}.raw: got {raw!r}, expected true or false")
+    if raw and ("hash" in spec or "min_count" in spec):
+        raise DataError(f"{where}: raw with {'hash' if 'hash' in spec else 'min_count'}; expected raw alone (raw: the "
+                        "value's 64-bit hash is the id, for a dynamic table)")
     hash_rows = _count(f"{where}.hash", spec.get("hash", 0), minimum=0)
     if hash_rows > 2**31 - 1:
         raise DataError(f"{where}.hash: got {hash_rows}, expected at most 2147483647 rows")
@@ -113,7 +121,7 @@ def categorical(name: str, spec, where: str) -> Categorical:
     if not isinstance(delimiter, str) or len(delimiter) != 1:
         raise DataError(f"{where}.multi_hot.delimiter: got {delimiter!r}, expected one character")
     return Categorical(
-        name=name, hash_rows=hash_rows, min_count=_count(f"{where}.min_count", spec.get("min_count", 1), minimum=1),
+        name=name, hash_rows=hash_rows, raw=raw, min_count=_count(f"{where}.min_count", spec.get("min_count", 1), minimum=1),
         multi_hot=bool(multi), max_length=_count(f"{where}.multi_hot.max_length", multi_spec.get("max_length", 0),
                                                  minimum=0),
         delimiter=delimiter, overflow=_choice(f"{where}.multi_hot.overflow", multi_spec.get("overflow", "truncate"),
@@ -157,13 +165,15 @@ def load_schema(path: str | Path) -> Schema:
 
 
 def from_flags(*, label: str, dense: str, sparse: str, multi_hot: str, transform: str, hash_rows: int,
-               min_count: int, delimiter: str, max_length: int, id_order: str) -> Schema:
+               min_count: int, delimiter: str, max_length: int, id_order: str, raw_ids: bool = False) -> Schema:
     """The schema the simple flags describe (every column alike)."""
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()]  # noqa: E731
     if not label:
         raise DataError("--label-column: missing; expected the label column's name (or --schema FILE)")
     multi = split(multi_hot)
-    spec = {"hash": hash_rows} if hash_rows else {"min_count": min_count}
+    if raw_ids and hash_rows:
+        raise DataError(f"--raw-ids with --hash-rows {hash_rows}; expected one (raw ids are not folded)")
+    spec = {"raw": True} if raw_ids else {"hash": hash_rows} if hash_rows else {"min_count": min_count}
     multi_spec = {"multi_hot": {"max_length": max_length, "delimiter": delimiter}}
     cats = [categorical(n, {**spec, **(multi_spec if n in multi else {})}, f"--sparse-columns {n}")
             for n in split(sparse) + [m for m in multi if m not in split(sparse)]]

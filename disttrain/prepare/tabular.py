@@ -7,7 +7,8 @@ Output (little-endian, no headers; `meta.json` holds the schema, shapes, splits,
     dense.f32                        [rows, dense features], transformed
     sparse.i32                       [single-hot features, rows], one contiguous id column per feature
     multi/<name>.offsets.i64         [rows + 1] per multi-hot feature: row r's ids are values[offsets[r]:offsets[r+1]]
-    multi/<name>.values.i32          its ids
+    multi/<name>.values.i32          its ids (.i64: a raw feature's)
+    raw/<name>.i64                   raw single-hot features (`raw: true`): the value's 64-bit hash as the id
     vocab/<name>.u64                 vocabulary features: the 64-bit key of id 1, 2, ... (id 0 = out of vocabulary)
 
 Two passes on every core. Pass 1 (`tabular_read`) reads Parquet row groups or CSV byte ranges in worker processes
@@ -102,7 +103,7 @@ def prepare(paths: list[str], schema: Schema | None, opts: PrepareOptions) -> di
             "dense_names": [d.name for d in schema.dense], "dense": dense_meta, "tables": tables,
             "splits": splits, "schema": schema.to_json(),
             "options": {"split": mode, "skip_bad_rows": opts.skip_bad_rows, "vocab_from": opts.vocab_from,
-                        "hash": "FNV-1a 64 of the value's UTF-8 text; id = hash % rows",
+                        "hash": "FNV-1a 64 of the value's UTF-8 text; id = hash % rows (raw: the hash as int64)",
                         "missing": "dense: 0 before the transform; categorical: the empty text"},
             "sources": [i.to_json() for i in inputs],
             "files": file_entries(tmp, files, digests),
@@ -187,7 +188,7 @@ def _pass1(pool, inputs: list[Input], schema: Schema, opts: PrepareOptions, tmp:
 
 def _pass2(pool, tmp: Path, schema: Schema, rows: int, train_rows: int, previous: dict | None):
     with open(tmp / "sparse.i32", "wb") as f:
-        f.truncate(4 * rows * sum(not c.multi_hot for c in schema.categorical))
+        f.truncate(4 * rows * sum(not c.multi_hot and not c.raw for c in schema.categorical))
     old_tables = {t["name"]: t for t in previous["meta"]["tables"]} if previous else {}
     tasks, slot = [], 0
     for c in schema.categorical:
@@ -196,8 +197,8 @@ def _pass2(pool, tmp: Path, schema: Schema, rows: int, train_rows: int, previous
         tasks.append({"tmp": str(tmp), "rows": rows, "train_rows": train_rows, "id_order": schema.id_order,
                       "slot": slot, "vocab": vocab,
                       "feature": {"name": c.name, "multi_hot": c.multi_hot, "pooling": c.pooling, "hash": c.hash_rows,
-                                  "min_count": c.min_count, "max_length": c.max_length}})
-        slot += not c.multi_hot
+                                  "raw": c.raw, "min_count": c.min_count, "max_length": c.max_length}})
+        slot += not c.multi_hot and not c.raw
     given = [d["stats"] for d in previous["meta"]["dense"]] if previous else None
     dense = pool.apply_async(dense_task, (str(tmp), rows, train_rows, [d.transform for d in schema.dense], given))
     done = {t["name"]: t for t in pool.imap_unordered(table_task, tasks)}  # beside the dense columns

@@ -4,7 +4,8 @@ dense values -> their transforms. One table per worker task.
 Vocabulary features count their keys over the training split only: keys seen at least `min_count` times get ids
 1.. (most frequent first, or in order of first appearance with `id_order: first-seen`); everything else, and any
 key a new day brings (`--vocab-from`), is id 0, the out-of-vocabulary id. Hashed features need no vocabulary:
-id = key % rows. Dense statistics (mean, standard deviation, minimum, maximum) come from the training split and
+id = key % rows. Raw features (`raw: true`, for dynamic tables) keep the 64-bit key itself as a signed id.
+Dense statistics (mean, standard deviation, minimum, maximum) come from the training split and
 travel in meta.json, so `--vocab-from` applies the same transform to a new day.
 """
 
@@ -66,7 +67,11 @@ def table_task(task: dict) -> dict:
         keys = np.memmap(tmp / f"keys_{name}.u64", dtype=np.uint64, mode="r", shape=(rows,))
         train_keys = keys[:train_rows]
     info = {"name": name, "multi_hot": feature["multi_hot"], "pooling": feature["pooling"]}
-    if feature["hash"]:
+    if feature.get("raw"):  # the 64-bit key is the id (a dynamic table's raw id); rows = the expected size
+        ids = np.asarray(keys).view(np.int64)
+        count = distinct(train_keys)
+        info.update(mode="raw", rows=max(count, 1), reserved_default=False, distinct_train=count)
+    elif feature["hash"]:
         ids = (np.asarray(keys) % np.uint64(feature["hash"])).astype(np.int32)
         info.update(mode="hash", hash_rows=feature["hash"], rows=feature["hash"], reserved_default=False,
                     distinct_train=distinct(train_keys))
@@ -86,10 +91,13 @@ def table_task(task: dict) -> dict:
                     reserved_default=True, distinct_train=distinct_train, out_of_vocabulary=unseen)
     if feature["multi_hot"]:
         (tmp / "multi").mkdir(exist_ok=True)
-        _write(ids, tmp, f"multi/{name}.values.i32", info)
+        _write(ids, tmp, f"multi/{name}.values.{'i64' if feature.get('raw') else 'i32'}", info)
         _write(offsets, tmp, f"multi/{name}.offsets.i64", info)
         info.update(values=int(offsets[-1]), max_length=feature["max_length"],
                     mean_length=round(float(offsets[-1]) / max(rows, 1), 4))
+    elif feature.get("raw"):
+        (tmp / "raw").mkdir(exist_ok=True)
+        _write(ids, tmp, f"raw/{name}.i64", info)
     else:
         out = np.memmap(tmp / "sparse.i32", dtype=np.int32, mode="r+", offset=4 * task["slot"] * rows, shape=(rows,))
         out[:] = ids

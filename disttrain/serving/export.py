@@ -22,6 +22,7 @@ from disttrain.collectives import SingleProcess
 from disttrain.engine.build import build_model, build_plan
 from disttrain.engine.checkpoint import META, find_checkpoint, load_checkpoint, verify
 from disttrain.errors import DataError
+from disttrain.layers.dynamic_lookup import ServingEmbeddingBags
 from disttrain.parallelize import Parallelized, parallelize
 
 EXPORT_FORMAT = "disttrain-export-v1"
@@ -47,8 +48,24 @@ def unsharded_state(checkpoint: str | Path, overrides: list[str] | None = None,
     load_checkpoint(path, par=par, comm=SingleProcess(), cfg=cfg)
     state = {n: p.detach().clone() for n, p in par.model.named_parameters() if not n.startswith("embeddings.")}
     for table, _shard, weight in par.embeddings.local_shards():
-        state[f"embeddings.bags.{table.index}.weight"] = weight.detach().float().clone()
+        if not table.dynamic:
+            state[f"embeddings.bags.{table.index}.weight"] = weight.detach().float().clone()
+    for table, _shard, _key, store in par.embeddings.dynamic_shards():  # one part per table on one process
+        ids, rows = store.rows.map.items()
+        state[f"embeddings.dynamic_ids.t{table.index}"] = ids.clone()
+        state[f"embeddings.bags.{table.index}.weight"] = torch.cat(
+            [torch.zeros(1, table.dim), store.weight.index_select(0, rows).float()])
     return cfg, state, meta["step"]
+
+
+def with_dynamic_tables(model, state: dict[str, torch.Tensor]):
+    """A plain model whose state holds dynamic tables (`embeddings.dynamic_ids.t<i>`) reads them through
+    `ServingEmbeddingBags` (frozen id maps); others are returned as they are."""
+    prefix = "embeddings.dynamic_ids.t"
+    sizes = {int(k[len(prefix):]): v.numel() for k, v in state.items() if k.startswith(prefix)}
+    if sizes:
+        model.embeddings = ServingEmbeddingBags(model.tables, sizes, device="meta")
+    return model
 
 
 def plain_model(checkpoint: str | Path, overrides: list[str] | None = None):
@@ -57,7 +74,7 @@ def plain_model(checkpoint: str | Path, overrides: list[str] | None = None):
     cfg, state, step = unsharded_state(checkpoint, overrides)
     if overrides:
         cfg = config_mod.config_from_yaml(config_mod.to_yaml(cfg), overrides, source="checkpoint config")
-    model = build_model(cfg, embedding_device="meta", data_shapes=False)
+    model = with_dynamic_tables(build_model(cfg, embedding_device="meta", data_shapes=False), state)
     model.load_state_dict(state, assign=True)
     return model.eval(), cfg, step
 
@@ -87,6 +104,7 @@ def load_exported(path: str | Path, overrides: list[str] | None = None):
     if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
         raise DataError(f"{path}: not a disttrain export (expected format {EXPORT_FORMAT})")
     cfg = config_mod.stored_config(data["config"], overrides, source=str(path))
-    model = build_model(cfg, data_shapes=False)
-    model.load_state_dict(data["state_dict"])
+    state = data["state_dict"]
+    model = with_dynamic_tables(build_model(cfg, embedding_device="meta", data_shapes=False), state)
+    model.load_state_dict(state, assign=True)
     return model.eval(), cfg

@@ -142,7 +142,7 @@ def run_inference(checkpoint: str, *, mode: str, config: str | None = None, prec
                   "mode": mode, "precision": precision, "runtime": runtime, "batch_size": cfg.train.batch_size}
         with torch.no_grad(), _autocast(precision):
             if mode == "accuracy":
-                return result | _accuracy(cfg, source, predictor)
+                return result | _accuracy(cfg, source, predictor) | unknown_ids(predictor.model)
             iterations = iterations or default_iterations(mode)
             # Requests drawn from the training order (distinct batches), built before timing.
             requests = [predictor.prepare(source.batch(i)) for i in range(min(iterations + WARMUP, 64))]
@@ -152,7 +152,18 @@ def run_inference(checkpoint: str, *, mode: str, config: str | None = None, prec
                 predictor(requests[i % len(requests)])
                 if i >= WARMUP:
                     times.append(time.perf_counter() - start)
-    return result | timing_figures(mode, times, cfg.train.batch_size)
+    return result | timing_figures(mode, times, cfg.train.batch_size) | unknown_ids(predictor.model)
+
+
+def unknown_ids(model) -> dict:
+    """`{"unknown_ids": {table: count}}`: lookups of ids a dynamic table has no row for (they read its default
+    row); empty without dynamic tables."""
+    embeddings = getattr(model, "embeddings", None)
+    if hasattr(embeddings, "dynamic_stats"):
+        counts = {name: s["unknown"] for name, s in embeddings.dynamic_stats().items()}
+    else:
+        counts = dict(getattr(embeddings, "unknown", {}))
+    return {"unknown_ids": counts} if counts else {}
 
 
 def _accuracy(cfg, source, predictor) -> dict:
@@ -168,6 +179,9 @@ def describe(result: dict) -> str:
         runtime += f", sharded over {result['world_size']} ranks"
     head = (f"{result['model']}/{result['flavor']} step {result['step']}, {result['precision']}{runtime}, "
             f"batch {result['batch_size']}: ")
+    if result.get("unknown_ids"):
+        head = head.rstrip(": ") + " (ids without a row, read as the default row: " + ", ".join(
+            f"{t} {n:,}" for t, n in result["unknown_ids"].items()) + "): "
     if result["mode"] == "accuracy":
         return head + (f"{result['split']} AUC {result['auc']:.4f}  logloss {result['logloss']:.5f}  "
                        f"accuracy {result['accuracy']:.4f}  on {result['samples']} samples")

@@ -23,6 +23,7 @@ from torch import nn
 from disttrain import config as config_mod
 from disttrain.engine.build import build_model
 from disttrain.errors import DataError
+from disttrain.layers.dynamic_lookup import rows_of
 
 # torch 2.13 (pinned) deprecates the quantized dtypes; only their fused fp32 -> uint8 conversion is used here.
 warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel")
@@ -90,25 +91,34 @@ def link(model: nn.Module) -> nn.Module:
 class QuantizedTables(nn.Module):
     """An `EmbeddingBagCollection` whose tables are each row-wise int8 (packed) or fp32; same forward."""
 
-    def __init__(self, tables, weights: list[torch.Tensor | None], packed: list[torch.Tensor | None]):
+    def __init__(self, tables, weights: list[torch.Tensor | None], packed: list[torch.Tensor | None],
+                 ids: list[torch.Tensor | None] | None = None):
+        """`ids`: per table, a dynamic table's sorted ids (`disttrain.layers.dynamic_lookup`), else None."""
         super().__init__()
         self.tables = list(tables)
         self.weights, self.packed = weights, packed
+        self.ids = ids or [None] * len(self.tables)
+        self.unknown = {spec.name: 0 for spec, i in zip(self.tables, self.ids) if i is not None}
 
     @classmethod
     def from_collection(cls, collection) -> QuantizedTables:
         weights = [bag.weight.detach() for bag in collection.bags]
-        return cls(collection.tables, weights, [torch.ops.quantized.embedding_bag_byte_prepack(w) for w in weights])
+        ids = [collection.ids_of(i) if hasattr(collection, "ids_of") else None for i in range(len(weights))]
+        return cls(collection.tables, weights, [torch.ops.quantized.embedding_bag_byte_prepack(w) for w in weights],
+                   ids)
 
     def use(self, int8: list[bool]) -> QuantizedTables:
         """A view holding, per table, only the chosen form."""
         return QuantizedTables(self.tables, [None if q else w for q, w in zip(int8, self.weights)],
-                               [p if q else None for q, p in zip(int8, self.packed)])
+                               [p if q else None for q, p in zip(int8, self.packed)], self.ids)
 
     def forward(self, features) -> list[torch.Tensor]:
         out = []
-        for spec, weight, packed, bags, (lengths, values) in zip(
-                self.tables, self.weights, self.packed, features.bags_per_key, features.split()):
+        for spec, weight, packed, ids, bags, (lengths, values) in zip(
+                self.tables, self.weights, self.packed, self.ids, features.bags_per_key, features.split()):
+            if ids is not None:
+                values, unknown = rows_of(ids, values)
+                self.unknown[spec.name] += unknown
             offsets = torch.cumsum(lengths, 0) - lengths
             if packed is not None:
                 pooled = torch.ops.quantized.embedding_bag_byte_rowwise_offsets(
@@ -197,8 +207,10 @@ def state_of(model: nn.Module, int8: Int8Model, plan: dict[str, str], cfg, step:
     skip = tuple(f"{name}." for name in linears) + ("embeddings.",)
     dense = {name: t.detach() for name, t in model.state_dict().items() if not name.startswith(skip)}
     tables = {}
-    for spec, weight, packed in zip(int8.tables.tables, int8.tables.weights, int8.tables.packed):
+    for spec, weight, packed, ids in zip(int8.tables.tables, int8.tables.weights, int8.tables.packed, int8.tables.ids):
         tables[spec.name] = {"int8": packed} if plan[f"embeddings.{spec.name}"] == "int8" else {"fp32": weight}
+        if ids is not None:
+            tables[spec.name]["ids"] = ids
     return {"format": FORMAT, "config": config_mod.to_yaml(cfg), "model": cfg.model.name, "step": step,
             "plan": plan, "dense": dense, "linears": linears, "tables": tables}
 
@@ -248,7 +260,8 @@ def load_quantized(path: str | Path, overrides: list[str] | None = None):
     tables = [data["tables"].get(spec.name) for spec in model.tables]
     if any(t is None for t in tables):
         raise DataError(f"{file}: tables missing for {[s.name for s, t in zip(model.tables, tables) if t is None]}")
-    model.embeddings = QuantizedTables(model.tables, [t.get("fp32") for t in tables], [t.get("int8") for t in tables])
+    model.embeddings = QuantizedTables(model.tables, [t.get("fp32") for t in tables], [t.get("int8") for t in tables],
+                                       [t.get("ids") for t in tables])
     loaded = set(data["dense"]) | {f"{n}.{p}" for n in data["linears"] for p in ("weight", "bias")}
     unfilled = [k for k in missing if not k.startswith("embeddings.") and k not in loaded]
     if unfilled:

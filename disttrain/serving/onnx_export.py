@@ -131,6 +131,12 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, overrides: list[str]
                 verify_batch: int = 1024) -> dict:
     """Write `out` (only once it matches PyTorch within TOLERANCE on a real batch) and return what was checked."""
     model, cfg, step = plain_model(checkpoint, overrides)
+    dynamic = [spec.name for i, spec in enumerate(model.tables) if getattr(model.embeddings, "ids_of", None)
+               and model.embeddings.ids_of(i) is not None]
+    if dynamic:
+        raise ConfigError(f"export-onnx: table(s) {', '.join(dynamic)} are dynamic (model.dynamic_tables) and ONNX "
+                          "has no id -> row lookup for raw 64-bit ids; expected a model with fixed tables only "
+                          "(serve this one with disttrain infer, export or quantize)")
     if not model_spec(cfg.model.name).onnx:
         supported = ", ".join(name for name, spec in MODELS.items() if spec.onnx)
         raise ConfigError(f"model.name: got {cfg.model.name!r}, but its spec says it has no ONNX form "

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
-from disttrain.sharding.plan import Shard, ShardingPlan, TablePlan
-from disttrain.tables import EmbeddingTableSpec
+from disttrain.sharding.plan import Shard, ShardingPlan, ShardingType, TablePlan
+from disttrain.tables import EmbeddingTableSpec, bucket_of
 
 MAX_LAYOUTS = 512
 
@@ -26,7 +26,7 @@ class Slot:
     table: TablePlan
     shard: Shard
     spec: EmbeddingTableSpec
-    group: str = ""  # fused weight key on the owner ("mp<width>" or "dp<width>")
+    group: str = ""  # fused weight key on the owner ("mp<width>", "dp<width>", or "dyn<table>" for a dynamic table)
     base: int = 0  # first row of this shard in that fused weight
 
     def bags(self, batch: int, bags: tuple[int, ...]) -> int:
@@ -86,7 +86,7 @@ def slots_of(tables: list[EmbeddingTableSpec], owned: list[tuple[TablePlan, Shar
     """The slots of the shards one rank owns, each placed in the fused weight of its width."""
     slots, next_row = [], {}
     for table, shard in owned:
-        key = f"mp{shard.num_cols}"
+        key = f"dyn{table.index}" if table.dynamic else f"mp{shard.num_cols}"  # a dynamic table grows: its own
         slots.append(Slot(table, shard, tables[table.index], key, next_row.get(key, 0)))
         next_row[key] = next_row.get(key, 0) + shard.num_rows
     return slots
@@ -135,3 +135,38 @@ def deinterleave(flat: torch.Tensor, segments, num_groups: int) -> list[torch.Te
     for (g, bags, width), piece in zip(segments, pieces):
         per_group[g].append(piece.view(bags, width))
     return [torch.cat(parts) for parts in per_group]
+
+
+def route(slots_of_rank: list[list[Slot]], per_feature, device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The input dist's send side: lengths and ids to send, in (destination, slot) order, and the id count per
+    destination. Row-wise shards get only the ids in their row range, rebased; a dynamic table's parts get the
+    ids in their bucket range, as they are."""
+    lengths_out, values_out, value_splits = [], [], []
+    bag_ids: dict[int, torch.Tensor] = {}
+    buckets: dict[int, torch.Tensor] = {}
+    for dest_slots in slots_of_rank:
+        count = 0
+        for slot in dest_slots:
+            index = slot.table.index
+            lengths, values = per_feature[index]
+            if slot.table.type == ShardingType.ROW_WISE:
+                lo, hi = slot.shard.rows
+                if slot.table.dynamic:
+                    if index not in buckets:
+                        buckets[index] = bucket_of(values)
+                    keep = (buckets[index] >= lo) & (buckets[index] < hi)
+                    lo = 0
+                else:
+                    keep = (values >= lo) & (values < hi)
+                if index not in bag_ids:
+                    bag_ids[index] = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device),
+                                                             lengths)
+                lengths = torch.bincount(bag_ids[index][keep], minlength=lengths.numel())
+                values = values[keep] - lo
+            lengths_out.append(lengths)
+            values_out.append(values)
+            count += values.numel()
+        value_splits.append(count)
+    empty = torch.zeros(0, dtype=torch.int64, device=device)
+    return (torch.cat(lengths_out) if lengths_out else empty, torch.cat(values_out) if values_out else empty,
+            value_splits)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from disttrain.tables import NUM_BUCKETS
+
 
 class ShardingType(str, Enum):
     """How one table is laid out across ranks.
@@ -47,17 +49,38 @@ class Shard:
 
 
 @dataclass(frozen=True)
+class DynamicSettings:
+    """Dynamic tables' rules (`model.dynamic_*`): admission after `min_count` sightings, eviction after
+    `ttl_steps` unseen steps (0 = never) or past `capacity` rows per rank (0 = unbounded)."""
+
+    min_count: int = 1
+    ttl_steps: int = 0
+    capacity: int = 0
+
+
+@dataclass(frozen=True)
 class TablePlan:
     name: str
     index: int  # position of the table (and its feature) in the model
-    num_rows: int
+    num_rows: int  # a dynamic table: its declared size, the rows it is expected to hold
     dim: int
     type: ShardingType
     shards: tuple[Shard, ...]
+    # True: raw 64-bit ids, rows created on first sight; a shard's `rows` are then a range of id buckets
+    # (disttrain.tables.NUM_BUCKETS), not of rows.
+    dynamic: bool = False
 
     @property
     def ranks(self) -> list[int]:
         return [s.rank for s in self.shards]
+
+    def expected_rows(self, shard: Shard, capacity: int = 0) -> int:
+        """Rows `shard` holds: its rows, or for a dynamic table its buckets' share of the declared size, capped
+        at the capacity."""
+        if not self.dynamic:
+            return shard.num_rows
+        share = -(-self.num_rows * shard.num_rows // NUM_BUCKETS)
+        return min(share, capacity) if capacity > 0 else share
 
 
 @dataclass(frozen=True)
@@ -67,6 +90,7 @@ class ShardingPlan:
     tables: tuple[TablePlan, ...]
     embedding_dtype: str = "fp32"  # how rows are stored and exchanged: fp32 | bf16
     optimizer_state: tuple[int, int] = (0, 0)  # fp32 words of the optimizer's state per element, per row
+    dynamic: DynamicSettings = DynamicSettings()
 
     @property
     def weight_bytes(self) -> int:
@@ -86,7 +110,9 @@ class ShardingPlan:
         out = [{"rank": r, "weight_bytes": 0, "optimizer_bytes": 0, "num_shards": 0} for r in range(self.world_size)]
         for table in self.tables:
             for shard in table.shards:
-                weights, state = shard.state_bytes(self.optimizer_state, self.weight_bytes)
+                rows = table.expected_rows(shard, self.dynamic.capacity)
+                sized = Shard(shard.rank, (0, rows), shard.cols)
+                weights, state = sized.state_bytes(self.optimizer_state, self.weight_bytes)
                 out[shard.rank]["weight_bytes"] += weights
                 out[shard.rank]["optimizer_bytes"] += state
                 out[shard.rank]["num_shards"] += 1
@@ -103,13 +129,21 @@ class ShardingPlan:
                 "rows": t.num_rows,
                 "dim": t.dim,
                 "shards": [
-                    {"rank": s.rank, "rows": list(s.rows), "cols": list(s.cols)} for s in t.shards
+                    {"rank": s.rank, "rows": list(s.rows), "cols": list(s.cols)}
+                    | ({"expected_live_rows": t.expected_rows(s, self.dynamic.capacity)} if t.dynamic else {})
+                    for s in t.shards
                 ],
-            }
+            } | ({"dynamic": True, "capacity_per_rank": self.dynamic.capacity,
+                  "expected_live_rows": sum(t.expected_rows(s, self.dynamic.capacity) for s in t.shards)}
+                 if t.dynamic else {})
             for t in self.tables
         ]
-        return {"world_size": self.world_size, "optimizer": self.optimizer, "embedding_dtype": self.embedding_dtype,
-                "tables": tables, "ranks": self.rank_bytes()}
+        out = {"world_size": self.world_size, "optimizer": self.optimizer, "embedding_dtype": self.embedding_dtype,
+               "tables": tables, "ranks": self.rank_bytes()}
+        if any(t.dynamic for t in self.tables):
+            out["dynamic"] = {"min_count": self.dynamic.min_count, "ttl_steps": self.dynamic.ttl_steps,
+                              "capacity": self.dynamic.capacity, "buckets": NUM_BUCKETS}
+        return out
 
     def describe(self) -> str:
         """A human-readable table of the plan."""
@@ -117,8 +151,19 @@ class ShardingPlan:
                  + (f", {self.embedding_dtype} rows" if self.embedding_dtype != "fp32" else "")]
         lines.append(f"{'table':<10}{'rows':>12}{'dim':>5}  {'type':<14}shards (rank: rows x cols)")
         for t in self.tables:
+            if t.dynamic:
+                shards = ", ".join(f"{s.rank}: {s.num_rows} buckets, ~{t.expected_rows(s, self.dynamic.capacity)} "
+                                   "rows" for s in t.shards)
+                lines.append(f"{t.name:<10}{'dynamic':>12}{t.dim:>5}  {t.type.value:<14}{shards}")
+                continue
             shards = ", ".join(f"{s.rank}: {s.num_rows}x{s.num_cols}" for s in t.shards)
             lines.append(f"{t.name:<10}{t.num_rows:>12}{t.dim:>5}  {t.type.value:<14}{shards}")
+        if any(t.dynamic for t in self.tables):
+            d = self.dynamic
+            lines.append(f"dynamic tables: raw 64-bit ids in {NUM_BUCKETS} buckets; rows expected = the declared "
+                         f"rows; capacity {d.capacity or 'unbounded'} rows per rank, admitted after {d.min_count} "
+                         f"sighting(s), " + (f"evicted after {d.ttl_steps} unseen steps" if d.ttl_steps
+                                             else "no time-to-live"))
         lines.append(f"{'rank':<6}{'weights MiB':>12}{'optimizer MiB':>15}{'total MiB':>11}{'shards':>8}")
         for r in self.rank_bytes():
             lines.append(

@@ -9,8 +9,17 @@ from __future__ import annotations
 
 from disttrain.errors import PlanError
 from disttrain.ranges import even_split
-from disttrain.sharding.plan import WEIGHT_BYTES, Shard, ShardingPlan, ShardingType, TablePlan
-from disttrain.tables import EmbeddingTableSpec
+from disttrain.sharding.plan import (
+    WEIGHT_BYTES,
+    DynamicSettings,
+    Shard,
+    ShardingPlan,
+    ShardingType,
+    TablePlan,
+)
+from disttrain.tables import NUM_BUCKETS, EmbeddingTableSpec
+
+DYNAMIC_TYPES = (ShardingType.ROW_WISE, ShardingType.TABLE_WISE)
 
 
 def _memory(spec: EmbeddingTableSpec, rows: int, cols: int, state: tuple[int, int], weight_bytes: int = 4) -> float:
@@ -48,7 +57,7 @@ class _Loads:
 
 def _choose_types(
     tables: list[EmbeddingTableSpec], *, world_size: int, strategy: str, overrides: dict[str, str],
-    state: tuple[int, int]
+    state: tuple[int, int], dynamic: set[str]
 ) -> list[ShardingType]:
     names = {t.name for t in tables}
     for name in overrides:
@@ -58,6 +67,16 @@ def _choose_types(
     types = []
     for spec in tables:
         chosen = overrides.get(spec.name, strategy)
+        if spec.name in dynamic:
+            # A dynamic table spreads its buckets over every rank unless a table-wise placement is asked for.
+            if chosen == "auto":
+                chosen = "row_wise"
+            if ShardingType(chosen) not in DYNAMIC_TYPES:
+                key = f"sharding.tables.{spec.name}" if spec.name in overrides else "sharding.strategy"
+                raise PlanError(f"{key}: table {spec.name} is dynamic (model.dynamic_tables) and cannot be "
+                                f"{chosen}; expected row_wise (its id buckets spread over the ranks) or table_wise")
+            types.append(ShardingType(chosen))
+            continue
         if chosen == "auto":
             too_big = world_size > 1 and _memory(spec, spec.num_rows, spec.dim, state) > total / world_size
             chosen = "row_wise" if too_big else "table_wise"
@@ -75,15 +94,20 @@ def plan_sharding(
     optimizer: str = "sgd",
     optimizer_state: tuple[int, int] = (0, 0),
     embedding_dtype: str = "fp32",
+    dynamic: set[str] | None = None,
+    dynamic_settings: DynamicSettings | None = None,
 ) -> ShardingPlan:
     """`optimizer` names the optimizer (for the record); `optimizer_state` is its state in fp32 words per
-    element and per row (`disttrain.optim.OPTIMIZERS[name].state_words`), counted in each rank's memory."""
+    element and per row (`disttrain.optim.OPTIMIZERS[name].state_words`), counted in each rank's memory.
+    `dynamic`: names of dynamic tables (raw ids): row-wise by id bucket, or table-wise (all buckets on one rank);
+    their memory is counted at their declared rows (capped by the capacity per rank)."""
+    dynamic = set(dynamic or ())
     if world_size < 1:
         raise PlanError(f"world size: got {world_size}, expected at least 1")
     weight_bytes = WEIGHT_BYTES[embedding_dtype]
     types = _choose_types(
-        tables, world_size=world_size, strategy=strategy, overrides=overrides or {}, state=optimizer_state
-    )
+        tables, world_size=world_size, strategy=strategy, overrides=overrides or {}, state=optimizer_state,
+        dynamic=dynamic)
     column_shards = num_column_shards or world_size
     total_memory = sum(_memory(t, t.num_rows, t.dim, optimizer_state, weight_bytes) for t in tables)
     total_work = sum(_lookup_work(t, t.dim) for t in tables)
@@ -95,14 +119,15 @@ def plan_sharding(
         if kind == ShardingType.DATA_PARALLEL:
             shards[index] = [Shard(r, (0, spec.num_rows), (0, spec.dim)) for r in range(world_size)]
         elif kind == ShardingType.ROW_WISE:
-            ranges = even_split(spec.num_rows, world_size)
+            ranges = even_split(NUM_BUCKETS if spec.name in dynamic else spec.num_rows, world_size)
             shards[index] = [Shard(r, rows, (0, spec.dim)) for r, rows in enumerate(ranges)]
         else:
             continue
         for shard in shards[index]:
+            rows = spec.num_rows * shard.num_rows // NUM_BUCKETS if spec.name in dynamic else shard.num_rows
             loads.add(
                 shard.rank,
-                _memory(spec, shard.num_rows, shard.num_cols, optimizer_state, weight_bytes),
+                _memory(spec, rows, shard.num_cols, optimizer_state, weight_bytes),
                 _lookup_work(spec, shard.num_cols) / len(shards[index]),
             )
 
@@ -125,7 +150,8 @@ def plan_sharding(
         used = {s.rank for s in shards.get(index, [])}
         exclude = used if len(used) < world_size else set()
         rank = loads.place(memory, _lookup_work(spec, cols[1] - cols[0]), exclude)
-        shards.setdefault(index, []).append(Shard(rank, (0, spec.num_rows), cols))
+        rows = (0, NUM_BUCKETS if spec.name in dynamic else spec.num_rows)
+        shards.setdefault(index, []).append(Shard(rank, rows, cols))
 
     plans = tuple(
         TablePlan(
@@ -135,8 +161,9 @@ def plan_sharding(
             dim=spec.dim,
             type=kind,
             shards=tuple(sorted(shards[index], key=lambda s: (s.cols, s.rows))),
+            dynamic=spec.name in dynamic,
         )
         for index, (spec, kind) in enumerate(zip(tables, types))
     )
     return ShardingPlan(world_size=world_size, optimizer=optimizer, tables=plans, embedding_dtype=embedding_dtype,
-                        optimizer_state=tuple(optimizer_state))
+                        optimizer_state=tuple(optimizer_state), dynamic=dynamic_settings or DynamicSettings())

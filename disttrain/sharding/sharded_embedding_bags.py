@@ -28,6 +28,7 @@ from disttrain.batch import KeyedBags
 from disttrain.collectives import Collectives, all_gather_rows
 from disttrain.errors import DataError
 from disttrain.phases import phase
+from disttrain.sharding.dynamic_table import DynamicShard
 from disttrain.sharding.exchange_layout import (
     MAX_LAYOUTS,
     Layout,
@@ -37,6 +38,7 @@ from disttrain.sharding.exchange_layout import (
     deinterleave,
     interleave,
     pool,
+    route,
     row_grads,
     slots_of,
 )
@@ -82,6 +84,14 @@ class ShardedEmbeddingBagCollection(nn.Module):
         self.group_keys = sorted({s.group for s in self.my_slots})
         self.dp_tables = [t for t in plan.tables if t.type == ShardingType.DATA_PARALLEL]
         self.dp_bases: dict[int, tuple[str, int]] = {}
+        settings = plan.dynamic
+        self.dynamic: dict[str, DynamicShard] = {  # fused weight key -> this rank's part of a dynamic table
+            s.group: DynamicShard(table=s.spec.name, table_index=s.table.index, dim=s.spec.dim,
+                                  num_rows=s.spec.num_rows, seed=seed, dtype=self.dtype,
+                                  min_count=settings.min_count, ttl_steps=settings.ttl_steps,
+                                  capacity=settings.capacity, device=self.device)
+            for s in self.my_slots if s.table.dynamic}
+        self.plan_has_dynamic = any(t.dynamic for t in plan.tables)
         self._allocate(seed)
         self.pending: list[tuple[str, torch.Tensor, torch.Tensor]] = []
         self._in_flight: list = []  # (handle, received gradients, step state) of backward all-to-alls
@@ -93,6 +103,8 @@ class ShardedEmbeddingBagCollection(nn.Module):
         """Allocate and initialise this rank's fused weights: model-parallel shards, then replicated tables."""
         blocks: dict[str, list[torch.Tensor]] = {}
         for slot in self.my_slots:
+            if slot.table.dynamic:
+                continue  # rows come with their ids
             blocks.setdefault(slot.group, []).append(
                 init_table_rows(
                     seed=seed, table_index=slot.table.index, spec=slot.spec, rows=slot.shard.rows, cols=slot.shard.cols
@@ -109,12 +121,32 @@ class ShardedEmbeddingBagCollection(nn.Module):
             self.register_buffer(f"weight_{key}", torch.cat(parts).to(self.device, self.dtype))
 
     def weight(self, key: str) -> torch.Tensor:
-        return getattr(self, f"weight_{key}")
+        store = self.dynamic.get(key)
+        return store.weight if store is not None else getattr(self, f"weight_{key}")
+
+    def dynamic_shards(self) -> list[tuple[TablePlan, Shard, str, DynamicShard]]:
+        """(table, shard of id buckets, weight key, store) for every dynamic table part this rank holds."""
+        return [(s.table, s.shard, s.group, self.dynamic[s.group]) for s in self.my_slots if s.table.dynamic]
+
+    def pop_fresh(self) -> dict[str, torch.Tensor]:
+        """Per dynamic weight: the rows created since the last call (their optimizer state starts over)."""
+        fresh = {key: store.pop_fresh() for key, store in self.dynamic.items()}
+        return {key: rows for key, rows in fresh.items() if rows is not None}
+
+    def end_step(self) -> None:
+        """A training step is complete (the optimizer's call): dynamic tables age their rows by it."""
+        for store in self.dynamic.values():
+            store.step += 1
+
+    def dynamic_stats(self) -> dict[str, dict]:
+        """Per dynamic table part on this rank: live, admitted, evicted, candidates, unknown, capacity, bytes."""
+        return {store.table: store.stats.to_json(store.live, store.candidates.live, store.capacity)
+                | {"bytes": store.nbytes()} for store in self.dynamic.values()}
 
     def shard_locations(self) -> list[tuple[TablePlan, Shard, str, int]]:
         """(table, shard, fused weight key, first row in it) for every shard this rank holds, replicated
         tables included: where a shard's weight rows and its optimizer state rows live."""
-        out = [(s.table, s.shard, s.group, s.base) for s in self.my_slots]
+        out = [(s.table, s.shard, s.group, s.base) for s in self.my_slots if not s.table.dynamic]
         for table in self.dp_tables:
             key, base = self.dp_bases[table.index]
             out.append((table, table.shards[self.rank], key, base))
@@ -124,7 +156,9 @@ class ShardedEmbeddingBagCollection(nn.Module):
         """(table, shard, weight view) for every shard this rank holds, replicated tables included."""
         out = [
             (s.table, s.shard, self.weight(s.group)[s.base : s.base + s.shard.num_rows]) for s in self.my_slots
+            if not s.table.dynamic
         ]
+        out += [(t, shard, store.weight[: store.rows.top]) for t, shard, _key, store in self.dynamic_shards()]
         for table in self.dp_tables:
             key, base = self.dp_bases[table.index]
             out.append((table, table.shards[self.rank], self.weight(key)[base : base + table.num_rows]))
@@ -154,42 +188,21 @@ class ShardedEmbeddingBagCollection(nn.Module):
             raise DataError(f"features carry {bags} bags per sample; expected at most ({expected}) per table")
 
     def _check_ids(self, per_feature: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        for spec, (_, values) in zip(self.tables, per_feature):
-            if values.numel():
+        if per_feature and per_feature[0][1].dtype != torch.int64:
+            for spec, (_, values) in zip(self.tables, per_feature):
+                top = max(values.tolist(), default=0)  # (torch has no max of uint64)
+                if top > 2**63 - 1:
+                    raise DataError(f"table {spec.name}: id {top} is outside int64; expected ids in [-2^63, 2^63)")
+            raise DataError(f"table {self.tables[0].name}: ids of type "
+                            f"{str(per_feature[0][1].dtype).removeprefix('torch.')}; expected int64")
+        for spec, table, (_, values) in zip(self.tables, self.plan.tables, per_feature):
+            if values.numel() and not table.dynamic:  # a dynamic table takes any int64 id
                 low, high = torch.aminmax(values)
                 if int(low) < 0 or int(high) >= spec.num_rows:
                     bad = int(low) if int(low) < 0 else int(high)
                     raise DataError(
                         f"table {spec.name}: id {bad} is out of range; expected 0 <= id < {spec.num_rows}"
                     )
-
-    def _route(self, per_feature, batch: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """Lengths and ids to send, in (destination, slot) order, and the id count per destination."""
-        lengths_out, values_out, value_splits = [], [], []
-        bag_ids: dict[int, torch.Tensor] = {}
-        for dest_slots in self.slots_of_rank:
-            count = 0
-            for slot in dest_slots:
-                lengths, values = per_feature[slot.table.index]
-                if slot.table.type == ShardingType.ROW_WISE:
-                    lo, hi = slot.shard.rows
-                    keep = (values >= lo) & (values < hi)
-                    if slot.table.index not in bag_ids:
-                        bag_ids[slot.table.index] = torch.repeat_interleave(
-                            torch.arange(lengths.numel(), device=lengths.device), lengths
-                        )
-                    lengths = torch.bincount(bag_ids[slot.table.index][keep], minlength=lengths.numel())
-                    values = values[keep] - lo
-                lengths_out.append(lengths)
-                values_out.append(values)
-                count += values.numel()
-            value_splits.append(count)
-        empty = torch.zeros(0, dtype=torch.int64, device=self.device)
-        return (
-            torch.cat(lengths_out) if lengths_out else empty,
-            torch.cat(values_out) if values_out else empty,
-            value_splits,
-        )
 
     def _forward(self, features: KeyedBags, *, keep_state: bool):
         with phase("embedding_lookup"):
@@ -204,7 +217,7 @@ class ShardedEmbeddingBagCollection(nn.Module):
         state = StepState(layout=layout, batch=batch, bags=bags)
 
         # 1. input dist: lengths (fixed sizes), then ids (sizes from the lengths).
-        send_lengths, send_values, send_value_splits = self._route(per_feature, batch)
+        send_lengths, send_values, send_value_splits = route(self.slots_of_rank, per_feature, self.device)
         recv_lengths = torch.empty(sum(layout.recv_length_splits), dtype=torch.int64, device=self.device)
         with phase("all_to_all"):
             self.comm.all_to_all(recv_lengths, send_lengths, layout.recv_length_splits, layout.send_length_splits)
@@ -256,6 +269,9 @@ class ShardedEmbeddingBagCollection(nn.Module):
             ]
         pooled = []
         for key, (group_lengths, rows) in zip(self.group_keys, selections):
+            if key in self.dynamic:  # raw ids -> rows (training admits new ids)
+                with phase("dynamic_ids"):
+                    rows = self.dynamic[key].rows_of(rows, train=keep_state)
             pooled.append(pool(self.weight(key), rows, group_lengths, None))
             if keep_state:
                 state.group_rows.append(rows)
@@ -342,7 +358,11 @@ class ShardedEmbeddingBagCollection(nn.Module):
             for key, grad_bags, rows, value_bags in zip(
                 self.group_keys, per_group, state.group_rows, state.group_bag_of_value
             ):
-                self.pending.append((key, rows, row_grads(grad_bags, value_bags, None)))
+                grads = row_grads(grad_bags, value_bags, None)
+                if key in self.dynamic:  # the default row (0) stays zeros
+                    trained = (rows != 0).nonzero().squeeze(1)
+                    rows, grads = rows.index_select(0, trained), grads.index_select(0, trained)
+                self.pending.append((key, rows, grads))
         self._in_flight = []
 
     def _backward_replicated(self, state: StepState, grads) -> None:

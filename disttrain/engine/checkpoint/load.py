@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from disttrain.engine.checkpoint import remote
+from disttrain.engine.checkpoint import dynamic, remote
 from disttrain.engine.checkpoint.layout import dense_parameters, rank_dir
 from disttrain.engine.checkpoint.safe_read import SafeFileSystemReader
 from disttrain.engine.checkpoint.verify import check_fits, read_manifest, read_meta, verify_shared
@@ -100,7 +100,9 @@ def _load(path: Path, *, par, comm, cfg) -> Loaded:
         for rec in by_table.get(table.name, []):
             if overlap(shard.rows, tuple(rec["rows"])) and overlap(shard.cols, tuple(rec["cols"])):
                 needed.add(rank_dir(rec["rank"]))
+    needed |= {rank_dir(r) for r in dynamic.needed_ranks(meta["shards"], collection)}
     meta = renamed_tables(verify_shared(path, comm, needed), collection.tables)
+    dynamic.check_kinds(meta, path, par.plan)
     check_fits(meta, path, model=cfg.model.name, tables=collection.tables,
                dense_shapes={n: list(p.shape) for n, p in dense_parameters(par.model)})
     same_optimizer = meta["optimizer"] == sparse.kind
@@ -131,6 +133,8 @@ def _load(path: Path, *, par, comm, cfg) -> Loaded:
                         piece = reader.get(rec["rank"], f"{rec['key']}/opt/{state_name}", saved_shape[:1])
                         share = (cols[1] - cols[0]) / shard.num_cols
                         opt_state[state_name][dst_rows] += piece[src_rows].to(weight.device) * share
+        dynamic.load_parts(reader, by_table, collection, sparse, kinds, meta["world_size"] == comm.world_size,
+                           comm.rank)
         for name, param in dense_parameters(par.model):
             param.copy_(reader.get(0, f"dense/{name}", meta["dense"][name]))
     dense_restored = same_optimizer and _load_dense_optimizer(par.dense_optimizer, meta, reader)

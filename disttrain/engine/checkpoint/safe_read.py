@@ -25,6 +25,7 @@ from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 
 from disttrain.errors import DataError
+from disttrain.tables import NUM_BUCKETS
 
 MAX_STEP = 10**12  # a step count no real run reaches: anything above is a damaged or forged meta.json
 
@@ -145,6 +146,12 @@ def check_meta(meta: dict, path: Path) -> dict:
 
 def _check_shard(record, sizes: dict, world: int, where: str) -> None:
     ok = isinstance(record, dict) and record.get("table") in sizes and isinstance(record.get("key"), str)
+    if ok and record.get("dynamic") is not None:  # a dynamic table's part: a bucket range, counted ids
+        stats = record.get("stats")
+        ok = (record["dynamic"] is True and all(_int(record.get(k), 0, 1 << 40) for k in ("live", "candidates"))
+              and _int(record.get("step"), 0, MAX_STEP) and isinstance(stats, dict)
+              and all(_int(stats.get(k), 0, 1 << 62) for k in ("admitted", "evicted")))
+        sizes = {**sizes, record["table"]: (NUM_BUCKETS, sizes[record["table"]][1])}
     if ok:
         rows, dim = sizes[record["table"]]
         r, c = record.get("rows"), record.get("cols")

@@ -22,7 +22,7 @@ import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
 from disttrain import config as config_mod
-from disttrain.engine.checkpoint import remote
+from disttrain.engine.checkpoint import dynamic, remote
 from disttrain.engine.checkpoint.layout import (
     FORMAT,
     MANIFEST,
@@ -129,6 +129,7 @@ def _write_rank(tmp: Path, par, rank: int) -> dict:
             state_dict[f"{name}/opt/{state_name}"] = opt_state[state_name][rows].detach().cpu()
         records.append({"table": table.name, "rows": list(shard.rows), "cols": list(shard.cols), "rank": rank,
                         "key": name})
+    records += dynamic.write_parts(collection, sparse, rank, state_dict, kinds)
     dense_opt: dict = {}
     if rank == 0:
         for pname, param in dense_parameters(par.model):
@@ -157,7 +158,8 @@ def _meta(*, step, par, comm, cfg, history, data, gathered) -> dict:
         "world_size": comm.world_size,
         "model": cfg.model.name,
         "flavor": cfg.model.flavor,
-        "tables": [{"name": t.name, "rows": t.num_rows, "dim": t.dim} for t in collection.tables],
+        "tables": [{"name": t.name, "rows": t.num_rows, "dim": t.dim} | ({"dynamic": True} if plan.dynamic else {})
+                   for t, plan in zip(collection.tables, par.plan.tables)],
         "dense": {n: list(p.shape) for n, p in dense_parameters(par.model)},
         "optimizer": sparse.kind,
         "sparse_steps": sparse.steps,
