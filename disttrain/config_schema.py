@@ -93,8 +93,8 @@ class DataConfig:
     shuffle_window: int = key(262144, help="`criteo`: rows per shuffle window")
     verify: str = key("checksum", help="`criteo`: check the files before training: `checksum` (sha256 of every "
                                        "file, once, by the launcher or rank 0) or `size`")
-    raw_ids: bool = key(False, help="synthetic: ids drawn from the whole int64 space (a fixed bijection of the "
-                                    "table ids, same planted signal), for dynamic tables")
+    raw_ids: bool = key(False, help="synthetic: the dynamic tables' ids drawn from the whole int64 space (a fixed "
+                                    "bijection of the table ids, same planted signal)")
     cycle_batches: int = key(0, help="0 = fresh batches every step; N = generate N training batches once and "
                                      "cycle them (as peer benchmark drivers do)")
 

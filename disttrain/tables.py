@@ -115,3 +115,13 @@ def dynamic_indices(wanted: list[str], tables: list[EmbeddingTableSpec]) -> list
         return list(range(len(tables)))
     names = set(by_alias(dict.fromkeys(wanted), tables))
     return [i for i, t in enumerate(tables) if t.name in names]
+
+
+def spread_ids(values: torch.Tensor, per_table: torch.Tensor, raw: tuple[int, ...]) -> torch.Tensor:
+    """`data.raw_ids`: the ids of tables `raw` (values in table order, `per_table` of them per table) mapped onto
+    the whole int64 space by a bijection per table (mix64 of the id salted by the table), so a synthetic planted
+    signal, a function of the original id, is unchanged."""
+    index = torch.arange(per_table.numel(), dtype=torch.int64)
+    salt = torch.repeat_interleave(index * 0x5851F42D4C957F2D, per_table)
+    chosen = torch.repeat_interleave(torch.isin(index, torch.tensor(raw, dtype=torch.int64)), per_table)
+    return torch.where(chosen, mix64(values ^ salt), values)

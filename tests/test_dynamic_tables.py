@@ -182,8 +182,8 @@ def _ranks_rows(comm, overrides, steps):
 CASES = {
     "dlrm-bf16": ["model.dynamic_tables=[all]", "data.raw_ids=true", "train.optimizer=sgd",
                   "model.embedding_dtype=bf16"],
-    "dien": ["model.name=dien", "model.dynamic_tables=[all]", "train.optimizer=adam", "train.lr=0.01",
-             "model.table_sizes=[41,67,9]", "data.synthetic_samples=2000"],
+    "dien": ["model.name=dien", "model.dynamic_tables=[all]", "data.raw_ids=true", "train.optimizer=adam",
+             "train.lr=0.01", "model.table_sizes=[41,67,9]", "data.synthetic_samples=2000"],
 }
 
 
@@ -215,7 +215,7 @@ def test_bad_dynamic_configs_are_one_line_naming_the_table():
          "sharding.tables.t1: table t1 is dynamic .* cannot be column_wise"),
         (["model.dynamic_tables=[all]", "sharding.strategy=data_parallel"], "table t0 is dynamic"),
         (["model.dynamic_tables=[users]"], "model.dynamic_tables: no table named 'users'"),
-        (["data.raw_ids=true", "model.dynamic_tables=[t0]"], "data.raw_ids: table t1 is fixed"),
+        (["data.raw_ids=true"], "data.raw_ids: true, but no table is dynamic"),
         (["model.dynamic_min_count=0"], "model.dynamic_min_count: got 0"),
     ]:
         result = cli("plan", "model.flavor=debug", *argv, "--world-size", "2")
@@ -313,7 +313,8 @@ def test_export_infer_and_quantize_serve_unknown_ids_from_the_default_row(tmp_pa
     model, cfg = load_exported(tmp_path / "m.pt")
     from disttrain.data.synthetic import SyntheticCTR
 
-    data = SyntheticCTR(model.tables, num_dense=cfg.data.num_dense, global_batch=64, raw_ids=True, multi_hot_max=2)
+    data = SyntheticCTR(model.tables, num_dense=cfg.data.num_dense, global_batch=64, raw_ids=(0, 1, 2, 3),
+                        multi_hot_max=2)
     batch = data.batch(0, split="eval")
     known = model(batch.dense, batch.sparse)
     unknown_before = dict(model.embeddings.unknown)

@@ -18,7 +18,7 @@ from disttrain.data.contract import SourceSpec, agreed, epochs_to_steps, resume_
 from disttrain.data.dien_files import DienDataset, DienSamples, count_samples, open_dien, vocab_rows
 from disttrain.data.dien_generate import generate
 from disttrain.errors import DataError
-from disttrain.tables import EmbeddingTableSpec
+from disttrain.tables import EmbeddingTableSpec, dynamic_indices, spread_ids
 
 SORT_BUFFER_BATCHES = 20  # the benchmark's DataIterator: batch_size * 20 samples sorted by history length
 
@@ -28,11 +28,12 @@ class DienData:
     held_out = ("test", "test")  # the benchmark has train and test only
 
     def __init__(self, dataset: DienDataset, tables: list[EmbeddingTableSpec], *, global_batch: int, seed: int = 0,
-                 shuffle: bool = True, use_history: bool = True):
+                 shuffle: bool = True, use_history: bool = True, raw_ids: tuple[int, ...] = ()):
         if [t.name for t in tables] != ["uid", "mid", "cat"]:
             raise DataError("DIEN data feeds the tables uid, mid, cat (model.name=dien)")
         self.data, self.tables, self.global_batch, self.seed = dataset, tables, global_batch, seed
         self.shuffle, self.use_history = shuffle, use_history
+        self.raw_ids = tuple(raw_ids)  # generated data with data.raw_ids: these tables' ids spread over int64
         self.max_history = (tables[1].bags_per_sample - 1) // 2
         for name, spec, ids in (("uid", tables[0], (dataset.train.uid, dataset.test.uid)),
                                 ("mid", tables[1], (dataset.train.mid, dataset.train.hist_mid, dataset.test.mid,
@@ -135,9 +136,11 @@ class DienData:
         bags = 1 + 2 * steps
         per_bag = mask.reshape(-1).astype(np.int64)
         lengths_flat = torch.from_numpy(np.concatenate([np.ones(count, dtype=np.int64), per_bag, per_bag]))
+        values = torch.from_numpy(np.concatenate([samples.uid[mine], mids, cats]))
+        if self.raw_ids:
+            values = spread_ids(values, torch.tensor([count, mids.size, cats.size]), self.raw_ids)
         sparse = KeyedBags(keys=("uid", "mid", "cat"), bags_per_key=(1, bags, bags), batch_size=count,
-                           lengths=lengths_flat,
-                           values=torch.from_numpy(np.concatenate([samples.uid[mine], mids, cats])))
+                           lengths=lengths_flat, values=values)
         return Batch(dense=torch.zeros(count, 0), labels=torch.from_numpy(samples.labels[mine].astype(np.float32)),
                      sparse=sparse, valid=None if valid is None else torch.from_numpy(valid))
 
@@ -176,7 +179,9 @@ def _open_generated(cfg: Config, tables: list[EmbeddingTableSpec], comm, rank: i
     def make() -> DienData:
         dataset = generate(users=users, items=items, cats=cats, train_samples=cfg.data.synthetic_samples,
                            seed=cfg.train.seed, max_history=(tables[1].bags_per_sample - 1) // 2)
-        return _batches(cfg, tables, dataset)
+        data = _batches(cfg, tables, dataset)
+        data.raw_ids = tuple(dynamic_indices(cfg.model.dynamic_tables, tables)) if cfg.data.raw_ids else ()
+        return data
 
     return agreed(comm, make)
 

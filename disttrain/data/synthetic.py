@@ -17,7 +17,7 @@ import torch
 from disttrain.batch import Batch, KeyedBags
 from disttrain.config import Config
 from disttrain.data.contract import SourceSpec, resume_note
-from disttrain.tables import EmbeddingTableSpec, mix64
+from disttrain.tables import EmbeddingTableSpec, dynamic_indices, spread_ids
 
 SPLITS = {"train": 0, "eval": 1}
 SCRAMBLE_PRIMES = (2654435761, 2246822519, 3266489917, 668265263)
@@ -51,9 +51,10 @@ class SyntheticCTR:
         distribution: str = "zipf",
         zipf_exponent: float = 1.05,
         multi_hot_max: int = 1,
-        raw_ids: bool = False,
+        raw_ids: tuple[int, ...] = (),
     ):
-        self.raw_ids = raw_ids
+        """`raw_ids`: the tables (dynamic ones) whose ids are spread over the whole int64 space."""
+        self.raw_ids = tuple(raw_ids)
         self.tables, self.num_dense, self.global_batch = tables, num_dense, global_batch
         self.seed, self.distribution, self.alpha, self.multi_hot = seed, distribution, zipf_exponent, multi_hot_max
         self.notes: list[str] = []
@@ -105,13 +106,6 @@ class SyntheticCTR:
         ids = np.clip(x.astype(np.int64) - 1, 0, rows - 1)
         return (ids * self.primes_T[None, :, None] + self.offsets_T[None, :, None]) % rows
 
-    def raw(self, values: torch.Tensor, per_table: torch.Tensor) -> torch.Tensor:
-        """`data.raw_ids`: table ids -> raw ids spread over the whole int64 space, by a bijection per table
-        (mix64 of the id salted by table), so the planted signal (a function of the table id) is unchanged."""
-        salt = torch.repeat_interleave(torch.arange(len(self.tables), dtype=torch.int64) * 0x5851F42D4C957F2D,
-                                       per_table)
-        return mix64(values ^ salt)
-
     def position(self, step: int) -> dict:
         """Where the reader stands after `step` global batches (saved in checkpoints): batches are a function
         of (seed, step), so the step is the whole position."""
@@ -149,7 +143,7 @@ class SyntheticCTR:
         lengths = torch.from_numpy(np.ascontiguousarray(lengths_BT.T).reshape(-1))
         values = torch.from_numpy(np.ascontiguousarray(values))
         if self.raw_ids:
-            values = self.raw(values, lengths.view(num_tables, local).sum(1))
+            values = spread_ids(values, lengths.view(num_tables, local).sum(1), self.raw_ids)
         sparse = KeyedBags(
             keys=tuple(t.name for t in self.tables),
             bags_per_key=tuple(1 for _ in self.tables),
@@ -169,7 +163,8 @@ def _open(cfg: Config, tables: list[EmbeddingTableSpec], comm, rank: int) -> Syn
     data = cfg.data
     return SyntheticCTR(tables, num_dense=data.num_dense, global_batch=cfg.train.batch_size, seed=cfg.train.seed,
                         distribution=data.distribution, zipf_exponent=data.zipf_exponent,
-                        multi_hot_max=data.multi_hot_max, raw_ids=data.raw_ids)
+                        multi_hot_max=data.multi_hot_max,
+                        raw_ids=tuple(dynamic_indices(cfg.model.dynamic_tables, tables)) if data.raw_ids else ())
 
 
 SPEC = SourceSpec("synthetic", open=_open, epochs=False)

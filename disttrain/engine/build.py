@@ -87,10 +87,9 @@ def dynamic_tables(cfg: Config, tables: list[EmbeddingTableSpec]) -> set[str]:
             raise ConfigError(f"model.dynamic_tables: no table named {name!r}; expected `all` or names among "
                               f"{', '.join(names)} (or t0..t{len(names) - 1})")
     out = {names[i] for i in dynamic_indices(wanted, tables)}
-    fixed = [n for n in names if n not in out]
-    if cfg.data.raw_ids and fixed:
-        raise ConfigError(f"data.raw_ids: table {fixed[0]} is fixed ({tables[names.index(fixed[0])].num_rows} rows) "
-                          "and cannot take raw 64-bit ids; expected model.dynamic_tables to name it (or [all])")
+    if cfg.data.raw_ids and not out:
+        raise ConfigError("data.raw_ids: true, but no table is dynamic; expected model.dynamic_tables (the tables "
+                          "whose ids are drawn from the whole int64 space)")
     return out
 
 

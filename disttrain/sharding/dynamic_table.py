@@ -193,17 +193,20 @@ class DynamicShard:
     def _admit(self, ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         self._make_room(self.rows, ids.numel(), what="ids")
         index = self.rows.add(ids, counts, self.step)
-        if self.rows.top > self.weight.shape[0]:
-            grown = torch.zeros(max(self.rows.ids.numel(), self.rows.top), self.dim, dtype=self.dtype,
-                                device=self.device)
-            grown[: self.weight.shape[0]] = self.weight
-            self.weight = grown
+        self._fit_weight(self.rows.ids.numel())
         init = dynamic_init_rows(seed=self.seed, table_index=self.table_index, ids=ids, dim=self.dim,
                                  num_rows=self.num_rows)
         self.weight.index_copy_(0, index, init.to(self.device, self.dtype))
         self.stats.admitted += ids.numel()
         self._fresh.append(index)
         return index
+
+    def _fit_weight(self, size: int) -> None:
+        """Grow `weight` to hold every handed-out row (to `size` rows: the bookkeeping's length, which doubles)."""
+        if self.rows.top > self.weight.shape[0]:
+            grown = torch.zeros(max(size, self.rows.top), self.dim, dtype=self.dtype, device=self.device)
+            grown[: self.weight.shape[0]] = self.weight
+            self.weight = grown
 
     def pop_fresh(self) -> torch.Tensor | None:
         """Rows (re)created since the last call: their optimizer state starts over."""
@@ -235,9 +238,6 @@ class DynamicShard:
         self.candidates.last[self.candidates.add(cand_ids, cand_counts, 0)] = cand_last
         index = self.rows.add(ids, counts, 0)
         self.rows.last[index] = last
-        if self.rows.top > self.weight.shape[0]:
-            grown = torch.zeros(self.rows.top, self.dim, dtype=self.dtype, device=self.device)
-            grown[: self.weight.shape[0]] = self.weight
-            self.weight = grown
+        self._fit_weight(self.rows.top)
         self.weight[index] = weights.to(self.device, self.dtype)
         return index
