@@ -17,10 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from disttrain.launchers.forwarding import SignalForwarder
-
 from disttrain.config import Config
 from disttrain.errors import ConfigError, install_hint, missing
+from disttrain.launchers.forwarding import SignalForwarder
 from disttrain.runtime.bootstrap import launcher_env
 from disttrain.runtime.signals import PREEMPTED
 

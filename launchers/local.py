@@ -18,10 +18,9 @@ import sys
 import time
 import uuid
 
-from disttrain.launchers.forwarding import SignalForwarder
-
 from disttrain.config import Config
 from disttrain.errors import ConfigError
+from disttrain.launchers.forwarding import SignalForwarder
 from disttrain.runtime.bootstrap import launcher_env
 from disttrain.runtime.env import RUN_ID, WorkerEnv, free_port, transport_env
 from disttrain.runtime.signals import PREEMPTED

@@ -23,10 +23,9 @@ import sys
 import time
 import uuid
 
-from disttrain.launchers.forwarding import SignalForwarder
-
 from disttrain.config import Config
 from disttrain.errors import ConfigError
+from disttrain.launchers.forwarding import SignalForwarder
 from disttrain.runtime.bootstrap import launcher_env
 from disttrain.runtime.env import RUN_ID, is_loopback, split_endpoint, transport_env, wait_for_tcp
 from disttrain.runtime.signals import PREEMPTED

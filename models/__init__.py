@@ -13,7 +13,6 @@ from disttrain.models.dlrm import DLRM, DLRM_FLAVORS, build_dlrm
 from disttrain.models.dlrm_dcnv2 import DCNV2_FLAVORS, DLRMDCNv2, build_dlrm_dcnv2
 from disttrain.models.spec import ModelSpec
 from disttrain.models.wide_deep import WIDE_DEEP_FLAVORS, WideDeep, build_wide_deep
-
 from disttrain.plugins import MODEL_GROUP, resolve
 
 MODELS: dict[str, ModelSpec] = {

@@ -17,11 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from disttrain.models.spec import CTR_SOURCES, ModelSpec, config_tables
 from torch import nn
 
 from disttrain.batch import KeyedBags
 from disttrain.layers import BatchNorm, EmbeddingBagCollection
+from disttrain.models.spec import CTR_SOURCES, ModelSpec, config_tables
 from disttrain.tables import EmbeddingTableSpec
 
 

@@ -33,13 +33,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from disttrain.models.spec import ModelSpec
 from torch import nn
 from torch.nn import functional as F
 
 from disttrain.batch import KeyedBags
 from disttrain.errors import ConfigError
 from disttrain.layers import TFGRU, Dice, EmbeddingBagCollection, FrozenBatchNorm
+from disttrain.models.spec import ModelSpec
 from disttrain.tables import EmbeddingTableSpec
 
 MASKED_SCORE = -(2.0**32) + 1.0

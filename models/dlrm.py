@@ -10,12 +10,12 @@ import re
 from dataclasses import dataclass
 
 import torch
-from disttrain.models.spec import CTR_SOURCES, ModelSpec, config_tables
 from torch import nn
 
 from disttrain.batch import KeyedBags
 from disttrain.errors import DataError
 from disttrain.layers import EmbeddingBagCollection, dot_interaction
+from disttrain.models.spec import CTR_SOURCES, ModelSpec, config_tables
 from disttrain.tables import EmbeddingTableSpec
 
 CRITEO_KAGGLE_ROWS = (

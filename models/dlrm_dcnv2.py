@@ -14,12 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from disttrain.models.dlrm import CRITEO_TERABYTE_ROWS, mlp
-from disttrain.models.spec import CTR_SOURCES, ModelSpec, config_tables
 from torch import nn
 
 from disttrain.batch import KeyedBags
 from disttrain.layers import EmbeddingBagCollection
+from disttrain.models.dlrm import CRITEO_TERABYTE_ROWS, mlp
+from disttrain.models.spec import CTR_SOURCES, ModelSpec, config_tables
 from disttrain.tables import EmbeddingTableSpec
 
 

@@ -8,10 +8,9 @@ import ast
 import re
 from pathlib import Path
 
+from disttrain.data.sources import SOURCES
 from disttrain.launchers import LAUNCHERS
 from disttrain.models import MODELS
-
-from disttrain.data.sources import SOURCES
 from disttrain.optim import OPTIMIZERS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -98,12 +98,12 @@ def test_a_spec_of_ones_own_may_bring_its_own_loss(user_package, monkeypatch):
     import dataclasses
 
     import torch
-    from disttrain.models import model_spec
 
     from disttrain.config import load_config
     from disttrain.data.synthetic import SyntheticCTR
     from disttrain.engine.build import build_model
     from disttrain.engine.loss import training_loss
+    from disttrain.models import model_spec
 
     package, _ = user_package
     monkeypatch.chdir(package)
