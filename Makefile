@@ -50,8 +50,11 @@ bench: $(STAMP) system-deps
 	$(BIN)/disttrain bench
 
 # Side by side with TorchRec and the reference DLRM (install them first: benchmarks/peers/README.md).
+# disttrain (2 ranks, 1 process, fp32, bf16) and TorchRec (table-wise, its pipeline) interleaved; the ratios of
+# issue 21. TORCHREC_PYTHON defaults to ../peers/torchrec-venv (benchmarks/peers/README.md) when it exists.
+TORCHREC_PYTHON ?= $(wildcard ../peers/torchrec-venv/bin/python)
 compare: $(STAMP) system-deps
-	$(BIN)/python benchmarks/compare_peers.py --rounds 3 $(if $(TORCHREC_PYTHON),--torchrec-python $(TORCHREC_PYTHON)) $(if $(DLRM_SCRIPT),--dlrm-script $(DLRM_SCRIPT))
+	$(BIN)/python benchmarks/compare_peers.py --rounds 3 $(if $(TORCHREC_PYTHON),--torchrec-python $(abspath $(TORCHREC_PYTHON))) $(if $(DLRM_SCRIPT),--dlrm-script $(DLRM_SCRIPT))
 
 # Optional: Horovod 0.28.1 built for torch 2.13 (2-5 minutes on 2 cores). The wheel is kept outside the checkout
 # (WHEELHOUSE, default ~/.cache/disttrain/wheelhouse), so another clone on this machine installs it at once.

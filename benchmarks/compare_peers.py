@@ -1,9 +1,11 @@
-"""disttrain vs TorchRec vs Facebook's reference DLRM on the kaggle shapes, in one run.
+"""disttrain vs TorchRec vs Facebook's reference DLRM on the kaggle shapes, in one run (`make compare`).
 
 Runs are interleaved in rounds (disttrain, TorchRec, reference, disttrain, ...) so that machine noise hits
 all of them alike, and the medians are compared. Same shapes for all: 26 Criteo-Kaggle tables capped at 1M
-rows, dim 16, bottom 13-512-256-64-16, top 512-256-1, global batch 2048, one id per table, SGD lr 0.1,
-2 gloo ranks pinned one per core.
+rows, dim 16, bottom 13-512-256-64-16, top 512-256-1, global batch 2048, one id per table, SGD lr 0.1.
+disttrain runs as 2 ranks pinned one per core and as 1 process on 2 threads, fp32 and bf16 (each with the share
+of the matmul roofline `disttrain bench` measures); TorchRec as 2 ranks, DMP table-wise with fused SGD, with and
+without its TrainPipelineSparseDist. The ratios of issue 21 are printed at the end with their targets.
 
     python benchmarks/compare_peers.py --torchrec-python /path/to/torchrec-venv/bin/python \\
         --dlrm-script /path/to/dlrm/dlrm_s_pytorch.py --rounds 3
@@ -44,19 +46,23 @@ def _run(cmd: list[str], *, env: dict | None = None, cwd: str | None = None, tim
     return out.stdout + out.stderr, wall
 
 
-def run_disttrain(args, *, overrides: list[str]) -> float:
+def run_disttrain(args, *, overrides: list[str]) -> dict:
+    """The run's summary (samples/s, eval AUC, roofline share from `disttrain bench`'s own GEMM measurement)."""
     with tempfile.TemporaryDirectory() as tmp:
-        _run([sys.executable, "-m", "disttrain.cli", "bench", f"train.steps={args.steps}",
-              f"train.warmup_steps={args.warmup}", f"run.output_dir={tmp}", *overrides])
-        return json.loads((Path(tmp) / "summary.json").read_text())["samples_per_s"]
+        text, _ = _run([sys.executable, "-m", "disttrain.cli", "bench", f"train.steps={args.steps}",
+                        f"train.warmup_steps={args.warmup}", f"run.output_dir={tmp}", *overrides])
+        summary = json.loads((Path(tmp) / "summary.json").read_text())
+        share = re.search(r"roofline_share=([\d.]+)", text)
+        return {"samples_per_s": summary["samples_per_s"], "auc": summary["eval_auc"],
+                "roofline": float(share.group(1)) if share else float("nan")}
 
 
-def run_torchrec(args, *, jemalloc: bool) -> float:
+def run_torchrec(args, *, jemalloc: bool = False, pipeline: bool = False) -> dict:
     env = {"LD_PRELOAD": JEMALLOC, "MALLOC_CONF": "oversize_threshold:1,background_thread:false,dirty_decay_ms:-1,muzzy_decay_ms:-1"} if jemalloc else {}
     text, _ = _run([args.torchrec_python, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone",
                     str(ROOT / "benchmarks/peers/torchrec_dlrm.py"), "--steps", str(args.steps), "--warmup",
-                    str(args.warmup)], env=env)
-    return float(re.search(r"TORCHREC samples_per_s=([\d.]+)", text).group(1))
+                    str(args.warmup), *(["--pipeline"] if pipeline else [])], env=env)
+    return {"samples_per_s": float(re.search(r"TORCHREC samples_per_s=([\d.]+)", text).group(1))}
 
 
 def run_reference(args) -> tuple[float, float]:
@@ -75,6 +81,18 @@ def run_reference(args) -> tuple[float, float]:
     return compute, 2048 * batches / wall
 
 
+ONE_PROCESS = ["launch.nproc_per_node=1", "launch.threads_per_worker=2"]
+BF16 = ["train.precision=bf16"]
+# (name, numerator, denominator, target): the ratios issue 21 asks for, of the medians.
+RATIOS = [
+    ("disttrain / TorchRec table-wise", "disttrain, 2 ranks", "TorchRec 1.8, 2 ranks (DMP table-wise, fused SGD)", 1.3),
+    ("disttrain / TorchRec with its pipeline", "disttrain, 2 ranks", "TorchRec 1.8, 2 ranks, TrainPipelineSparseDist", 1.2),
+    ("2 ranks / 1 process, fp32", "disttrain, 2 ranks", "disttrain, 1 process x 2 threads", 1.0),
+    ("2 ranks / 1 process, bf16", "disttrain, 2 ranks, bf16", "disttrain, 1 process x 2 threads, bf16", 1.0),
+    ("bf16 / fp32 (2 ranks)", "disttrain, 2 ranks, bf16", "disttrain, 2 ranks", 1.8),
+]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -83,35 +101,56 @@ def main() -> int:
     parser.add_argument("--torchrec-python", default="", help="python of a venv with torchrec 1.8 + fbgemm-gpu-cpu 1.8")
     parser.add_argument("--dlrm-script", default="", help="path to facebookresearch/dlrm's dlrm_s_pytorch.py")
     parser.add_argument("--reference-batches", type=int, default=30)
+    parser.add_argument("--extra", action="store_true", help="also disttrain with the system malloc and without "
+                                                             "shared-memory collectives, and TorchRec with jemalloc")
     args = parser.parse_args()
 
     runners: dict[str, object] = {
-        "disttrain": lambda: run_disttrain(args, overrides=[]),
-        "disttrain, system malloc": lambda: run_disttrain(args, overrides=["launch.allocator=off"]),
+        "disttrain, 2 ranks": lambda: run_disttrain(args, overrides=[]),
+        "disttrain, 1 process x 2 threads": lambda: run_disttrain(args, overrides=ONE_PROCESS),
+        "disttrain, 2 ranks, bf16": lambda: run_disttrain(args, overrides=BF16),
+        "disttrain, 1 process x 2 threads, bf16": lambda: run_disttrain(args, overrides=ONE_PROCESS + BF16),
     }
+    if args.extra:
+        runners["disttrain, 2 ranks, system malloc"] = lambda: run_disttrain(args, overrides=["launch.allocator=off"])
+        runners["disttrain, 2 ranks, loopback TCP (no shared memory)"] = lambda: run_disttrain(
+            args, overrides=["launch.shared_memory=false"])
     if args.torchrec_python:
-        runners["TorchRec 1.8 (DMP table-wise, fused SGD)"] = lambda: run_torchrec(args, jemalloc=False)
-        runners["TorchRec 1.8 + jemalloc"] = lambda: run_torchrec(args, jemalloc=True)
-    results: dict[str, list[float]] = {name: [] for name in runners}
+        runners["TorchRec 1.8, 2 ranks (DMP table-wise, fused SGD)"] = lambda: run_torchrec(args)
+        runners["TorchRec 1.8, 2 ranks, TrainPipelineSparseDist"] = lambda: run_torchrec(args, pipeline=True)
+        if args.extra:
+            runners["TorchRec 1.8 + jemalloc"] = lambda: run_torchrec(args, jemalloc=True)
+    results: dict[str, list[dict]] = {name: [] for name in runners}
     reference: list[tuple[float, float]] = []
     for round_index in range(args.rounds):
         for name, runner in runners.items():
             results[name].append(runner())
-            print(f"round {round_index + 1}: {name}: {results[name][-1]:,.0f} samples/s", flush=True)
+            print(f"round {round_index + 1}: {name}: {results[name][-1]['samples_per_s']:,.0f} samples/s", flush=True)
         if args.dlrm_script:
             reference.append(run_reference(args))
             print(f"round {round_index + 1}: reference DLRM: compute {reference[-1][0]:,.0f}, "
                   f"end to end {reference[-1][1]:,.0f} samples/s", flush=True)
-    base = statistics.median(results["disttrain"])
-    print(f"\nmedians over {args.rounds} interleaved rounds (samples/s, global batch 2048, 2 ranks x 1 core):")
+    median = {name: statistics.median(r["samples_per_s"] for r in values) for name, values in results.items()}
+    print(f"\nmedians over {args.rounds} interleaved rounds (kaggle DLRM, global batch 2048, tables capped at 1M rows, "
+          "one id per table, SGD):")
     for name, values in results.items():
-        median = statistics.median(values)
-        print(f"  {name:<44}{median:>10,.0f}   disttrain / this = {base / median:.2f}x")
+        extra = ""
+        if "roofline" in values[0]:
+            extra = (f"   {statistics.median(r['roofline'] for r in values):.0%} of the matmul roofline, "
+                     f"eval AUC {statistics.median(r['auc'] for r in values):.4f}")
+        print(f"  {name:<58}{median[name]:>10,.0f}{extra}")
     if reference:
-        compute = statistics.median(r[0] for r in reference)
-        e2e = statistics.median(r[1] for r in reference)
-        print(f"  {'reference DLRM, compute only (its ms/it)':<44}{compute:>10,.0f}   disttrain / this = {base / compute:.2f}x")
-        print(f"  {'reference DLRM, end to end (incl. its data)':<44}{e2e:>10,.0f}   disttrain / this = {base / e2e:.2f}x")
+        print(f"  {'reference DLRM, compute only (its ms/it)':<58}{statistics.median(r[0] for r in reference):>10,.0f}")
+        print(f"  {'reference DLRM, end to end (incl. its data)':<58}{statistics.median(r[1] for r in reference):>10,.0f}")
+    print("\nratios of the medians (target):")
+    for label, top, bottom, target in RATIOS:
+        if top in median and bottom in median:
+            ratio = median[top] / median[bottom]
+            print(f"  {label:<44}{ratio:>6.2f}x   (>= {target:.1f}x: {'met' if ratio >= target else 'NOT met'})")
+    if "disttrain, 2 ranks, bf16" in results:
+        gap = statistics.median(r["auc"] for r in results["disttrain, 2 ranks, bf16"]) - \
+            statistics.median(r["auc"] for r in results["disttrain, 2 ranks"])
+        print(f"  {'bf16 eval AUC - fp32 eval AUC':<44}{gap:>+7.4f}  (within 0.002: {'yes' if abs(gap) <= 0.002 else 'NO'})")
     return 0
 
 

@@ -26,9 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import disttrain
-
-BENCH = Path(disttrain.__file__).parent / "configs" / "bench_kaggle.yaml"
+BENCH = "bench_kaggle"  # a ready config (cluster_configs/bench_kaggle.yaml), by name
 VARIANTS = {
     "local": ["launch.launcher=local"],
     "torchrun": ["launch.launcher=torchrun"],

@@ -14,6 +14,7 @@ from typing import Protocol
 import torch
 import torch.distributed as dist
 
+from disttrain import shm_collectives
 from disttrain.config import Config
 from disttrain.runtime.backend import CCL_MODULE, resolve_backend
 from disttrain.runtime.env import WorkerEnv, is_loopback, transport_env
@@ -190,9 +191,19 @@ def all_gather_rows(comm: Collectives, rows: torch.Tensor, values: torch.Tensor)
     )
 
 
-def open_collectives(env: WorkerEnv, cfg: Config, *, horovod: bool = False) -> Collectives:
+def open_collectives(env: WorkerEnv, cfg: Config, *, horovod: bool = False,
+                     device: torch.device | None = None) -> Collectives:
     """This worker's collectives: none for a world of one, Horovod's own ops under horovodrun, else a
-    torch.distributed process group (`launch.backend`) from the torchrun environment."""
+    torch.distributed process group (`launch.backend`) from the torchrun environment; with gloo and every rank
+    on this host, all-reduce and all-to-all go through shared memory (`launch.shared_memory`)."""
+    comm = _process_group(env, cfg, horovod=horovod)
+    if isinstance(comm, TorchCollectives) and cfg.launch.shared_memory and dist.get_backend() == "gloo" and \
+            shm_collectives.usable(comm, device or torch.device("cpu")):
+        return shm_collectives.SharedMemoryCollectives(comm, timeout_s=cfg.launch.timeout_s)
+    return comm
+
+
+def _process_group(env: WorkerEnv, cfg: Config, *, horovod: bool) -> Collectives:
     if not env.distributed:
         return SingleProcess()
     if horovod:

@@ -181,6 +181,8 @@ class LaunchConfig:
     ray_storage: str = key("", help="Ray Train storage for reported checkpoints (empty = `~/ray_results`; shared "
                                     "storage on multi-node clusters)")
     hosts: str = key("", help="Horovod `-H host:slots,...` (empty = `localhost:nproc_per_node`)")
+    shared_memory: bool = key(True, help="with gloo and every rank on one host: all-reduce and all-to-all through "
+                                         "shared memory (/dev/shm) instead of loopback TCP")
     allocator: str = key("auto", help="`auto` (jemalloc, else tcmalloc, else system), `off`, `jemalloc`, "
                                       "`tcmalloc`, or a `.so` path; the user's `LD_PRELOAD`/`MALLOC_CONF` win")
 

@@ -52,7 +52,7 @@ def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] = os.environ, 
         print("resolved config:\n" + config_mod.to_yaml(cfg), flush=True)
     device = training_device(cfg.launch.backend, placement)
     horovod = launcher in LAUNCHERS and LAUNCHERS[launcher].horovod_collectives
-    comm = open_collectives(env, cfg, horovod=horovod)
+    comm = open_collectives(env, cfg, horovod=horovod, device=device)
     try:
         return _run(cfg, env, comm, serve, Trainer(cfg, env, comm, launcher=launcher, placement=placement,
                                                    device=device, stops=stops))

@@ -61,6 +61,9 @@ def parse_args(argv=None):
     p.add_argument("--max-rows", type=int, default=1_000_000, help="cap on rows per table")
     p.add_argument("--pool", type=int, default=8, help="number of pre-generated batches to cycle")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pipeline", action="store_true",
+                   help="train through TorchRec's TrainPipelineSparseDist (the next batch's input all-to-all "
+                        "overlapped with this batch's compute) instead of a plain loop")
     p.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
                    help="pin each rank to CPU <local_rank> and use 1 intra-op thread (default on)")
     return p.parse_args(argv)
@@ -105,6 +108,36 @@ def make_batches(n, local_batch, table_rows, keys, seed, multi_hot_max=1):
         labels = torch.randint(0, 2, (local_batch,), generator=g).float()
         batches.append((dense, kjt, labels))
     return batches
+
+
+class PipelineLoss(nn.Module):
+    """The loss module in TrainPipelineSparseDist's form: forward(batch) -> (loss, logits), the batch a
+    torchrec.datasets.utils.Batch (its sparse_features is what the pipeline redistributes ahead of time)."""
+
+    def __init__(self, wrapped):
+        super().__init__()
+        self.wrapped = wrapped
+
+    def forward(self, batch):
+        loss = self.wrapped(batch.dense_features, batch.sparse_features, batch.labels)
+        return loss, loss.detach()
+
+
+def pipelined_step(dmp, dense_opt, batches, device):
+    """`step(i)` through TrainPipelineSparseDist over the cycled batches (it keeps its own position)."""
+    import itertools
+
+    from torchrec.datasets.utils import Batch
+    from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+
+    dmp._dmp_wrapped_module = PipelineLoss(dmp._dmp_wrapped_module)
+    pipeline = TrainPipelineSparseDist(dmp, dense_opt, device)
+    stream = itertools.cycle([Batch(dense_features=d, sparse_features=k, labels=y) for d, k, y in batches])
+
+    def step(_i):
+        return pipeline.progress(stream)
+
+    return step
 
 
 def make_topology(world, local_world):
@@ -199,6 +232,9 @@ def main(argv=None):
         loss.backward()
         dense_opt.step()
         return loss
+
+    if args.pipeline:
+        step = pipelined_step(dmp, dense_opt, batches, device)
 
     dmp.train()
     loss = torch.tensor(float("nan"))

@@ -179,10 +179,18 @@ def cmd_bench(args) -> int:
     if code == 0:
         from disttrain.engine.outputs import published_summary
 
+        from disttrain.engine.roofline import roofline
+
         summary = published_summary(cfg)
+        threads = sum(w.get("threads", 1) for w in summary.get("workers") or [{}])
+        limit = roofline(cfg, summary["samples_per_s"], threads)
+        print(f"roofline: {limit['flops_per_sample'] / 1e6:.2f} MFLOP per sample (forward + backward matmuls); "
+              f"{limit['gemm_dtype']} GEMM {limit['gemm_gflops']:.0f} GFLOP/s on {threads} thread(s) -> at most "
+              f"{limit['limit_samples_per_s']:,.0f} samples/s; this run reached {limit['share']:.0%}")
         print(
-            f"BENCH dlrm/{summary['flavor']} world_size={summary['world_size']} "
-            f"global_batch={summary['global_batch_size']} samples_per_s={summary['samples_per_s']:.0f}"
+            f"BENCH {summary['model']}/{summary['flavor']} world_size={summary['world_size']} "
+            f"global_batch={summary['global_batch_size']} samples_per_s={summary['samples_per_s']:.0f} "
+            f"roofline_share={limit['share']:.3f}"
         )
     return code
 
