@@ -178,7 +178,6 @@ def cmd_bench(args) -> int:
     code = cmd_launch(args, base=BENCH_CONFIG)
     if code == 0:
         from disttrain.engine.outputs import published_summary
-
         from disttrain.engine.roofline import roofline
 
         summary = published_summary(cfg)
