@@ -45,12 +45,20 @@ def usable(comm, device: torch.device) -> bool:
 
 
 def _host_id() -> str:
+    """The machine (boot id) and this process's network namespace: ranks in other namespaces (the two-node tests,
+    containers) count as other hosts and talk over their network."""
+    parts = [os.uname().nodename]
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
+            parts.append(f.read().strip())
     except OSError:
-        boot = ""
-    return f"{os.uname().nodename}/{boot}"
+        parts.append("")
+    for namespace in ("net", "ipc"):
+        try:
+            parts.append(os.readlink(f"/proc/self/ns/{namespace}"))
+        except OSError:
+            parts.append("")
+    return "/".join(parts)
 
 
 class SharedMemoryCollectives:

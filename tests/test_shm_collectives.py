@@ -77,11 +77,12 @@ def _peer_exits(comm):
 
 
 def test_a_peer_that_exits_is_named_within_seconds():
+    import tempfile
+
     import torch.multiprocessing as mp
 
-    from tests.dist_helpers import _entry
     from disttrain.runtime.env import free_port
-    import tempfile
+    from tests.dist_helpers import _entry
 
     with tempfile.TemporaryDirectory() as out:
         try:
