@@ -175,14 +175,17 @@ def cmd_bench(args) -> int:
         raise DisttrainError(f"train.steps: got {cfg.train.steps} with train.warmup_steps={warmup}"
                              + (f" and train.profile_steps={cfg.train.profile_steps}" if cfg.train.profile_steps else "")
                              + "; expected more steps than that: the benchmark times the steps after them")
+    from disttrain.engine.roofline import gemm_gflops, roofline, run_dtype
+
+    cores = len(os.sched_getaffinity(0))
+    before = gemm_gflops(run_dtype(cfg), cores, seconds=0.5)  # on an idle machine, before the workers start
     code = cmd_launch(args, base=BENCH_CONFIG)
     if code == 0:
         from disttrain.engine.outputs import published_summary
-        from disttrain.engine.roofline import roofline
 
         summary = published_summary(cfg)
         threads = sum(w.get("threads", 1) for w in summary.get("workers") or [{}])
-        limit = roofline(cfg, summary["samples_per_s"], threads)
+        limit = roofline(cfg, summary["samples_per_s"], threads, measured_before=before if threads == cores else 0.0)
         print(f"roofline: {limit['flops_per_sample'] / 1e6:.2f} MFLOP per sample (forward + backward matmuls); "
               f"{limit['gemm_dtype']} GEMM {limit['gemm_gflops']:.0f} GFLOP/s on {threads} thread(s) -> at most "
               f"{limit['limit_samples_per_s']:,.0f} samples/s; this run reached {limit['share']:.0%}")

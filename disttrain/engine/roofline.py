@@ -62,12 +62,17 @@ def gemm_gflops(dtype: torch.dtype, threads: int, seconds: float = 1.0) -> float
         torch.set_num_threads(saved)
 
 
-def roofline(cfg, samples_per_s: float, threads: int) -> dict:
-    """What `summary.json`'s `roofline` holds: FLOPs per sample, GEMM GFLOP/s of the run's precision on the run's
-    threads, the samples/s that allows, and the share reached."""
-    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+def run_dtype(cfg) -> torch.dtype:
+    return torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+
+
+def roofline(cfg, samples_per_s: float, threads: int, measured_before: float = 0.0) -> dict:
+    """FLOPs per sample, GEMM GFLOP/s of the run's precision on the run's threads (the best of a measurement
+    now and `measured_before`: a busy machine only lowers a measurement), the samples/s that allows, and the share
+    reached."""
+    dtype = run_dtype(cfg)
     flops = flops_per_sample(cfg)
-    rate = gemm_gflops(dtype, threads)
+    rate = max(gemm_gflops(dtype, threads), measured_before)
     limit = rate * 1e9 / flops if flops else float("nan")
     return {"flops_per_sample": flops, "gemm_gflops": rate, "gemm_dtype": str(dtype).removeprefix("torch."),
             "threads": threads, "limit_samples_per_s": limit, "share": samples_per_s / limit if limit else None}
