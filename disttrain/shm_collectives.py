@@ -24,7 +24,7 @@ import uuid
 import numpy as np
 import torch
 
-SLOT_BYTES = 64 << 20  # per rank and slot (pages are only used once touched)
+SLOT_BYTES = 64 << 20  # per rank and slot (pages are only used once touched; less on a small /dev/shm)
 HEADER_WORDS = 4  # epoch, pid, bytes written (for even, odd epochs); then the all-to-all offsets, per parity
 ALIGN = 64
 SPINS_BEFORE_YIELD = 2000
@@ -70,8 +70,14 @@ class SharedMemoryCollectives:
         self.slot_bytes, self.timeout_s = slot_bytes, timeout_s
         world = self.world_size
         self.header_bytes = -(-(HEADER_WORDS + 2 * world) * 8 // ALIGN) * ALIGN
+        if self.rank == 0:  # a small /dev/shm (a container's 64 MiB) gets smaller slots, not a SIGBUS
+            stat = os.statvfs("/dev/shm")
+            room = stat.f_bavail * stat.f_frsize // (4 * world)  # at most half the free space in use
+            slot_bytes = max(min(slot_bytes, room // ALIGN * ALIGN), 0)
+            offer = (f"/dev/shm/disttrain-{uuid.uuid4().hex}", slot_bytes)
+        name, slot_bytes = inner.all_gather_object(offer if self.rank == 0 else None)[0]
+        self.slot_bytes = slot_bytes
         size = world * self.header_bytes + 2 * world * slot_bytes
-        name = inner.all_gather_object(f"/dev/shm/disttrain-{uuid.uuid4().hex}" if self.rank == 0 else None)[0]
         if self.rank == 0:
             fd = os.open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
             os.ftruncate(fd, size)
