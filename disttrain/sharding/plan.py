@@ -48,6 +48,14 @@ class Shard:
         return weights, (self.num_rows * self.num_cols * per_elem + self.num_rows * per_row) * 4
 
 
+def dynamic_rows(num_rows: int, buckets: int, capacity: int = 0) -> int:
+    """Rows the part of a dynamic table holding `buckets` of its NUM_BUCKETS is expected to hold: the buckets'
+    share of the declared rows, capped at the capacity per rank (0 = unbounded). The planner places by it and the
+    plan reports it."""
+    share = -(-num_rows * buckets // NUM_BUCKETS)
+    return min(share, capacity) if capacity > 0 else share
+
+
 @dataclass(frozen=True)
 class DynamicSettings:
     """Dynamic tables' rules (`model.dynamic_*`): admission after `min_count` sightings, eviction after
@@ -77,10 +85,7 @@ class TablePlan:
     def expected_rows(self, shard: Shard, capacity: int = 0) -> int:
         """Rows `shard` holds: its rows, or for a dynamic table its buckets' share of the declared size, capped
         at the capacity."""
-        if not self.dynamic:
-            return shard.num_rows
-        share = -(-self.num_rows * shard.num_rows // NUM_BUCKETS)
-        return min(share, capacity) if capacity > 0 else share
+        return dynamic_rows(self.num_rows, shard.num_rows, capacity) if self.dynamic else shard.num_rows
 
 
 @dataclass(frozen=True)

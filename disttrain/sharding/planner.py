@@ -16,6 +16,7 @@ from disttrain.sharding.plan import (
     ShardingPlan,
     ShardingType,
     TablePlan,
+    dynamic_rows,
 )
 from disttrain.tables import NUM_BUCKETS, EmbeddingTableSpec
 
@@ -102,6 +103,8 @@ def plan_sharding(
     `dynamic`: names of dynamic tables (raw ids): row-wise by id bucket, or table-wise (all buckets on one rank);
     their memory is counted at their declared rows (capped by the capacity per rank)."""
     dynamic = set(dynamic or ())
+    dynamic_settings = dynamic_settings or DynamicSettings()
+    capacity = dynamic_settings.capacity
     if world_size < 1:
         raise PlanError(f"world size: got {world_size}, expected at least 1")
     weight_bytes = WEIGHT_BYTES[embedding_dtype]
@@ -124,7 +127,7 @@ def plan_sharding(
         else:
             continue
         for shard in shards[index]:
-            rows = spec.num_rows * shard.num_rows // NUM_BUCKETS if spec.name in dynamic else shard.num_rows
+            rows = dynamic_rows(spec.num_rows, shard.num_rows, capacity) if spec.name in dynamic else shard.num_rows
             loads.add(
                 shard.rank,
                 _memory(spec, rows, shard.num_cols, optimizer_state, weight_bytes),
@@ -134,7 +137,8 @@ def plan_sharding(
     pending: list[tuple[float, int, tuple[int, int]]] = []
     for index, (spec, kind) in enumerate(zip(tables, types)):
         if kind == ShardingType.TABLE_WISE:
-            pending.append((_memory(spec, spec.num_rows, spec.dim, optimizer_state, weight_bytes), index, (0, spec.dim)))
+            rows = dynamic_rows(spec.num_rows, NUM_BUCKETS, capacity) if spec.name in dynamic else spec.num_rows
+            pending.append((_memory(spec, rows, spec.dim, optimizer_state, weight_bytes), index, (0, spec.dim)))
         elif kind == ShardingType.COLUMN_WISE:
             if column_shards > spec.dim:
                 raise PlanError(
@@ -166,4 +170,4 @@ def plan_sharding(
         for index, (spec, kind) in enumerate(zip(tables, types))
     )
     return ShardingPlan(world_size=world_size, optimizer=optimizer, tables=plans, embedding_dtype=embedding_dtype,
-                        optimizer_state=tuple(optimizer_state), dynamic=dynamic_settings or DynamicSettings())
+                        optimizer_state=tuple(optimizer_state), dynamic=dynamic_settings)
