@@ -28,8 +28,8 @@ def flops_per_sample(cfg) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     small = copy.deepcopy(cfg)
-    model = build_model(small)
-    small.model.table_sizes = [8] * len(model.tables)
+    declared = build_model(small, embedding_device="meta").tables  # how many tables; nothing allocated
+    small.model.table_sizes = [8] * len(declared)
     small.train.batch_size = COUNT_BATCH
     small.model.dynamic_tables = []
     small.data.raw_ids = False
