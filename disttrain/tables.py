@@ -117,6 +117,12 @@ def dynamic_indices(wanted: list[str], tables: list[EmbeddingTableSpec]) -> list
     return [i for i, t in enumerate(tables) if t.name in names]
 
 
+def raw_id_tables(cfg, tables: list[EmbeddingTableSpec]) -> tuple[int, ...]:
+    """With `data.raw_ids`: the positions of the tables whose generated ids are spread over int64 (the dynamic
+    ones); () without it."""
+    return tuple(dynamic_indices(cfg.model.dynamic_tables, tables)) if cfg.data.raw_ids else ()
+
+
 def spread_ids(values: torch.Tensor, per_table: torch.Tensor, raw: tuple[int, ...]) -> torch.Tensor:
     """`data.raw_ids`: the ids of tables `raw` (values in table order, `per_table` of them per table) mapped onto
     the whole int64 space by a bijection per table (mix64 of the id salted by the table), so a synthetic planted

@@ -21,7 +21,7 @@ from disttrain.models import model_spec
 from disttrain.optim import ADAGRAD_EPS, ADAM_BETAS, ADAM_EPS, DECAY_INITIAL
 from disttrain.parallelize import parallelize
 from disttrain.runtime.env import free_port
-from disttrain.tables import dynamic_indices
+from disttrain.tables import raw_id_tables
 
 
 def _entry(rank: int, world: int, port: int, out_dir: str, fn: Callable, args: tuple) -> None:
@@ -102,7 +102,7 @@ def make_data(cfg, tables, comm=None):
         return open_data(cfg, tables, comm=comm or SingleProcess(), rank=comm.rank if comm else 0)
     return SyntheticCTR(tables, num_dense=cfg.data.num_dense, global_batch=cfg.train.batch_size, seed=cfg.train.seed,
                         distribution=cfg.data.distribution, multi_hot_max=cfg.data.multi_hot_max,
-                        raw_ids=tuple(dynamic_indices(cfg.model.dynamic_tables, tables)) if cfg.data.raw_ids else ())
+                        raw_ids=raw_id_tables(cfg, tables))
 
 
 def loss_sum(model, batch, global_batch: int, name: str) -> torch.Tensor:

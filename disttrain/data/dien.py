@@ -18,7 +18,7 @@ from disttrain.data.contract import SourceSpec, agreed, epochs_to_steps, resume_
 from disttrain.data.dien_files import DienDataset, DienSamples, count_samples, open_dien, vocab_rows
 from disttrain.data.dien_generate import generate
 from disttrain.errors import DataError
-from disttrain.tables import EmbeddingTableSpec, dynamic_indices, spread_ids
+from disttrain.tables import EmbeddingTableSpec, raw_id_tables, spread_ids
 
 SORT_BUFFER_BATCHES = 20  # the benchmark's DataIterator: batch_size * 20 samples sorted by history length
 
@@ -179,16 +179,15 @@ def _open_generated(cfg: Config, tables: list[EmbeddingTableSpec], comm, rank: i
     def make() -> DienData:
         dataset = generate(users=users, items=items, cats=cats, train_samples=cfg.data.synthetic_samples,
                            seed=cfg.train.seed, max_history=(tables[1].bags_per_sample - 1) // 2)
-        data = _batches(cfg, tables, dataset)
-        data.raw_ids = tuple(dynamic_indices(cfg.model.dynamic_tables, tables)) if cfg.data.raw_ids else ()
-        return data
+        return _batches(cfg, tables, dataset, raw_ids=raw_id_tables(cfg, tables))
 
     return agreed(comm, make)
 
 
-def _batches(cfg: Config, tables: list[EmbeddingTableSpec], dataset: DienDataset) -> DienData:
+def _batches(cfg: Config, tables: list[EmbeddingTableSpec], dataset: DienDataset,
+             raw_ids: tuple[int, ...] = ()) -> DienData:
     return DienData(dataset, tables, global_batch=cfg.train.batch_size, seed=cfg.train.seed,
-                    shuffle=cfg.data.shuffle, use_history=cfg.data.use_history)
+                    shuffle=cfg.data.shuffle, use_history=cfg.data.use_history, raw_ids=raw_ids)
 
 
 def _shape_files(cfg: Config) -> None:

@@ -17,7 +17,7 @@ import torch
 from disttrain.batch import Batch, KeyedBags
 from disttrain.config import Config
 from disttrain.data.contract import SourceSpec, resume_note
-from disttrain.tables import EmbeddingTableSpec, dynamic_indices, spread_ids
+from disttrain.tables import EmbeddingTableSpec, raw_id_tables, spread_ids
 
 SPLITS = {"train": 0, "eval": 1}
 SCRAMBLE_PRIMES = (2654435761, 2246822519, 3266489917, 668265263)
@@ -164,7 +164,7 @@ def _open(cfg: Config, tables: list[EmbeddingTableSpec], comm, rank: int) -> Syn
     return SyntheticCTR(tables, num_dense=data.num_dense, global_batch=cfg.train.batch_size, seed=cfg.train.seed,
                         distribution=data.distribution, zipf_exponent=data.zipf_exponent,
                         multi_hot_max=data.multi_hot_max,
-                        raw_ids=tuple(dynamic_indices(cfg.model.dynamic_tables, tables)) if data.raw_ids else ())
+                        raw_ids=raw_id_tables(cfg, tables))
 
 
 SPEC = SourceSpec("synthetic", open=_open, epochs=False)
