@@ -18,26 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from quality_criteo import DLRM as QUALITY_DLRM
+from quality_criteo import SEEDS, disttrain
+
 ROOT = Path(__file__).resolve().parents[1]
 LARGE = "[t2,t3,t11,t15,t20]"  # the kaggle tables capped at 1M rows
 DYNAMIC = [f"model.dynamic_tables={LARGE}", "data.raw_ids=true"]
-DLRM = ["model.flavor=debug", "model.embedding_dim=16", "train.optimizer=adagrad", "train.lr=0.05",
-        "train.batch_size=128", "train.epochs=1", "launch.nproc_per_node=2", "run.progress=false",
-        "train.log_every=1000", "run.tensorboard=false"]
+DLRM = [*QUALITY_DLRM, "run.tensorboard=false"]  # the quality benchmark's DLRM recipe on the Criteo sample
 HASH_SIZES = (1 << 10, 1 << 14)
-SEEDS = (0, 1, 2)
-
-
-def disttrain(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "disttrain.cli", *args], capture_output=True, text=True)
-    if result.returncode:
-        sys.exit(f"disttrain {' '.join(args[:3])}... failed:\n{result.stderr[-3000:]}")
-    return result.stdout
 
 
 def bench(overrides: list[str], steps: int) -> dict:
