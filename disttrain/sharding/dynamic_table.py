@@ -220,9 +220,8 @@ class DynamicShard:
 
     def nbytes(self) -> int:
         """Bytes held: weights, per-row bookkeeping and both hash maps."""
-        entries = [self.rows, self.candidates]
-        return (self.weight.numel() * self.weight.element_size()
-                + sum(e.ids.numel() * 25 + e.map.nbytes() for e in entries))
+        arrays = [self.weight] + [a for e in (self.rows, self.candidates) for a in (e.ids, e.counts, e.last, e.alive)]
+        return sum(a.numel() * a.element_size() for a in arrays) + self.rows.map.nbytes() + self.candidates.map.nbytes()
 
     def export(self) -> dict[str, torch.Tensor]:
         """Live rows and candidates in id order: ids, rows (as `index`), counts, last-seen steps."""
