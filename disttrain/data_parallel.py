@@ -4,6 +4,9 @@ The loss is normalised by the *global* batch, so a sum (not a mean) of the ranks
 single-process gradient. Buckets are all-reduced asynchronously as soon as backward has produced all of
 their gradients, overlapping communication with the rest of backward (like DDP's reducer).
 
+Collectives that run in the caller's thread (shared memory: `synchronous`) gain nothing from overlap and lose at
+every bucket, where each rank waits for the slowest: they get one all-reduce of the whole buffer after backward.
+
 `control`: a few numbers after the last gradient, in the first bucket backward sends, summed over the ranks with
 it: what every rank must agree on before the update (a stop request, a non-finite loss) travels at no extra cost.
 """
@@ -41,11 +44,15 @@ class DataParallelGrads:
         self.bucket_sizes = [0] * len(self.buckets)
         for p in self.params:
             self.bucket_sizes[self.bucket_of[id(p)]] += 1
+        step = getattr(comm, "slot_bytes", 0) // self.flat.element_size()
+        self.at_end = bool(getattr(comm, "synchronous", False)) and step >= 256
+        if self.at_end:  # slot-sized, the control numbers' first (wait_control reads them before the rest)
+            self.buckets = [(max(hi - step, 0), hi) for hi in range(total + control, 0, -step)]
         self._ready = [0] * len(self.buckets)
         self._handles: list[Handle] = []
         self._next = 0
         self._control_waited = False
-        if comm.world_size > 1:
+        if comm.world_size > 1 and not self.at_end:
             for p in self.params:
                 p.register_post_accumulate_grad_hook(self._on_grad)
 

@@ -65,6 +65,8 @@ class SharedMemoryCollectives:
     """The collectives interface with all-reduce and all-to-all through shared memory; the rest delegates to
     `inner` (a TorchCollectives on the same ranks)."""
 
+    synchronous = True  # every operation is done when it returns: nothing to overlap
+
     def __init__(self, inner, *, slot_bytes: int = SLOT_BYTES, timeout_s: float = 600.0):
         self.inner, self.rank, self.world_size = inner, inner.rank, inner.world_size
         self.slot_bytes, self.timeout_s = slot_bytes, timeout_s

@@ -49,18 +49,20 @@ def test_shared_memory_sums_and_exchanges_equal_gloo(world, slot):
             assert diff <= (1e-5 if kind == "all_reduce" else 0), (kind, step, diff)
 
 
-def _train_parity(comm):
+def _train_parity(comm, slot_bytes):
     from tests.dist_helpers import compare_with_reference
 
-    shm = SharedMemoryCollectives(comm, timeout_s=60)
+    shm = SharedMemoryCollectives(comm, slot_bytes=slot_bytes, timeout_s=60)
     return compare_with_reference(shm, [(["model.flavor=debug", "train.batch_size=48", "sharding.strategy=row_wise",
                                           "train.optimizer=adagrad", "data.multi_hot_max=3"], 3),
                                          (["model.flavor=debug", "train.batch_size=48", "sharding.strategy=column_wise",
                                            "train.optimizer=sgd", "model.dynamic_tables=[]"], 3)])
 
 
-def test_sharded_training_over_shared_memory_equals_one_process():
-    for report in run_ranks(2, _train_parity):
+@pytest.mark.parametrize("slot", [64 << 20, 1024])
+def test_sharded_training_over_shared_memory_equals_one_process(slot):
+    """The dense gradients are summed once after backward, in slot-sized pieces (1024 bytes: several)."""
+    for report in run_ranks(2, _train_parity, slot):
         for case in report:
             assert case["logits"] < 1e-5 and case["dense"] < 1e-5 and case["embeddings"] < 1e-5, case
 
