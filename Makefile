@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-deps test-fast lint lint-imports bench bench-inference bench-launchers bench-data quality compare system-deps horovod clean
+.PHONY: demo test test-deps test-fast lint lint-imports bench bench-inference bench-launchers bench-data quality compare scale-model system-deps horovod clean
 
 # Optional system libraries (jemalloc/tcmalloc allocators, numactl). Best effort: skipped without
 # root or apt-get; disttrain falls back to the system allocator when they are absent.
@@ -69,6 +69,11 @@ bench-inference: $(STAMP) system-deps
 # The same job under every launcher, one after another (local, torchrun, Ray, Horovod when installed).
 bench-launchers: $(STAMP) system-deps
 	$(BIN)/python benchmarks/launchers.py
+
+# The planner's cost model against measured runs: 1, 2, 3 ranks here and two nodes in network namespaces
+# (root) joined by a token-bucket-limited veth pair.
+scale-model: $(STAMP) system-deps
+	$(BIN)/python benchmarks/scale_model.py --rate $(or $(RATE),1gbit)
 
 # DLRM on real Criteo rows (../shared/data/criteo-kaggle-8k) beside scikit-learn logistic regression.
 QUALITY_DATA ?= ../shared/data/criteo-kaggle-8k

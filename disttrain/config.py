@@ -67,7 +67,9 @@ NON_NEGATIVE = (
     "train.steps", "train.eval_every", "model.max_rows", "model.embedding_dim", "sharding.num_column_shards",
     "data.cycle_batches", "data.max_history", "train.profile_steps", "launch.node_rank", "launch.master_port", "launch.threads_per_worker",
     "launch.num_workers", "launch.max_restarts", "checkpoint.every_steps", "checkpoint.keep_last",
-    "model.dynamic_ttl_steps", "model.dynamic_capacity",
+    "model.dynamic_ttl_steps", "model.dynamic_capacity", "sharding.memory_limit_mib", "cluster.ranks_per_node",
+    "cluster.gemm_gflops", "cluster.dense_efficiency", "cluster.memory_gbs", "cluster.intra_gbs", "cluster.intra_latency_us", "cluster.inter_gbs",
+    "cluster.inter_latency_us",
 )
 
 
@@ -83,7 +85,7 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{path}: got {flat[path]!r}, expected a positive integer")
     for path in NON_NEGATIVE:
         if flat[path] < 0:
-            raise ConfigError(f"{path}: got {flat[path]!r}, expected an integer >= 0")
+            raise ConfigError(f"{path}: got {flat[path]!r}, expected a number >= 0")
     nproc = cfg.launch.nproc_per_node
     if nproc != "auto" and (isinstance(nproc, str) or nproc <= 0):
         raise ConfigError(f"launch.nproc_per_node: got {nproc!r}, expected a positive integer or auto")
@@ -102,6 +104,9 @@ def validate(cfg: Config) -> Config:
     if not 0 <= cfg.quant.max_relative_auc_loss < 1:
         raise ConfigError(f"quant.max_relative_auc_loss: got {cfg.quant.max_relative_auc_loss}, expected a fraction "
                           "in [0, 1) (0.01 = 1%)")
+    if cfg.sharding.balance < 1:
+        raise ConfigError(f"sharding.balance: got {cfg.sharding.balance!r}, expected a number >= 1 (the fullest rank's "
+                          "memory over the mean)")
     if cfg.train.lr <= 0:
         raise ConfigError(f"train.lr: got {cfg.train.lr!r}, expected a positive number")
     for name, strategy in cfg.sharding.tables.items():

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Values of keys that need no registry (the registries' names are listed by `disttrain config keys`).
-STRATEGIES = ("auto", "table_wise", "row_wise", "column_wise", "data_parallel")
+STRATEGIES = ("auto", "table_wise", "row_wise", "table_row_wise", "column_wise", "data_parallel")
 BACKENDS = ("auto", "gloo", "nccl", "ccl")
 DISTRIBUTIONS = ("uniform", "zipf")
 INTERACTIONS = ("dot", "cat")
@@ -137,6 +137,29 @@ class ShardingConfig:
                                                     "named `t0`, `t1`, ... in the Criteo models; DIEN's `uid`, "
                                                     "`mid`, `cat`; a model of one's own names its own)")
     num_column_shards: int = key(0, help="column shards per column-wise table (0 = one per rank)")
+    memory_limit_mib: int = key(0, help="tables and optimizer state allowed per rank, MiB (0 = no limit); a plan "
+                                        "that cannot keep under it is refused, naming the rank")
+    balance: float = key(1.05, help="`auto`: no rank holds more than this times the mean memory per rank, where "
+                                    "tables can be split")
+
+
+@dataclass
+class ClusterConfig:
+    ranks_per_node: int = key(0, help="ranks per node (numbered node by node) for the planner's cost model; 0 = "
+                                      "the world size / `launch.nnodes`")
+    probe: str = key("", help="a `disttrain probe` result (`probe.json`): its measured rates stand in for the "
+                              "keys below left at 0")
+    gemm_gflops: float = key(0.0, help="one rank's dense matmul rate, GFLOP/s (0 = the probe's, else 100)")
+    dense_efficiency: float = key(0.0, help="share of the GEMM rate the model's whole dense step reaches "
+                                            "(activations, interaction, optimizer; 0 = the probe's, else 0.7)")
+    memory_gbs: float = key(0.0, help="one rank's rate at reading and updating random embedding rows, GB/s (0 = "
+                                      "the probe's, else 5)")
+    intra_gbs: float = key(0.0, help="one rank's exchange rate with ranks of its node, GB/s (0 = the probe's, "
+                                     "else 4)")
+    intra_latency_us: float = key(0.0, help="one intra-node message round, microseconds (0 = the probe's, else 15)")
+    inter_gbs: float = key(0.0, help="one node's network link, GB/s (0 = the probe's, else 1.25: 10 Gbit/s)")
+    inter_latency_us: float = key(0.0, help="one message round between nodes, microseconds (0 = the probe's, else "
+                                            "50)")
 
 
 @dataclass
@@ -215,6 +238,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     run: RunConfig = field(default_factory=RunConfig)

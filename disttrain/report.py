@@ -5,6 +5,8 @@ Plots (several runs overlaid, e.g. fp32 vs bf16, 1 vs 2 ranks):
     throughput.png  samples/s over wall time, per rank (local batch / that rank's step time) and global
     breakdown.png   ms per step by phase (disttrain.phases), a stacked bar per run and rank
     memory.png      per rank: the plan's table memory (weights + optimizer state) beside the measured peak RSS
+    scaling.png     a `disttrain plan --simulate ... --out DIR` directory: the predicted step per world size, split
+                    into compute, exchange and all-reduce, with samples/s (and measured steps where recorded)
 The page (`report.html`) embeds the plots and holds, per run, its headline figures, the resolved config, the plan
 table and the worker pinning table. A run directory that lacks files, or was written by an older disttrain, is
 reported as such; everything it does hold is still rendered.
@@ -21,7 +23,7 @@ from pathlib import Path
 from disttrain.errors import DataError
 from disttrain.phases import PHASES
 
-PLOTS = ("curves", "throughput", "breakdown", "memory")
+PLOTS = ("curves", "throughput", "breakdown", "memory", "scaling")
 
 
 @dataclass
@@ -30,11 +32,24 @@ class Run:
     label: str
     summary: dict = field(default_factory=dict)
     config_text: str = ""
+    simulate: dict = field(default_factory=dict)  # simulate.json of `disttrain plan --simulate --out`
     missing: list[str] = field(default_factory=list)
 
 
 def load_run(path: Path, label: str) -> Run:
     run = Run(path, label)
+    simulated = path / "simulate.json"
+    if simulated.is_file():
+        try:
+            run.simulate = json.loads(simulated.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            run.missing.append(f"simulate.json is not readable JSON ({exc}): no scaling plot")
+        else:
+            if not isinstance(run.simulate, dict) or not isinstance(run.simulate.get("worlds"), list):
+                run.missing.append("simulate.json has no `worlds` list: no scaling plot")
+                run.simulate = {}
+        if not (path / "summary.json").is_file():
+            return run  # a simulation, not a run
     summary_file, config_file = path / "summary.json", path / "config.yaml"
     if summary_file.is_file():
         try:
@@ -161,6 +176,32 @@ def _plot_memory(runs: list[Run], plt, path: Path) -> bool:
     return _save(fig, plt, path, bool(labels))
 
 
+def _plot_scaling(runs: list[Run], plt, path: Path) -> bool:
+    simulated = [r for r in runs if r.simulate.get("worlds")]
+    if not simulated:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for run in simulated:
+        rows = run.simulate["worlds"]
+        worlds = [w["world_size"] for w in rows]
+        for key, style in (("step_ms", "-o"), ("compute_ms", "--"), ("exchange_ms", ":"), ("allreduce_ms", "-.")):
+            axes[0].plot(worlds, [w[key] for w in rows], style, label=f"{run.label}: {key[:-3].replace('_', ' ')}")
+        measured = [(w["world_size"], w["measured_step_ms"]) for w in rows if w.get("measured_step_ms")]
+        if measured:
+            axes[0].plot(*zip(*measured), "k*", markersize=10, label=f"{run.label}: measured step")
+        axes[1].plot(worlds, [w["samples_per_s"] for w in rows], "-o", label=f"{run.label}: predicted")
+        if measured:
+            axes[1].plot([m[0] for m in measured], [w["global_batch"] / w["measured_step_ms"] * 1e3 for w in rows
+                                                    if w.get("measured_step_ms")], "k*", markersize=10,
+                         label=f"{run.label}: measured")
+    for ax, title, label in ((axes[0], "predicted step time (weak scaling)", "ms per step"),
+                             (axes[1], "predicted throughput", "samples/s")):
+        ax.set_xscale("log", base=2)
+        ax.set(title=title, xlabel="ranks", ylabel=label)
+        ax.legend(fontsize=7)
+    return _save(fig, plt, path, True)
+
+
 def _save(fig, plt, path: Path, drawn: bool) -> bool:
     if drawn:
         fig.tight_layout()
@@ -201,6 +242,15 @@ def _run_section(run: Run) -> str:
         rows = [[r["rank"], f"{r['weight_bytes'] / 2**20:.1f}", f"{r['optimizer_bytes'] / 2**20:.1f}", r["num_shards"]]
                 for r in s["plan"].get("ranks", [])]
         parts.append(_table(["rank", "weights MiB", "optimizer MiB", "shards"], rows))
+    if run.simulate.get("worlds"):
+        rows = [[w["world_size"], w["nodes"], f"{w['step_ms']:.2f}", f"{w['compute_ms']:.2f}",
+                 f"{w['exchange_ms']:.2f}", f"{w['allreduce_ms']:.2f}", f"{w['samples_per_s']:,.0f}",
+                 f"{w['measured_step_ms']:.2f}" if w.get("measured_step_ms") else "",
+                 f"{w['memory_mib_per_rank']['max']:,.1f}", ", ".join(f"{k} {v}" for k, v in w["types"].items())]
+                for w in run.simulate["worlds"]]
+        parts.append("<h3>Simulated weak scaling</h3>" + _table(
+            ["ranks", "nodes", "step ms", "compute", "exchange", "all-reduce", "samples/s", "measured ms",
+             "memory MiB max", "types"], rows))
     if s.get("workers"):
         rows = [[w.get("rank"), w.get("host"), w.get("pid"), _cpus(w.get("cpus")), w.get("numa_node"),
                  w.get("threads"), w.get("allocator"), w.get("device", "cpu"),
@@ -255,13 +305,13 @@ def render(run_dirs: list[str | Path], out: str | Path) -> dict:
     if len(set(labels)) < len(labels):
         labels = [str(p) for p in paths]
     runs = [load_run(p, label) for p, label in zip(paths, labels)]
-    if not any(r.summary or r.config_text for r in runs):
+    if not any(r.summary or r.config_text or r.simulate for r in runs):
         raise DataError(f"{', '.join(map(str, paths))}: no summary.json or config.yaml in any of them; expected "
                         "run directories written by `disttrain launch`/`train`")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     drawers = {"curves": _plot_curves, "throughput": _plot_throughput, "breakdown": _plot_breakdown,
-               "memory": _plot_memory}
+               "memory": _plot_memory, "scaling": _plot_scaling}
     written = [name for name in PLOTS if drawers[name](runs, plt, out / f"{name}.png")]
     images = "\n".join(
         f'<h2>{name}</h2><img alt="{name}" src="data:image/png;base64,'

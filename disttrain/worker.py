@@ -18,6 +18,7 @@ from disttrain.runtime.env import worker_env_from
 from disttrain.runtime.signals import PREEMPTED, Preempted, StopSignals, die_with_parent
 
 SERVE = "DISTTRAIN_SERVE"  # JSON {mode, iterations, exact_max_length}: run_worker serves instead of training
+PROBE = "DISTTRAIN_PROBE"  # set: run_worker measures the machine (disttrain.engine.probe) instead of training
 
 
 def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] = os.environ, *,
@@ -42,7 +43,7 @@ def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] = os.environ, 
 
     env = worker_env_from(environ)
     apply_threads(placement["threads"])
-    if env.rank == 0:
+    if env.rank == 0 and not environ.get(PROBE):
         out = cfg.run.output_dir
         try:
             (run_dir(cfg) / "config.yaml").write_text(config_mod.to_yaml(cfg))
@@ -53,6 +54,13 @@ def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] = os.environ, 
     device = training_device(cfg.launch.backend, placement)
     horovod = launcher in LAUNCHERS and LAUNCHERS[launcher].horovod_collectives
     comm = open_collectives(env, cfg, horovod=horovod, device=device)
+    if environ.get(PROBE):  # `disttrain probe`: measure the machine's rates instead of training
+        from disttrain.collectives import close_collectives
+        from disttrain.engine.probe import run_probe
+
+        result = run_probe(cfg, env, comm, placement)
+        close_collectives(comm)
+        return result
     try:
         return _run(cfg, env, comm, serve, Trainer(cfg, env, comm, launcher=launcher, placement=placement,
                                                    device=device, stops=stops))

@@ -98,6 +98,26 @@ def test_reshard_to_other_world_sizes_and_plans(tmp_path, uninterrupted, source,
 
 
 @pytest.mark.slow
+def test_reshard_to_and_from_table_row_wise(tmp_path, uninterrupted):
+    """Table-wise on 2 ranks at step 10 -> table-row-wise on 3 ranks in nodes of 2 (every table on ranks {0, 1} or
+    on rank 2) for twenty steps, as the original went on -> one rank, table-wise: the same predictions."""
+    full, ck = uninterrupted("table_wise")
+    moved = [*_common("table_wise"), f"train.resume={ck}/step_00000010", "launch.nproc_per_node=3",
+             "sharding.strategy=table_row_wise", "cluster.ranks_per_node=2", "launch.allow_oversubscribe=true",
+             f"checkpoint.dir={tmp_path}/twrw"]
+    went_on = _launch(tmp_path, "went_on", *moved)
+    tables = went_on["plan"]["tables"]
+    assert {t["type"] for t in tables} == {"table_row_wise"}
+    assert all(set(t["ranks"]) in ({0, 1}, {2}) for t in tables) and any(len(t["ranks"]) == 2 for t in tables)
+    assert went_on["train_loss"] == pytest.approx(full["train_loss"], abs=1e-5)
+    assert went_on["eval_logloss"] == pytest.approx(full["eval_logloss"], abs=1e-5)
+    back = _launch(tmp_path, "back", *_common("table_wise"), f"train.resume={tmp_path}/twrw/step_00000030",
+                   "launch.nproc_per_node=1")
+    assert back["eval_logloss"] == pytest.approx(went_on["eval_logloss"], abs=1e-6)
+    assert back["eval_auc"] == pytest.approx(went_on["eval_auc"], abs=1e-6)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["local", "torchrun"])
 def test_sigkilled_rank_restarts_and_finishes_like_an_uninterrupted_run(tmp_path, uninterrupted, launcher):
     full, ck = uninterrupted("row_wise")

@@ -1,5 +1,6 @@
 """Sharded == unsharded: forward outputs and parameters after several training steps, on 2 and 3 real gloo
-ranks, for every strategy and optimizer, with table sizes that do not divide by the world size."""
+ranks, for every strategy and optimizer, with table sizes that do not divide by the world size (3 ranks also
+in nodes of 2 for table-row-wise)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,13 @@ def _cases(world: int) -> list[tuple[list[str], int]]:
     cases.append((BASE + ["model.interaction=cat", "sharding.strategy=auto", "train.optimizer=adagrad"], STEPS))
     if world == 3:
         cases.append((BASE + ["sharding.strategy=column_wise", "sharding.num_column_shards=2"], STEPS))
+        # Nodes of 2 ranks: every table row-split over node 0's ranks {0, 1} or held by node 1's rank 2.
+        for optimizer in ("sgd", "rowwise_adagrad", "adam"):
+            cases.append((BASE + ["sharding.strategy=table_row_wise", "cluster.ranks_per_node=2"] + _opt(optimizer),
+                          STEPS))
+        twrw = "sharding.tables={t0: table_row_wise, t1: table_row_wise, t2: column_wise, t3: row_wise}"
+        cases.append((BASE + [twrw, "cluster.ranks_per_node=2", "data.multi_hot_max=3", "train.optimizer=adagrad"],
+                      STEPS))
     return cases
 
 
@@ -56,7 +64,8 @@ def test_sharded_matches_unsharded(world):
     # Every rank held a shard in the row-wise and column-wise cases, and the plans used every type.
     plans = {tuple(row["plan"]) for row in reports[0]}
     used = {t for plan in plans for t in plan}
-    assert used == {"table_wise", "row_wise", "column_wise", "data_parallel"}
+    assert used >= {"table_wise", "row_wise", "column_wise", "data_parallel"}
+    assert ("table_row_wise" in used) == (world == 3)
 
 
 MODEL_CASES = {

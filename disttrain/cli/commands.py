@@ -127,8 +127,48 @@ def cmd_launch(args, base: str | None = None) -> int:
 
 
 def cmd_plan(args) -> int:
+    if args.simulate:
+        from disttrain.engine.simulate import describe, parse_worlds, simulate
+        from disttrain.launch import launch_world
+
+        worlds, cfg = parse_worlds(args.simulate), _load(args.items)
+        result = simulate(cfg, worlds, batch_per_rank=args.batch_per_rank, base_world=launch_world(cfg)[0])
+        if args.out:
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "simulate.json").write_text(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2) if args.json else describe(result))
+        return 0
     report = _api().plan(_load(args.items), args.world_size or None)
     print(json.dumps(report.to_json(), indent=2) if args.json else report.describe())
+    return 0
+
+
+def cmd_probe(args) -> int:
+    """Launch the job's workers to measure the cost model's rates; probe.json in run.output_dir (and --out)."""
+    from disttrain.engine.outputs import run_dir
+    from disttrain.engine.probe import describe
+    from disttrain.launch import launch, prepare_launch
+    from disttrain.worker import PROBE
+
+    cfg = _load(args.items)
+    os.environ[PROBE] = "1"
+    try:
+        code = launch(cfg, prepare_launch(cfg))
+    finally:
+        os.environ.pop(PROBE, None)
+    written = run_dir(cfg) / "probe.json"
+    if code != 0 or not written.is_file():
+        if code == 0:  # another node ran rank 0
+            return 0
+        raise DisttrainError(f"the probe's workers failed (exit code {code}); their errors are above")
+    result = json.loads(written.read_text())
+    target = Path(args.out) if args.out else written
+    if args.out:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(written.read_text())
+    print(json.dumps(result, indent=2) if args.json else describe(result)
+          + f"\nwritten to {target}; plan with it: cluster.probe={target}")
     return 0
 
 

@@ -14,6 +14,8 @@ USAGE = """`disttrain` command line: train, launch, plan, bench, serve, prepare 
     disttrain train [CONFIG] [key=value ...]      run in this process (or as a torchrun worker)
     disttrain launch [CONFIG] [key=value ...]     start workers with launch.launcher (local | torchrun | ray | horovod)
     disttrain plan [CONFIG] [key=value ...] --world-size N [--json]
+    disttrain plan [CONFIG] [key=value ...] --simulate 1,8,64,1024 [--out DIR]   predicted weak scaling
+    disttrain probe [CONFIG] [key=value ...] [--out FILE]   GEMM, lookup and link rates -> probe.json
     disttrain config list | show [CONFIG] [key=value ...] | keys [--json | --markdown]
     disttrain bench [key=value ...]               the kaggle DLRM throughput benchmark (2 pinned ranks)
     disttrain topology [--lscpu FILE] [--nproc-per-node N] [--affinity MODE] [--json]
@@ -50,7 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("items", nargs="*", metavar="[CONFIG] key=value")
     p.add_argument("--world-size", type=int, default=0, help="ranks to plan for (default: launch settings)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--simulate", default="", metavar="N1,N2,...",
+                   help="plan and predict the step for each world size (weak scaling, nodes of cluster.ranks_per_node)")
+    p.add_argument("--batch-per-rank", type=int, default=0,
+                   help="with --simulate: samples per rank (default: train.batch_size over the launch's ranks)")
+    p.add_argument("--out", default="", help="with --simulate: write simulate.json here (`disttrain report` draws it)")
     p.set_defaults(func=c.cmd_plan)
+    p = sub.add_parser("probe", help="measure the planner's machine rates with the job's own workers")
+    p.add_argument("items", nargs="*", metavar="[CONFIG] key=value")
+    p.add_argument("--out", default="", help="also write probe.json here (it always goes to run.output_dir)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=c.cmd_probe)
     p = sub.add_parser("export", help="write a checkpoint as one unsharded model file for inference")
     p.add_argument("checkpoint", help="a checkpoint (step_N directory) or a checkpoint.dir (its newest)")
     p.add_argument("--out", required=True, help="the model file to write")

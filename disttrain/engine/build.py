@@ -13,6 +13,7 @@ import torch
 from disttrain.config import Config
 from disttrain.data.contract import DataSource, SourceSpec
 from disttrain.data.sources import open_source, source_spec
+from disttrain.engine.cluster import machine_of, ranks_per_node, workload_of
 from disttrain.errors import ConfigError
 from disttrain.models import ModelSpec, model_spec
 from disttrain.optim import optimizer_spec
@@ -113,6 +114,11 @@ def build_plan(cfg: Config, world_size: int) -> tuple[torch.nn.Module, ShardingP
         dynamic=dynamic_tables(cfg, model.tables),
         dynamic_settings=DynamicSettings(min_count=cfg.model.dynamic_min_count, ttl_steps=cfg.model.dynamic_ttl_steps,
                                          capacity=cfg.model.dynamic_capacity),
+        ranks_per_node=ranks_per_node(cfg, world_size),
+        machine=machine_of(cfg),
+        workload=workload_of(cfg, model),
+        memory_limit=cfg.sharding.memory_limit_mib * 2**20,
+        balance=cfg.sharding.balance,
     )
     return model, plan
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
-from disttrain.sharding.plan import Shard, ShardingPlan, ShardingType, TablePlan
+from disttrain.sharding.plan import Shard, ShardingPlan, TablePlan
 from disttrain.tables import EmbeddingTableSpec, bucket_of
 
 MAX_LAYOUTS = 512
@@ -149,7 +149,7 @@ def route(slots_of_rank: list[list[Slot]], per_feature, device) -> tuple[torch.T
         for slot in dest_slots:
             index = slot.table.index
             lengths, values = per_feature[index]
-            if slot.table.type == ShardingType.ROW_WISE:
+            if slot.table.type.splits_rows:
                 lo, hi = slot.shard.rows
                 if slot.table.dynamic:
                     if index not in buckets:

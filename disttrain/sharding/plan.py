@@ -18,8 +18,14 @@ class ShardingType(str, Enum):
 
     TABLE_WISE = "table_wise"  # the whole table on one rank
     ROW_WISE = "row_wise"  # rows split across ranks; partial bag sums are added
+    TABLE_ROW_WISE = "table_row_wise"  # rows split across the ranks of one node (its lookups stay in the node)
     COLUMN_WISE = "column_wise"  # embedding columns split across ranks; slices are concatenated
     DATA_PARALLEL = "data_parallel"  # replicated on every rank; row gradients gathered
+
+    @property
+    def splits_rows(self) -> bool:
+        """Shards hold row ranges and a bag's vector is the sum of their partial sums."""
+        return self in (ShardingType.ROW_WISE, ShardingType.TABLE_ROW_WISE)
 
 
 # Bytes per stored embedding element, by model.embedding_dtype (optimizer state is always fp32).
@@ -77,6 +83,7 @@ class TablePlan:
     # True: raw 64-bit ids, rows created on first sight; a shard's `rows` are then a range of id buckets
     # (disttrain.tables.NUM_BUCKETS), not of rows.
     dynamic: bool = False
+    bags_per_sample: int = 1  # bags each sample looks up (a sequence feature's positions)
 
     @property
     def ranks(self) -> list[int]:
@@ -151,28 +158,7 @@ class ShardingPlan:
         return out
 
     def describe(self) -> str:
-        """A human-readable table of the plan."""
-        lines = [f"sharding plan for {self.world_size} rank(s), optimizer state: {self.optimizer}"
-                 + (f", {self.embedding_dtype} rows" if self.embedding_dtype != "fp32" else "")]
-        lines.append(f"{'table':<10}{'rows':>12}{'dim':>5}  {'type':<14}shards (rank: rows x cols)")
-        for t in self.tables:
-            if t.dynamic:
-                shards = ", ".join(f"{s.rank}: {s.num_rows} buckets, ~{t.expected_rows(s, self.dynamic.capacity)} "
-                                   "rows" for s in t.shards)
-                lines.append(f"{t.name:<10}{'dynamic':>12}{t.dim:>5}  {t.type.value:<14}{shards}")
-                continue
-            shards = ", ".join(f"{s.rank}: {s.num_rows}x{s.num_cols}" for s in t.shards)
-            lines.append(f"{t.name:<10}{t.num_rows:>12}{t.dim:>5}  {t.type.value:<14}{shards}")
-        if any(t.dynamic for t in self.tables):
-            d = self.dynamic
-            lines.append(f"dynamic tables: raw 64-bit ids in {NUM_BUCKETS} buckets; rows expected = the declared "
-                         f"rows; capacity {d.capacity or 'unbounded'} rows per rank, admitted after {d.min_count} "
-                         f"sighting(s), " + (f"evicted after {d.ttl_steps} unseen steps" if d.ttl_steps
-                                             else "no time-to-live"))
-        lines.append(f"{'rank':<6}{'weights MiB':>12}{'optimizer MiB':>15}{'total MiB':>11}{'shards':>8}")
-        for r in self.rank_bytes():
-            lines.append(
-                f"{r['rank']:<6}{r['weight_bytes'] / 2**20:>12.1f}{r['optimizer_bytes'] / 2**20:>15.1f}"
-                f"{r['bytes'] / 2**20:>11.1f}{r['num_shards']:>8}"
-            )
-        return "\n".join(lines)
+        """A human-readable summary: a line per table, then the ranks (`disttrain.sharding.plan_text`)."""
+        from disttrain.sharding.plan_text import describe
+
+        return describe(self)

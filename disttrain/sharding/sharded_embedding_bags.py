@@ -291,7 +291,7 @@ class ShardedEmbeddingBagCollection(nn.Module):
             kind = slot.table.type
             if kind == ShardingType.TABLE_WISE:
                 outputs[index] = piece
-            elif kind == ShardingType.ROW_WISE:  # partial sums added in fp32
+            elif kind.splits_rows:  # partial sums added in fp32
                 outputs[index] = piece.to(torch.float32, copy=True) if outputs[index] is None else outputs[index].add_(piece)
             else:
                 if outputs[index] is None:
