@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from disttrain.batch import KeyedBags
 from disttrain.errors import ConfigError
-from disttrain.layers import TFGRU, Dice, EmbeddingBagCollection, FrozenBatchNorm
+from disttrain.layers import TFGRU, Dice, EmbeddingBagCollection, FrozenBatchNorm, padded_length, positions
 from disttrain.models.spec import ModelSpec
 from disttrain.tables import EmbeddingTableSpec
 
@@ -120,11 +120,12 @@ class DIEN(nn.Module):
         steps = (mid.shape[1] - 1) // 2  # the global batch's longest history
         lengths = self.history_lengths(sparse)
         longest = int(lengths.max()) if lengths.numel() else 0  # this rank's: later positions are all padding
+        width = padded_length(longest, mid.device.type)  # bf16: a few matmul shapes, not one per batch (shapes.py)
         items = torch.cat([mid, cat], dim=2)  # [B, 1 + 2 * steps, 36]
         target = items[:, 0]
-        history = items[:, 1 : 1 + longest]
-        negatives = items[:, 1 + steps : 1 + steps + longest]
-        mask = torch.arange(longest, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+        history = positions(items, 1, longest, width)
+        negatives = positions(items, 1 + steps, longest, width)
+        mask = torch.arange(width, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
 
         states, _ = self.gru(history, lengths)
         history_sum = history.sum(dim=1)  # padding positions looked up nothing: zero vectors

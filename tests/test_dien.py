@@ -182,6 +182,24 @@ def test_ranks_slice_identical_global_batches_padded_to_the_longest_history():
     assert not np.array_equal(source.epoch_order(0), source.epoch_order(1))
 
 
+def test_padding_the_history_to_few_lengths_changes_nothing(monkeypatch):
+    """Under bf16 autocast DIEN rounds this rank's longest history up (few matmul shapes: disttrain/layers/shapes.py);
+    the extra positions are masked: logits and auxiliary loss equal the unpadded model's (fp32, padded 3x)."""
+    import disttrain.models.dien as dien_module
+
+    source, _ = _source()
+    cfg = load_config(None, ["model.name=dien", "model.table_sizes=[50,80,9]", "data.max_history=6"])
+    model = build_model(cfg)
+    batch = source.batch(3)
+    results = []
+    for pad in (lambda n, device_type="cpu": n, lambda n, device_type="cpu": 3 * n + 2):
+        monkeypatch.setattr(dien_module, "padded_length", pad)
+        logits, aux = model(batch.dense, batch.sparse)
+        results.append((logits.detach(), aux.detach()))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-6, atol=1e-6)
+
+
 def test_negatives_come_from_the_pool_and_differ_from_the_clicked_item():
     source, data = _source()
     batch = source.batch(3)

@@ -11,8 +11,9 @@ from disttrain.layers.batch_stats import (
     set_collectives,
 )
 from disttrain.layers.interaction import dot_interaction
+from disttrain.layers.shapes import padded_length, positions
 from disttrain.layers.tf_gru import TFGRU
 from disttrain.layers.unsharded_embedding_bags import EmbeddingBagCollection
 
 __all__ = ["TFGRU", "BatchMoments", "BatchNorm", "Dice", "EmbeddingBagCollection", "FrozenBatchNorm",
-           "batch_stats_norm", "dot_interaction", "set_collectives"]
+           "batch_stats_norm", "dot_interaction", "padded_length", "positions", "set_collectives"]
