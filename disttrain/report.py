@@ -36,26 +36,28 @@ class Run:
     missing: list[str] = field(default_factory=list)
 
 
+def _read_json(path: Path, run: Run, lost: str):
+    """The file's JSON, or None with a line in `run.missing` saying what is lost (`lost`)."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        run.missing.append(f"{path.name} is not readable JSON ({exc}): {lost}")
+        return None
+
+
 def load_run(path: Path, label: str) -> Run:
     run = Run(path, label)
-    simulated = path / "simulate.json"
+    summary_file, config_file, simulated = path / "summary.json", path / "config.yaml", path / "simulate.json"
     if simulated.is_file():
-        try:
-            run.simulate = json.loads(simulated.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            run.missing.append(f"simulate.json is not readable JSON ({exc}): no scaling plot")
-        else:
-            if not isinstance(run.simulate, dict) or not isinstance(run.simulate.get("worlds"), list):
-                run.missing.append("simulate.json has no `worlds` list: no scaling plot")
-                run.simulate = {}
-        if not (path / "summary.json").is_file():
+        data = _read_json(simulated, run, "no scaling plot")
+        if data is not None and not (isinstance(data, dict) and isinstance(data.get("worlds"), list)):
+            run.missing.append("simulate.json has no `worlds` list: no scaling plot")
+        elif data is not None:
+            run.simulate = data
+        if not summary_file.is_file():
             return run  # a simulation, not a run
-    summary_file, config_file = path / "summary.json", path / "config.yaml"
     if summary_file.is_file():
-        try:
-            run.summary = json.loads(summary_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            run.missing.append(f"summary.json is not readable JSON ({exc}): no curves, figures or tables")
+        run.summary = _read_json(summary_file, run, "no curves, figures or tables") or {}
     else:
         run.missing.append("summary.json is missing (the run did not finish?): no curves, figures or tables")
     if config_file.is_file():
