@@ -31,19 +31,26 @@ from tests.launch_helpers import (
 pytest.importorskip("ray", reason="Ray is installed by `make test` (the [ray] extra)")
 
 
-def _stop_head(temp_dir: str) -> None:
-    """Stop the Ray processes of this head only (not another Ray on the machine)."""
+def _stop_head(temp_dir: str, gcs_port: int) -> None:
+    """Stop the Ray processes of this head only (not another Ray on the machine): those naming its temp dir or its
+    GCS port (the client server `ray start` leaves behind names only the port), and their children."""
     import psutil
 
-    mine = []
+    found: dict[int, psutil.Process] = {}
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if any(temp_dir in part for part in proc.info["cmdline"] or []):
-                mine.append(proc)
+            if any(temp_dir in part or part.endswith(f":{gcs_port}") for part in proc.info["cmdline"] or []):
+                # Their children too: Ray's agents rename themselves (`ray::DashboardAgent`) and outlive the
+                # raylet that started them.
+                found.update({p.pid: p for p in [proc, *proc.children(recursive=True)]})
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
+    mine = list(found.values())
     for proc in mine:
-        proc.terminate()
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            continue
     _, alive = psutil.wait_procs(mine, timeout=5)
     for proc in alive:
         proc.kill()
@@ -75,14 +82,14 @@ def ray_head():
         if started.returncode == 0:
             break
         failures.append(started.stdout[-1500:] + started.stderr[-1500:])
-        _stop_head(temp_dir)
+        _stop_head(temp_dir, ports["gcs"])
         shutil.rmtree(temp_dir, ignore_errors=True)
     else:
         pytest.fail("ray start --head failed 3 times:\n" + "\n---\n".join(failures))
     try:
         yield {**ports, "temp_dir": temp_dir, "env": env}
     finally:
-        _stop_head(temp_dir)
+        _stop_head(temp_dir, ports["gcs"])
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
