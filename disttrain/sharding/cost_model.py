@@ -24,7 +24,7 @@ ranks) cheaper than row-wise (k = every rank) across a network.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -72,7 +72,6 @@ class RankCosts:
     gather_bytes: np.ndarray  # data-parallel tables' row gradients received
     allreduce_bytes: float
     flops: float  # per rank (the same on every rank: equal local batches)
-    extra: dict = field(default_factory=dict)
 
     @property
     def a2a_bytes(self) -> np.ndarray:
@@ -118,17 +117,27 @@ class StepCosts:
         ids = bags * self.workload.ids_per_bag
         per_elem, per_row = self.state
         forward = bags * ID_BYTES + ids * share * ID_BYTES + bags * cols * self.wire
-        touched = self.world * ids * share  # every source's ids that land in this shard
-        touched = touched * np.minimum(1.0, rows * cols * self.wire / CACHE_BYTES)  # scalars or arrays alike
+        touched = self.world * ids * share * self._missed(rows, cols)  # every source's ids landing in this shard
         return forward, bags * cols * self.wire, touched * cols * (3 * self.wire + 8 * per_elem) + touched * 8 * per_row
+
+    def _missed(self, rows, cols):
+        """The share of lookups that go to memory: 1, or a shard's size over the cache (scalars or arrays)."""
+        return np.minimum(1.0, rows * cols * self.wire / CACHE_BYTES)
 
     def add(self, rank: int, terms: tuple[float, float, float]) -> None:
         self.fwd_own[rank] += terms[0]
         self.bwd_own[rank] += terms[1]
         self.lookup[rank] += terms[2]
 
+    def add_many(self, ranks, terms) -> None:
+        """Shards on `ranks` (an array; a rank may repeat) with `terms` (forward, backward, lookup bytes: scalars
+        or arrays like `ranks`)."""
+        ranks = np.asarray(ranks, dtype=np.int64)
+        for target, values in zip((self.fwd_own, self.bwd_own, self.lookup), terms):
+            np.add.at(target, ranks, np.broadcast_to(values, ranks.shape))
+
     def add_replicated(self, *, bags_per_sample: int, dim: int, rows: int) -> None:
-        ids = self.batch * bags_per_sample * self.workload.ids_per_bag * min(1.0, rows * dim * self.wire / CACHE_BYTES)
+        ids = self.batch * bags_per_sample * self.workload.ids_per_bag * float(self._missed(rows, dim))
         per_elem, per_row = self.state
         self.gather += ids * (dim * GRAD_BYTES + ID_BYTES) * (self.world - 1)
         self.lookup += ids * dim * self.wire + ids * self.world * (dim * (2 * self.wire + 8 * per_elem) + 8 * per_row)
@@ -146,21 +155,14 @@ class StepCosts:
         were added, with `future_lookup` bytes of lookups still to place (spread evenly: the busiest rank has at
         least the mean); nothing is kept."""
         saved = self.fwd_own, self.bwd_own, self.lookup
-        ranks = np.asarray(ranks, dtype=np.int64)
-        if ranks.size:
+        if len(ranks):
             self.fwd_own, self.bwd_own, self.lookup = saved[0].copy(), saved[1].copy(), saved[2].copy()
-            for target, values in zip((self.fwd_own, self.bwd_own, self.lookup), terms):
-                np.add.at(target, ranks, np.broadcast_to(values, ranks.shape))
+            self.add_many(ranks, terms)
         try:
             floor = (float(self.lookup.sum()) + future_lookup) / self.world
             return predict(self.costs(), machine, self.ranks_per_node, lookup_floor=floor)
         finally:
             self.fwd_own, self.bwd_own, self.lookup = saved
-
-    def add_many(self, ranks, terms) -> None:
-        ranks = np.asarray(ranks, dtype=np.int64)
-        for target, values in zip((self.fwd_own, self.bwd_own, self.lookup), terms):
-            np.add.at(target, ranks, np.broadcast_to(values, ranks.shape))
 
 
 def rank_costs(plan: ShardingPlan, workload: Workload, ranks_per_node: int) -> RankCosts:
