@@ -42,13 +42,14 @@ class Placer:
     """Running memory per rank and the step's costs; `place` decides one table and records it."""
 
     def __init__(self, world_size: int, ranks_per_node: int, costs: StepCosts, machine: Machine, cap: float,
-                 level: float = 0.0):
-        """`cap`: no rank above it; `level`: the mean memory per rank, up to which a split fills ranks."""
+                 level: float = 0.0, memory: np.ndarray | None = None):
+        """`cap`: no rank above it; `level`: the mean memory per rank, up to which a split fills ranks; `memory`:
+        the bytes per rank placed so far (updated in place)."""
         self.world, self.costs, self.machine, self.cap = world_size, costs, machine, cap
         self.level = min(level, cap) if level > 0 else cap
         self.local = max(min(ranks_per_node or world_size, world_size), 1)
         self.nodes = -(-self.world // self.local)
-        self.memory = np.zeros(world_size)
+        self.memory = memory if memory is not None else np.zeros(world_size)
         self.future_lookup = 0.0  # lookup bytes of the tables not placed yet (the look-ahead)
 
     def place(self, *, rows: int, dim: int, bytes_per_row: float, terms_of) -> Candidate:

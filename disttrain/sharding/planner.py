@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from disttrain.errors import PlanError
 from disttrain.ranges import even_split
 from disttrain.sharding.cost_model import Machine, StepCosts, Workload
@@ -45,7 +47,7 @@ class _Loads:
     """Running memory and lookup load per rank; the greedy placer picks the least loaded."""
 
     def __init__(self, world_size: int, total_memory: float, total_work: float):
-        self.memory = [0.0] * world_size
+        self.memory = np.zeros(world_size)  # shared with the auto placer (placement.Placer)
         self.work = [0.0] * world_size
         self.total_memory = max(total_memory, 1.0)
         self.total_work = max(total_work, 1.0)
@@ -164,8 +166,7 @@ def _layout(types: list[ShardingType | None], *, tables, world_size, local, num_
         if kind == ShardingType.DATA_PARALLEL:
             shards[index] = [Shard(r, (0, spec.num_rows), (0, spec.dim)) for r in range(world_size)]
             costs.add_replicated(bags_per_sample=spec.bags_per_sample, dim=spec.dim, rows=spec.num_rows)
-        elif kind == ShardingType.ROW_WISE or (kind is None and spec.name in dynamic):
-            types[index] = ShardingType.ROW_WISE
+        elif kind == ShardingType.ROW_WISE:  # (a dynamic table's `auto` is row-wise already: _choose_types)
             shards[index] = [Shard(r, rows, (0, spec.dim)) for r, rows in enumerate(even_split(span, world_size))]
         elif kind == ShardingType.TABLE_ROW_WISE:
             node = _emptiest_node(loads, world_size, local)
@@ -202,8 +203,7 @@ def _layout(types: list[ShardingType | None], *, tables, world_size, local, num_
                    for t, kind in zip(tables, types) if kind == ShardingType.DATA_PARALLEL) * (world_size - 1)
     mean = (total_memory + replicas) / world_size
     cap = min(mean * balance, memory_limit) if memory_limit else mean * balance
-    placer = Placer(world_size, local, costs, machine, cap, level=mean)
-    placer.memory[:] = loads.memory
+    placer = Placer(world_size, local, costs, machine, cap, level=mean, memory=loads.memory)
     placer.future_lookup = sum(terms(tables[i], Shard(0, (0, tables[i].num_rows), cols), 1, False)[2]
                                for _m, i, cols in pending if types[i] is None)
     for memory, index, cols in pending:
@@ -215,13 +215,12 @@ def _layout(types: list[ShardingType | None], *, tables, world_size, local, num_
                                       bags_per_sample=spec.bags_per_sample, cols=spec.dim, rows=rows, share=share))
             types[index] = chosen.type
             shards[index] = list(chosen.shards)
-            for rank, nrows in zip(chosen.ranks, chosen.rows):
-                loads.add(int(rank), float(nrows * per_row), _lookup_work(spec, spec.dim) / len(chosen.ranks))
+            for rank in chosen.ranks:  # (their memory is counted by the placer, in the array both share)
+                loads.work[int(rank)] += _lookup_work(spec, spec.dim) / len(chosen.ranks)
             continue
         used = {s.rank for s in shards.get(index, [])}
         exclude = used if len(used) < world_size else set()
         rank = loads.place(memory, _lookup_work(spec, cols[1] - cols[0]), exclude)
-        placer.memory[rank] += memory
         rows = (0, NUM_BUCKETS if spec.name in dynamic else spec.num_rows)
         shard = Shard(rank, rows, cols)
         costs.add(rank, terms(spec, shard, rows[1], False))
