@@ -39,12 +39,12 @@ def usable(comm, device: torch.device) -> bool:
     """Shared memory serves this job: CPU tensors, x86 (its store order makes the flag protocol safe), every rank on
     this host (collective: every rank calls it)."""
     here = (platform.machine() in ("x86_64", "AMD64") and device.type == "cpu" and os.path.isdir("/dev/shm"),
-            _host_id())
+            host_id())
     everyone = comm.all_gather_object(here)
     return all(ok for ok, _ in everyone) and len({host for _, host in everyone}) == 1
 
 
-def _host_id() -> str:
+def host_id() -> str:
     """The machine (boot id) and this process's network namespace: ranks in other namespaces (the two-node tests,
     containers) count as other hosts and talk over their network."""
     parts = [os.uname().nodename]

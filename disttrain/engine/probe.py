@@ -43,19 +43,10 @@ def _timed(fn, seconds: float) -> float:
 def dense_efficiency(cfg, batch: int, gemm: float, steps: int = 6) -> float:
     """The share of `gemm` GFLOP/s the configured model's dense training step reaches on `batch` samples (tiny
     tables: lookups are the cost model's other term)."""
-    import copy
-
-    from disttrain.collectives import SingleProcess
-    from disttrain.engine.build import build_model, open_data
     from disttrain.engine.loss import training_loss
-    from disttrain.engine.roofline import flops_per_sample
-    from disttrain.models import model_spec
+    from disttrain.engine.roofline import dense_model, flops_per_sample
 
-    small = copy.deepcopy(cfg)
-    small.model.table_sizes = [8] * len(build_model(small, embedding_device="meta").tables)
-    small.model.dynamic_tables, small.data.raw_ids, small.train.batch_size = [], False, batch
-    model, spec = build_model(small), model_spec(small.model.name)
-    data = open_data(small, model.tables, comm=SingleProcess(), rank=0).batch(0)
+    model, data, spec = dense_model(cfg, batch)
     params = [p for name, p in model.named_parameters() if not name.startswith("embeddings.")]
     optimizer = torch.optim.SGD(params, lr=1e-6)
     times = []
@@ -112,7 +103,7 @@ def run_probe(cfg, env, comm, placement: dict) -> dict | None:
     """Measure on every rank; rank 0 writes and returns the result."""
     from disttrain.engine.outputs import run_dir
     from disttrain.engine.roofline import gemm_gflops
-    from disttrain.shm_collectives import _host_id
+    from disttrain.shm_collectives import host_id
 
     threads = int(placement.get("threads") or torch.get_num_threads())
     comm.barrier()
@@ -120,7 +111,7 @@ def run_probe(cfg, env, comm, placement: dict) -> dict | None:
     mine = {"rank": env.rank, "host": platform.node(), "threads": threads, "gemm_gflops": gemm,
             "memory_gbs": memory_gbs(),
             "dense_efficiency": dense_efficiency(cfg, max(cfg.train.batch_size // comm.world_size, 1), gemm)}
-    hosts = comm.all_gather_object(_host_id())
+    hosts = comm.all_gather_object(host_id())
     if comm.world_size > 1:
         comm.barrier()
         rate, latency = link_rates(comm)

@@ -23,21 +23,28 @@ GEMM_SIZE = 1024
 COUNT_BATCH = 64
 
 
-def flops_per_sample(cfg) -> float:
-    """Matmul FLOPs (forward + backward) per training sample of this config's model."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+def dense_model(cfg, batch_size: int):
+    """(model, one batch of `batch_size` samples of the run's data, the model's spec) with tables of 8 rows: the
+    config's dense part at full size (its shapes do not depend on the tables' rows), nearly nothing else."""
     small = copy.deepcopy(cfg)
     declared = build_model(small, embedding_device="meta").tables  # how many tables; nothing allocated
     small.model.table_sizes = [8] * len(declared)
-    small.train.batch_size = COUNT_BATCH
+    small.train.batch_size = batch_size
     small.model.dynamic_tables = []
     small.data.raw_ids = False
     model = build_model(small)
     batch = open_data(small, model.tables, comm=SingleProcess(), rank=0).batch(0)
+    return model, batch, model_spec(small.model.name)
+
+
+def flops_per_sample(cfg) -> float:
+    """Matmul FLOPs (forward + backward) per training sample of this config's model."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, batch, spec = dense_model(cfg, COUNT_BATCH)
     counter = FlopCounterMode(display=False)
     with counter:
-        loss, _ = training_loss(model, batch, COUNT_BATCH, model_spec(small.model.name))
+        loss, _ = training_loss(model, batch, COUNT_BATCH, spec)
         loss.backward()
     return counter.get_total_flops() / COUNT_BATCH
 
