@@ -87,3 +87,13 @@ def check_resume(cfg: config_mod.Config, model) -> None:
 def launch(cfg: config_mod.Config, config_path: str) -> int:
     """Start the workers with `launch.launcher`; the exit code of the job."""
     return launcher_for(cfg.launch.launcher).start(cfg, config_path)
+
+
+def launch_as(cfg: config_mod.Config, variable: str, value: str) -> int:
+    """Pre-flight and launch with `variable=value` in the workers' environment (the worker entry point serves or
+    probes instead of training: `disttrain.worker.SERVE`, `PROBE`); this process's environment is restored."""
+    os.environ[variable] = value
+    try:
+        return launch(cfg, prepare_launch(cfg))
+    finally:
+        os.environ.pop(variable, None)

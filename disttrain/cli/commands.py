@@ -148,20 +148,16 @@ def cmd_probe(args) -> int:
     """Launch the job's workers to measure the cost model's rates; probe.json in run.output_dir (and --out)."""
     from disttrain.engine.outputs import run_dir
     from disttrain.engine.probe import describe
-    from disttrain.launch import launch, prepare_launch
+    from disttrain.launch import launch_as
     from disttrain.worker import PROBE
 
     cfg = _load(args.items)
-    os.environ[PROBE] = "1"
-    try:
-        code = launch(cfg, prepare_launch(cfg))
-    finally:
-        os.environ.pop(PROBE, None)
-    written = run_dir(cfg) / "probe.json"
-    if code != 0 or not written.is_file():
-        if code == 0:  # another node ran rank 0
-            return 0
+    code = launch_as(cfg, PROBE, "1")
+    if code != 0:
         raise DisttrainError(f"the probe's workers failed (exit code {code}); their errors are above")
+    written = run_dir(cfg) / "probe.json"
+    if not written.is_file():  # another node ran rank 0 and wrote it
+        return 0
     result = json.loads(written.read_text())
     target = Path(args.out) if args.out else written
     if args.out:

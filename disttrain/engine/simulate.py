@@ -56,7 +56,7 @@ def simulate(cfg: Config, worlds: list[int], *, batch_per_rank: int = 0, base_wo
         planned = time.perf_counter() - start
         workload = workload_of(run, model)
         if flops is not None:
-            workload = type(workload)(workload.global_batch, flops, workload.dense_params, workload.ids_per_bag)
+            workload = dataclasses.replace(workload, dense_flops_per_sample=flops)
         costs = rank_costs(plan, workload, local)
         pred = predict(costs, machine, local)
         memory = [r["bytes"] for r in plan.rank_bytes()]

@@ -5,7 +5,6 @@ serve instead of training when `DISTTRAIN_SERVE` holds the request; rank 0 write
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from disttrain.engine.checkpoint import META, find_checkpoint, remote, verify
 from disttrain.engine.checkpoint.verify import read_meta
 from disttrain.engine.sharded_serve import default_iterations
 from disttrain.errors import ConfigError
-from disttrain.launch import launch, prepare_launch
+from disttrain.launch import launch_as
 from disttrain.serving.infer import check_exact_length, run_config
 from disttrain.worker import SERVE
 
@@ -49,11 +48,7 @@ def run_sharded_inference(checkpoint: str, *, nproc: int, mode: str, config: str
         cfg.run.output_dir = scratch
         request = {"mode": mode, "iterations": iterations or default_iterations(mode),
                    "exact_max_length": exact_max_length}
-        os.environ[SERVE] = json.dumps(request)
-        try:
-            code = launch(cfg, prepare_launch(cfg))
-        finally:
-            os.environ.pop(SERVE, None)
+        code = launch_as(cfg, SERVE, json.dumps(request))
         result_file = Path(scratch) / "infer.json"
         if code != 0 or not result_file.is_file():
             raise ConfigError(f"sharded inference over {nproc} workers failed (exit code {code}); their errors are above")
