@@ -59,9 +59,15 @@ def run_disttrain(args, *, overrides: list[str]) -> dict:
 
 def run_torchrec(args, *, jemalloc: bool = False, pipeline: bool = False) -> dict:
     env = {"LD_PRELOAD": JEMALLOC, "MALLOC_CONF": "oversize_threshold:1,background_thread:false,dirty_decay_ms:-1,muzzy_decay_ms:-1"} if jemalloc else {}
-    text, _ = _run([args.torchrec_python, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone",
-                    str(ROOT / "benchmarks/peers/torchrec_dlrm.py"), "--steps", str(args.steps), "--warmup",
-                    str(args.warmup), *(["--pipeline"] if pipeline else [])], env=env)
+    cmd = [args.torchrec_python, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone",
+           str(ROOT / "benchmarks/peers/torchrec_dlrm.py"), "--steps", str(args.steps), "--warmup", str(args.warmup),
+           *(["--pipeline"] if pipeline else [])]
+    try:
+        text, _ = _run(cmd, env=env)
+    except RuntimeError as err:  # a peer run that dies (seen once: SIGABRT in rank 0) is run once more, said aloud
+        print(f"TorchRec run failed, running it again: {str(err).splitlines()[0]} "
+              f"{[line for line in str(err).splitlines() if 'Error' in line or 'error' in line][:3]}", flush=True)
+        text, _ = _run(cmd, env=env)
     return {"samples_per_s": float(re.search(r"TORCHREC samples_per_s=([\d.]+)", text).group(1))}
 
 
@@ -146,7 +152,8 @@ def main() -> int:
     for label, top, bottom, target in RATIOS:
         if top in median and bottom in median:
             ratio = median[top] / median[bottom]
-            print(f"  {label:<44}{ratio:>6.2f}x   (>= {target:.1f}x: {'met' if ratio >= target else 'NOT met'})")
+            shown = f"{ratio:.3f}" if abs(ratio - target) < 0.005 else f"{ratio:.2f}"  # 0.997 is not 1.00
+            print(f"  {label:<44}{shown:>6}x   (>= {target:.1f}x: {'met' if ratio >= target else 'NOT met'})")
     if "disttrain, 2 ranks, bf16" in results:
         gap = statistics.median(r["auc"] for r in results["disttrain, 2 ranks, bf16"]) - \
             statistics.median(r["auc"] for r in results["disttrain, 2 ranks"])

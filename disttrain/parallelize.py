@@ -1,8 +1,9 @@
 """The one place where distribution is applied to a plain model.
 
 Order: (1) plan the tables, (2) swap the model's `embeddings` for the sharded collection, (3) make batch
-statistics (BatchNorm, Dice) global-batch statistics, (4) put the dense parameters' gradients in one
-all-reduced buffer, (5) build the two optimizers.
+statistics (BatchNorm, Dice) global-batch statistics, (4) give the MLPs' Linear layers a backward with
+aligned GEMM shapes (same parameters), (5) put the dense parameters' gradients in one all-reduced buffer,
+(6) build the two optimizers.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 
 from disttrain.collectives import Collectives
 from disttrain.data_parallel import DataParallelGrads
-from disttrain.layers import set_collectives
+from disttrain.layers import align_linears, set_collectives
 from disttrain.optim import SparseRowOptimizer, dense_optimizer
 from disttrain.sharding.plan import ShardingPlan
 from disttrain.sharding.sharded_embedding_bags import ShardedEmbeddingBagCollection
@@ -54,6 +55,7 @@ def parallelize(
     embeddings = ShardedEmbeddingBagCollection(model.tables, plan, comm, seed=seed, device=device)
     model.embeddings = embeddings
     set_collectives(model, comm)
+    align_linears(model)
     model.to(device)
     dense_params = [p for name, p in model.named_parameters() if not name.startswith("embeddings.")]
     grads = DataParallelGrads(dense_params, comm)

@@ -101,3 +101,35 @@ def test_dot_interaction_matches_autograd_of_the_plain_formula(dtype):
     mine.grad = None
     (dot_interaction(mine, pairs) * weights).sum().backward()
     assert torch.allclose(mine.grad.float(), plain.grad.float(), atol=tol)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize(("lead", "width", "out"), [((64,), 13, 40), ((64,), 71, 40), ((64,), 96, 40),
+                                                    ((6, 5), 71, 9)])
+def test_aligned_linear_equals_nn_linear(lead, width, out, bf16):
+    """Thin inputs (transposed weight gradient), ragged widths (zero-padded GEMMs), aligned widths and 3-D inputs,
+    fp32 and bf16 autocast, followed by an in-place ReLU: outputs and every gradient as nn.Linear's, parameters
+    shared (the state_dict is the same object's)."""
+    import copy
+
+    from disttrain.layers import AlignedLinear, align_linears
+
+    gen = torch.Generator().manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Linear(width, out), torch.nn.ReLU(inplace=True))
+    aligned = copy.deepcopy(plain)
+    assert align_linears(aligned) == 1 and type(aligned[0]) is AlignedLinear
+    assert aligned[0].reshaped == (width % 16 != 0)  # the custom backward runs where it pays
+    assert aligned.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(*lead, width, generator=gen)
+    grads = []
+    for model in (plain, aligned):
+        inp = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = model(inp)
+        (y.float() * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward()
+        grads.append([y, inp.grad, model[0].weight.grad, model[0].bias.grad])
+    for a, b in zip(*grads):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # inference is F.linear
+        torch.testing.assert_close(aligned(x), plain(x))

@@ -34,7 +34,7 @@ class ProfileWindow:
             activities = [torch.profiler.ProfilerActivity.CPU]
             if self.device.type == "cuda":
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
-            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler = torch.profiler.profile(activities=activities, record_shapes=True)
             self.profiler.__enter__()
 
     def after(self, state: RunState) -> bool:

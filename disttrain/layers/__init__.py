@@ -1,7 +1,9 @@
 """Layers the plain models are built from: the unsharded embedding-bag collection, batch-statistics layers
 (global across ranks once `disttrain.parallelize` hands them the collectives), TF's GRU/AUGRU, DLRM's dot
-interaction. Nothing here starts communication by itself."""
+interaction, and the Linear whose backward has CPU-friendly GEMM shapes (`align_linears`, applied by
+parallelize). Nothing here starts communication by itself."""
 
+from disttrain.layers.aligned_linear import AlignedLinear, align_linears
 from disttrain.layers.batch_stats import (
     BatchMoments,
     BatchNorm,
@@ -15,5 +17,5 @@ from disttrain.layers.shapes import padded_length, positions
 from disttrain.layers.tf_gru import TFGRU
 from disttrain.layers.unsharded_embedding_bags import EmbeddingBagCollection
 
-__all__ = ["TFGRU", "BatchMoments", "BatchNorm", "Dice", "EmbeddingBagCollection", "FrozenBatchNorm",
-           "batch_stats_norm", "dot_interaction", "padded_length", "positions", "set_collectives"]
+__all__ = ["TFGRU", "AlignedLinear", "BatchMoments", "BatchNorm", "Dice", "EmbeddingBagCollection", "FrozenBatchNorm",
+           "align_linears", "batch_stats_norm", "dot_interaction", "padded_length", "positions", "set_collectives"]
