@@ -108,8 +108,8 @@ def test_dot_interaction_matches_autograd_of_the_plain_formula(dtype):
                                                     ((6, 5), 71, 9)])
 def test_aligned_linear_equals_nn_linear(lead, width, out, bf16):
     """Thin inputs (transposed weight gradient), ragged widths (zero-padded GEMMs), aligned widths and 3-D inputs,
-    fp32 and bf16 autocast, followed by an in-place ReLU: outputs and every gradient as nn.Linear's, parameters
-    shared (the state_dict is the same object's)."""
+    fp32 and bf16 autocast, followed by an in-place ReLU: outputs and every gradient as nn.Linear's; the swapped
+    layer keeps the same Parameter objects and state_dict keys."""
     import copy
 
     from disttrain.layers import AlignedLinear, align_linears
@@ -117,7 +117,9 @@ def test_aligned_linear_equals_nn_linear(lead, width, out, bf16):
     gen = torch.Generator().manual_seed(0)
     plain = torch.nn.Sequential(torch.nn.Linear(width, out), torch.nn.ReLU(inplace=True))
     aligned = copy.deepcopy(plain)
+    weight, bias = aligned[0].weight, aligned[0].bias
     assert align_linears(aligned) == 1 and type(aligned[0]) is AlignedLinear
+    assert aligned[0].weight is weight and aligned[0].bias is bias
     assert aligned[0].reshaped == (width % 16 != 0)  # the custom backward runs where it pays
     assert aligned.state_dict().keys() == plain.state_dict().keys()
     x = torch.randn(*lead, width, generator=gen)

@@ -50,8 +50,7 @@ class _AlignedLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x2, weight = ctx.saved_tensors
-        width = ctx.width
-        grad = grad_out.to(x2.dtype)
+        width, grad = ctx.width, grad_out  # fp32 throughout: the Function only runs outside autocast
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = (grad @ weight)[:, :width]
