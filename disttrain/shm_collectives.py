@@ -4,7 +4,8 @@ Loopback TCP (gloo) copies every byte through the kernel and its threads run on 
 on. Here the ranks map one file in /dev/shm: per rank a header (an epoch counter, the bytes it wrote, its
 all-to-all splits, its pid) and two data slots used alternately. An operation is: write your part into your slot,
 publish your epoch, wait until every rank has published it (a spin on the headers, yielding the core after a
-while), read what you need from the others' slots. Alternating slots makes the arrival of the next operation the
+while, or at once when the ranks outnumber the CPUs they may run on), read what you need from the others'
+slots. Alternating slots makes the arrival of the next operation the
 proof that everyone finished reading the previous one: one wait per operation, no second barrier.
 
 Every rank sums the slots in rank order, so all ranks hold bitwise the same sums. Messages larger than a slot,
@@ -77,7 +78,12 @@ class SharedMemoryCollectives:
             room = stat.f_bavail * stat.f_frsize // (4 * world)  # at most half the free space in use
             slot_bytes = max(min(slot_bytes, room // ALIGN * ALIGN), 0)
             offer = (f"/dev/shm/disttrain-{uuid.uuid4().hex}", slot_bytes)
-        name, slot_bytes = inner.all_gather_object(offer if self.rank == 0 else None)[0]
+        offers = inner.all_gather_object((offer if self.rank == 0 else None, sorted(os.sched_getaffinity(0))))
+        name, slot_bytes = offers[0][0]
+        # More ranks than CPUs among them (oversubscribed cores): a spinning rank would hold the core its peer needs
+        # to reach the meeting point, so a wait yields from the first spin.
+        usable_cpus = set().union(*(cpus for _, cpus in offers))
+        self.spins_before_yield = 0 if world > len(usable_cpus) else SPINS_BEFORE_YIELD
         self.slot_bytes = slot_bytes
         size = world * self.header_bytes + 2 * world * slot_bytes
         if self.rank == 0:
@@ -122,12 +128,12 @@ class SharedMemoryCollectives:
         done reading epoch e's."""
         self.mine[2 + self.epoch % 2] = nbytes
         self.mine[0] = self.epoch  # last: the data and the sizes are written before the epoch is seen
-        epochs, epoch, spins = self.epochs, self.epoch, 0
+        epochs, epoch, spins, patience = self.epochs, self.epoch, 0, self.spins_before_yield
         deadline = time.monotonic() + self.timeout_s
         next_check = time.monotonic() + 1.0
         while int(epochs.min()) < epoch:
             spins += 1
-            if spins > SPINS_BEFORE_YIELD:
+            if spins > patience:
                 os.sched_yield()
                 if spins % 256 == 0:
                     now = time.monotonic()

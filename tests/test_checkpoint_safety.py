@@ -66,7 +66,7 @@ def test_a_hostile_metadata_pickle_is_refused_without_running(copy, tmp_path):
 def test_metadata_that_points_outside_its_rank_directory_is_refused(copy, tmp_path):
     from torch.distributed.checkpoint.filesystem import _StorageInfo
 
-    from disttrain.engine.checkpoint.safe_read import read_dcp_metadata
+    from disttrain.engine.checkpoint.safe_dcp import read_dcp_metadata
 
     metadata = read_dcp_metadata(copy / "rank_00000" / ".metadata")
     first = next(iter(metadata.storage_data))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -175,11 +176,14 @@ def test_ray_restarts_a_failed_worker_group_from_the_last_checkpoint(ray_head, l
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(EXAMPLES))
-def test_ray_job_submit_runs_each_example(ray_head, example_runs, name, tmp_path):
-    """The repository is the job's working directory; the example's module travels with it."""
-    _submit(ray_head, ROOT, "disttrain", "launch", EXAMPLES[name], *EXAMPLE_SHORT, *RAY_WORKERS,
-            f"run.output_dir={tmp_path}/out", f"launch.ray_storage={tmp_path}/storage", cwd=tmp_path)
-    result = summary(tmp_path / "out")
-    assert result["launcher"] == "ray" and result["world_size"] == 2
-    assert_same_training(result, example_runs(name)["local"])
+def test_ray_job_submit_runs_each_example(ray_head, example_runs, tmp_path):
+    """The repository is the job's working directory; each example's module travels with it. One job runs the
+    examples one after the other (a job's start costs more than an example's training)."""
+    runs = [shlex.join(["disttrain", "launch", EXAMPLES[name], *EXAMPLE_SHORT, *RAY_WORKERS,
+                        f"run.output_dir={tmp_path}/{name}", f"launch.ray_storage={tmp_path}/st-{name}"])
+            for name in sorted(EXAMPLES)]
+    _submit(ray_head, ROOT, "sh", "-c", " && ".join(runs), cwd=tmp_path)
+    for name in sorted(EXAMPLES):
+        result = summary(tmp_path / name)
+        assert result["launcher"] == "ray" and result["world_size"] == 2, name
+        assert_same_training(result, example_runs(name)["local"])

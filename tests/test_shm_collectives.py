@@ -8,15 +8,18 @@ import os
 import pytest
 import torch
 
-from disttrain.shm_collectives import SharedMemoryCollectives, usable
+from disttrain.shm_collectives import SPINS_BEFORE_YIELD, SharedMemoryCollectives, usable
 from tests.dist_helpers import run_ranks
 
 
 def _exchanges(comm, slot_bytes: int):
+    # Each rank on one CPU, two CPUs at most: 3 ranks share a core (oversubscribed), 2 do not.
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    os.sched_setaffinity(0, {cpus[comm.rank % len(cpus)]})
     shm = SharedMemoryCollectives(comm, slot_bytes=slot_bytes, timeout_s=60)
     assert usable(comm, torch.device("cpu"))
+    report = [("patience", len(cpus), shm.spins_before_yield)]
     gen = torch.Generator().manual_seed(comm.rank)
-    report = []
     for step in range(6):  # several epochs: both slots, both header parities
         grads = torch.randn(1000 + 37 * step, generator=gen)
         expected = grads.clone()
@@ -43,8 +46,11 @@ def _exchanges(comm, slot_bytes: int):
 @pytest.mark.parametrize(("world", "slot"), [(2, 64 << 20), (3, 64 << 20), (3, 9000)])
 def test_shared_memory_sums_and_exchanges_equal_gloo(world, slot):
     """9000-byte slots: the larger exchanges of later steps (and rank 2's sends first) go through gloo, decided
-    alike on every rank."""
+    alike on every rank. Ranks that outnumber their CPUs yield the core from a wait's first spin; others spin a
+    while first."""
     for report in run_ranks(world, _exchanges, slot):
+        (_, cpus, patience), *report = report
+        assert patience == (0 if world > cpus else SPINS_BEFORE_YIELD)
         for kind, step, diff in report:
             assert diff <= (1e-5 if kind == "all_reduce" else 0), (kind, step, diff)
 

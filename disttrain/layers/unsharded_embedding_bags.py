@@ -25,8 +25,9 @@ class EmbeddingBagCollection(nn.Module):
         self.seed = seed
         self.bags = nn.ModuleList()
         for index, spec in enumerate(self.tables):
-            # Weights come from init_table_rows (never the global RNG), so model init is the same either way.
-            weight = None if device == "meta" else init_table_rows(
+            # Weights come from init_table_rows (never the global RNG), so model init is the same either way. On
+            # meta an empty weight is passed too: initialising one there would import torch._dynamo (~1 s).
+            weight = torch.empty(spec.num_rows, spec.dim, device="meta") if device == "meta" else init_table_rows(
                 seed=seed, table_index=index, spec=spec, rows=(0, spec.num_rows), cols=(0, spec.dim)
             )
             self.bags.append(

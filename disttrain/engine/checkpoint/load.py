@@ -15,7 +15,6 @@ import torch
 
 from disttrain.engine.checkpoint import dynamic, remote
 from disttrain.engine.checkpoint.layout import dense_parameters, rank_dir
-from disttrain.engine.checkpoint.safe_read import SafeFileSystemReader
 from disttrain.engine.checkpoint.verify import check_fits, read_manifest, read_meta, verify_shared
 from disttrain.errors import DataError
 from disttrain.optim import ELEMENT
@@ -44,6 +43,8 @@ class _Reader:
     def get(self, rank: int, key: str, shape: list[int], dtype=torch.float32) -> torch.Tensor:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.api import CheckpointException
+
+        from disttrain.engine.checkpoint.safe_dcp import SafeFileSystemReader
 
         if key not in self.cache:
             directory = rank_dir(rank)
