@@ -35,7 +35,7 @@ test-deps:
 
 test: $(STAMP) test-deps lint-imports
 	$(BIN)/ruff check disttrain models launchers tests benchmarks
-	$(BIN)/python -m pytest -q --durations=10 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10 tests
 
 # The import contracts of pyproject.toml (layers, no cycles), checked with import-linter on the package as it
 # installs: disttrain/models, disttrain/launchers and disttrain/cluster_configs are symlinks to the top-level
@@ -44,7 +44,7 @@ lint-imports: $(STAMP)
 	$(BIN)/lint-imports
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 bench: $(STAMP) system-deps
 	$(BIN)/disttrain bench
