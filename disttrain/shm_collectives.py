@@ -5,8 +5,8 @@ on. Here the ranks map one file in /dev/shm: per rank a header (an epoch counter
 all-to-all splits, its pid) and two data slots used alternately. An operation is: write your part into your slot,
 publish your epoch, wait until every rank has published it (a spin on the headers, yielding the core after a
 while, or at once when the ranks outnumber the CPUs they may run on), read what you need from the others'
-slots. Alternating slots makes the arrival of the next operation the
-proof that everyone finished reading the previous one: one wait per operation, no second barrier.
+slots. Alternating slots makes the arrival of the next operation the proof that everyone finished reading the
+previous one: one wait per operation, no second barrier.
 
 Every rank sums the slots in rank order, so all ranks hold bitwise the same sums. Messages larger than a slot,
 objects, gathers and barriers go through the process group (`inner`). A peer that exits is noticed within a

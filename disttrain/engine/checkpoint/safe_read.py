@@ -9,8 +9,8 @@ whole, not who wrote it. So nothing in it is ever executed or trusted to point e
   with one line, before it is created.
 - Every storage location the metadata names must be a file of that rank's directory, listed in the manifest, with
   no transform; tensors themselves are read with `torch.load(weights_only=True)` (torch's own reader).
+  These two checks live in `safe_dcp` (the unpickler and `SafeFileSystemReader`); the two below, here.
 - Every path the manifest names must stay inside the checkpoint: no absolute path, no `..`, no symlink.
-  (`safe_dcp` holds these two readers.)
 - `meta.json` is checked field by field (types, ranges, shards inside their tables) before anything is sized from it.
 """
 
