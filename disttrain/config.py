@@ -57,15 +57,16 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.distribution": DISTRIBUTIONS,
     "train.precision": ("fp32", "bf16"),
     "train.nonfinite_loss": ("stop", "skip"),
+    "train.resume_data": ("auto", "continue", "restart"),
     "sharding.strategy": STRATEGIES,
     "launch.affinity": AFFINITIES,
     "launch.backend": BACKENDS,
 }
-POSITIVE = ("train.batch_size", "model.dynamic_min_count", "quant.calibration_batches", "launch.nnodes", "data.multi_hot_max", "data.num_dense", "launch.cpus_per_worker",
+POSITIVE = ("train.batch_size", "model.dynamic_min_count", "quant.calibration_batches", "launch.nnodes", "data.multi_hot_max", "launch.cpus_per_worker",
             "launch.timeout_s", "data.synthetic_samples", "launch.stop_grace_s")
 NON_NEGATIVE = (
-    "train.steps", "train.eval_every", "model.max_rows", "model.embedding_dim", "sharding.num_column_shards",
-    "data.cycle_batches", "data.max_history", "train.profile_steps", "launch.node_rank", "launch.master_port", "launch.threads_per_worker",
+    "train.steps", "train.eval_every", "train.check_replicas_every", "model.max_rows", "model.embedding_dim", "sharding.num_column_shards",
+    "data.cycle_batches", "data.max_history", "data.num_dense", "train.profile_steps", "launch.node_rank", "launch.master_port", "launch.threads_per_worker",
     "launch.num_workers", "launch.max_restarts", "checkpoint.every_steps", "checkpoint.keep_last",
     "model.dynamic_ttl_steps", "model.dynamic_capacity", "sharding.memory_limit_mib", "cluster.ranks_per_node",
     "cluster.gemm_gflops", "cluster.dense_efficiency", "cluster.memory_gbs", "cluster.intra_gbs", "cluster.intra_latency_us", "cluster.inter_gbs",

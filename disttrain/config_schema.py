@@ -103,7 +103,8 @@ class DataConfig:
 class TrainConfig:
     batch_size: int = key(256, help="the **global** batch (each rank takes batch / world size)")
     steps: int = key(100, help="training steps (global batches)")
-    seed: int = key(0, help="seeds the model's initial weights and the data order")
+    seed: int = key(0, help="seeds the model's initial weights (torch's, numpy's and Python's generators before the "
+                            "model is built; every rank then takes rank 0's dense weights) and the data order")
     lr: float = key(0.1, help="learning rate of both optimizers (sparse rows and dense parameters)")
     optimizer: str = key("sgd", help="`sgd`, `adagrad`, `rowwise_adagrad`, `adam`, `adagraddecay` (DeepRec's: "
                                      "accumulators start at 0.1 and every 100,000 steps are multiplied by 0.9, "
@@ -114,6 +115,15 @@ class TrainConfig:
     warmup_steps: int = key(-1, help="steps left out of samples/s (-1 = min(5, steps/5))")
     resume: str = key("", help="`auto` (the newest complete checkpoint in `checkpoint.dir`; fresh if none) or a "
                                "checkpoint path; any world size, any plan")
+    resume_data: str = key("auto", help="what a resume does with the data: `continue` (go on where the checkpoint's "
+                                        "run stopped in it; `train.steps` is the step the run ends at), `restart` "
+                                        "(read this run's data from its first batch: the next day's data; the run "
+                                        "trains `train.steps` (or `train.epochs`) more steps), `auto` (`restart` "
+                                        "when the checkpoint was trained on other data than `data.path`, by the "
+                                        "prepared data's fingerprint, else `continue`)")
+    check_replicas_every: int = key(0, help="compare checksums of every rank's dense parameters every N steps "
+                                            "(0 = only before each evaluation and checkpoint, as always): a rank "
+                                            "whose replica differs from rank 0's stops the run in one line")
     epochs: float = key(0.0, help="`criteo`, `dien` (and DIEN on `synthetic`): passes over the training split "
                                   "(sets `train.steps`)")
     target_auc: float = key(0.0, help="MLPerf-style: stop at the first evaluation whose validation AUC reaches it "
@@ -132,7 +142,7 @@ class TrainConfig:
 
 @dataclass
 class ShardingConfig:
-    strategy: str = key("auto", help="`auto`, `table_wise`, `row_wise`, `column_wise`, `data_parallel`")
+    strategy: str = key("auto", help=", ".join(f"`{name}`" for name in STRATEGIES))  # every value, none forgotten
     tables: dict[str, str] = key(factory=dict, help="per-table overrides `{table_name: strategy}` (tables are "
                                                     "named `t0`, `t1`, ... in the Criteo models; DIEN's `uid`, "
                                                     "`mid`, `cat`; a model of one's own names its own)")

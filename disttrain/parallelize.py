@@ -2,8 +2,8 @@
 
 Order: (1) plan the tables, (2) swap the model's `embeddings` for the sharded collection, (3) make batch
 statistics (BatchNorm, Dice) global-batch statistics, (4) give the MLPs' Linear layers a backward with
-aligned GEMM shapes (same parameters), (5) put the dense parameters' gradients in one all-reduced buffer,
-(6) build the two optimizers.
+aligned GEMM shapes (same parameters), (5) make every rank's dense parameters and buffers rank 0's (a user's model need not seed itself), (6) put
+the dense parameters' gradients in one all-reduced buffer, (7) build the two optimizers.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from disttrain.collectives import Collectives
 from disttrain.data_parallel import DataParallelGrads
 from disttrain.layers import align_linears, set_collectives
 from disttrain.optim import SparseRowOptimizer, dense_optimizer
+from disttrain.replicas import broadcast_dense
 from disttrain.sharding.plan import ShardingPlan
 from disttrain.sharding.sharded_embedding_bags import ShardedEmbeddingBagCollection
 
@@ -57,6 +58,7 @@ def parallelize(
     set_collectives(model, comm)
     align_linears(model)
     model.to(device)
+    broadcast_dense(model, comm)
     dense_params = [p for name, p in model.named_parameters() if not name.startswith("embeddings.")]
     grads = DataParallelGrads(dense_params, comm)
     return Parallelized(

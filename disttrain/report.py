@@ -9,7 +9,9 @@ Plots (several runs overlaid, e.g. fp32 vs bf16, 1 vs 2 ranks):
                     into compute, exchange and all-reduce, with samples/s (and measured steps where recorded)
 The page (`report.html`) embeds the plots and holds, per run, its headline figures, the resolved config, the plan
 table and the worker pinning table. A run directory that lacks files, or was written by an older disttrain, is
-reported as such; everything it does hold is still rendered.
+reported as such; everything it does hold is still rendered. A run directory may be on object storage
+(`run.output_dir=s3://bucket/runs/r1`): its files are read from there and the report is written locally
+(by default `./report-<run name>`).
 """
 
 from __future__ import annotations
@@ -22,13 +24,16 @@ from pathlib import Path
 
 from disttrain.errors import DataError
 from disttrain.phases import PHASES
+from disttrain.storage import filesystem, is_remote, join, local, remote_call
 
 PLOTS = ("curves", "throughput", "breakdown", "memory", "scaling")
+RUN_FILES = ("summary.json", "config.yaml", "simulate.json")  # what a report reads of a run directory
+KEY = "RUN_DIR"  # how errors name a run directory (`disttrain report RUN_DIR`)
 
 
 @dataclass
 class Run:
-    path: Path
+    path: str  # the run directory as named: a local path or a URL
     label: str
     summary: dict = field(default_factory=dict)
     config_text: str = ""
@@ -36,32 +41,58 @@ class Run:
     missing: list[str] = field(default_factory=list)
 
 
-def _read_json(path: Path, run: Run, lost: str):
+def read_run_files(run_dir: str | Path) -> dict[str, bytes]:
+    """{name: content} of the RUN_FILES a run directory holds, local or on object storage."""
+    if is_remote(run_dir):
+        return _remote_run_files(str(run_dir))
+    path = Path(local(run_dir))
+    if not path.is_dir():
+        raise DataError(f"{run_dir}: not a directory; expected a run directory (run.output_dir of a disttrain run)")
+    return {name: (path / name).read_bytes() for name in RUN_FILES if (path / name).is_file()}
+
+
+def _remote_run_files(url: str) -> dict[str, bytes]:
+    fs, root = filesystem(url, key=KEY)
+
+    def listing() -> list[dict]:
+        try:
+            return fs.ls(root, detail=True)
+        except FileNotFoundError:
+            return []
+
+    entries = remote_call(url, KEY, listing)
+    if not entries or all(e["name"].rstrip("/") == root.rstrip("/") for e in entries):  # nothing, or one object
+        raise DataError(f"{url}: not a directory; expected a run directory (run.output_dir of a disttrain run)")
+    present = {e["name"].rsplit("/", 1)[-1] for e in entries if e.get("type") != "directory"}
+    return {name: remote_call(url, KEY, fs.cat_file, join(root, name)) for name in RUN_FILES if name in present}
+
+
+def _read_json(name: str, data: bytes, run: Run, lost: str):
     """The file's JSON, or None with a line in `run.missing` saying what is lost (`lost`)."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        run.missing.append(f"{path.name} is not readable JSON ({exc}): {lost}")
+        run.missing.append(f"{name} is not readable JSON ({exc}): {lost}")
         return None
 
 
-def load_run(path: Path, label: str) -> Run:
+def load_run(path: str, label: str, files: dict[str, bytes]) -> Run:
+    """The run directory `path` (as named) from its files (`read_run_files`)."""
     run = Run(path, label)
-    summary_file, config_file, simulated = path / "summary.json", path / "config.yaml", path / "simulate.json"
-    if simulated.is_file():
-        data = _read_json(simulated, run, "no scaling plot")
+    if "simulate.json" in files:
+        data = _read_json("simulate.json", files["simulate.json"], run, "no scaling plot")
         if data is not None and not (isinstance(data, dict) and isinstance(data.get("worlds"), list)):
             run.missing.append("simulate.json has no `worlds` list: no scaling plot")
         elif data is not None:
             run.simulate = data
-        if not summary_file.is_file():
+        if "summary.json" not in files:
             return run  # a simulation, not a run
-    if summary_file.is_file():
-        run.summary = _read_json(summary_file, run, "no curves, figures or tables") or {}
+    if "summary.json" in files:
+        run.summary = _read_json("summary.json", files["summary.json"], run, "no curves, figures or tables") or {}
     else:
         run.missing.append("summary.json is missing (the run did not finish?): no curves, figures or tables")
-    if config_file.is_file():
-        run.config_text = config_file.read_text()
+    if "config.yaml" in files:
+        run.config_text = files["config.yaml"].decode(errors="replace")
     elif run.summary.get("config"):
         import yaml
 
@@ -292,25 +323,37 @@ window.addEventListener("load", function () {{
 """
 
 
-def render(run_dirs: list[str | Path], out: str | Path) -> dict:
-    """Write the PNGs and report.html into `out`; returns what was written and what each run lacks."""
+def _name(run_dir: str) -> str:
+    """The run directory's last component (`s3://b/runs/r1` -> `r1`)."""
+    return str(run_dir).rstrip("/").rsplit("/", 1)[-1] or str(run_dir)
+
+
+def default_out(run_dirs: list[str | Path]) -> Path:
+    """Where a report goes unless told: RUN_DIR/report, or ./report-<run name> for a run on object storage."""
+    first = str(run_dirs[0])
+    return Path(f"report-{_name(first)}") if is_remote(first) else Path(local(first)) / "report"
+
+
+def render(run_dirs: list[str | Path], out: str | Path | None = None) -> dict:
+    """Write the PNGs and report.html into `out` (a local directory; default: `default_out`); returns what was
+    written and what each run lacks."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = [Path(p) for p in run_dirs]
-    for p in paths:
-        if not p.is_dir():
-            raise DataError(f"{p}: not a directory; expected a run directory (run.output_dir of a disttrain run)")
-    labels = [p.name or str(p) for p in paths]
+    if out is not None and is_remote(out):
+        raise DataError(f"--out: {out}: the report is written to a local directory; expected a local path")
+    names = [str(p) for p in run_dirs]
+    files = [read_run_files(name) for name in names]
+    labels = [_name(name) for name in names]
     if len(set(labels)) < len(labels):
-        labels = [str(p) for p in paths]
-    runs = [load_run(p, label) for p, label in zip(paths, labels)]
+        labels = names
+    runs = [load_run(name, label, held) for name, label, held in zip(names, labels, files)]
     if not any(r.summary or r.config_text or r.simulate for r in runs):
-        raise DataError(f"{', '.join(map(str, paths))}: no summary.json or config.yaml in any of them; expected "
+        raise DataError(f"{', '.join(names)}: no summary.json or config.yaml in any of them; expected "
                         "run directories written by `disttrain launch`/`train`")
-    out = Path(out)
+    out = Path(out) if out is not None else default_out(run_dirs)
     out.mkdir(parents=True, exist_ok=True)
     drawers = {"curves": _plot_curves, "throughput": _plot_throughput, "breakdown": _plot_breakdown,
                "memory": _plot_memory, "scaling": _plot_scaling}

@@ -86,6 +86,32 @@ def remote_call(url: str, key: str, fn, *args, **kwargs):
         raise explain(exc, url, key) from None
 
 
+def remove_tree(fs, path: str) -> None:
+    """Delete every object under `path`, then the directory entries a store may keep for the emptied prefixes
+    (SeaweedFS lists `step_N/rank_00000/` until that entry itself is deleted; S3 keeps none, and then this is one
+    listing more). Listing `path` or its parent afterwards shows nothing of it."""
+    try:
+        fs.rm(path, recursive=True)
+    except FileNotFoundError:  # nothing but empty directory entries (or nothing at all) there
+        pass
+    for directory in _directories(fs, path):
+        try:
+            fs.rm_file(directory.rstrip("/") + "/")  # the trailing slash names the directory entry
+        except FileNotFoundError:
+            pass
+
+
+def _directories(fs, path: str) -> list[str]:
+    """The directories `path` still lists, deepest first, `path` itself last ([] when it lists nothing)."""
+    try:
+        entries = fs.ls(path, detail=True, refresh=True)
+    except FileNotFoundError:
+        return []
+    nested = [d for e in entries if e.get("type") == "directory" and e["name"].rstrip("/") != path.rstrip("/")
+              for d in _directories(fs, e["name"])]
+    return [*nested, path] if entries else []
+
+
 def check_reachable(url: str, key: str) -> None:
     """Fail early (one line) when the store cannot be reached or refuses us."""
     fs, path = filesystem(url, key=key)

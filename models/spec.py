@@ -7,6 +7,9 @@ A model is a plain `nn.Module` that never imports torch.distributed:
     model(dense, sparse) -> logits [B]; in training, models with an auxiliary loss return
                         (logits, auxiliary loss summed over this rank's samples)
 
+A model reads its tables from the data with `tables_from_config(cfg, dim, default=...)`: with a prepared
+directory they are the data's categorical columns (names, rows, pooling); with generated data, `default`.
+
 Its spec (`SPEC` in the module, listed in `disttrain.models.MODELS`) says how to build it and what the
 registry, the config check, the planner, training and serving must know about it:
 
@@ -76,6 +79,34 @@ def config_tables(cfg, flavor, *, extra_cols: int = 0, pooling: str | None = Non
     dim = (cfg.model.embedding_dim or flavor.embedding_dim) + extra_cols
     names = table_names(cfg, len(rows))
     return [EmbeddingTableSpec(name, r, dim, pooling=pooling or cfg.model.table_pooling.get(name, cfg.model.pooling))
+            for name, r in zip(names, rows)]
+
+
+def tables_from_config(cfg, dim: int, *, default: Mapping[str, int] | None = None) -> list[EmbeddingTableSpec]:
+    """A model's tables as its data has them: the contract for a model of one's own.
+
+    With `data.source=prepared` (or `criteo`, `torchrec`) the dataset fills `model.table_sizes`, `model.table_names`
+    and `model.table_pooling` before the model is built: one table per categorical column, named after it, with
+    its vocabulary's rows and its multi-hot pooling. Generated data (`data.source=synthetic`) has no tables of its
+    own: it draws ids for the tables the model declares, `default` ({name: rows}, in feature order). A user may
+    also set `model.table_sizes` (and `model.table_names`) directly. `model.embedding_dim`, when set, replaces
+    `dim`; `model.max_rows` caps every table; `model.pooling` is the pooling of tables the data says nothing of.
+
+        self.tables = tables_from_config(cfg, dim=32, default={"user_id": 1_000_000, "item_id": 500_000})
+    """
+    if cfg.model.table_sizes:
+        rows = list(cfg.model.table_sizes)
+        names = table_names(cfg, len(rows))
+    elif default:
+        names, rows = list(default), list(default.values())
+    else:
+        raise ConfigError(f"model.table_sizes: empty with data.source={cfg.data.source}, and model.name="
+                          f"{cfg.model.name} gives no default tables; expected data.source=prepared (the data's "
+                          "tables), model.table_sizes=[...], or tables_from_config(cfg, dim, default={name: rows})")
+    if cfg.model.max_rows:
+        rows = [min(r, cfg.model.max_rows) for r in rows]
+    dim = cfg.model.embedding_dim or dim
+    return [EmbeddingTableSpec(name, r, dim, pooling=cfg.model.table_pooling.get(name, cfg.model.pooling))
             for name, r in zip(names, rows)]
 
 

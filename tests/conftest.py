@@ -81,7 +81,6 @@ class Flavor:
 class TinyTower(nn.Module):
     def __init__(self, cfg, embedding_device="cpu"):
         super().__init__()
-        torch.manual_seed(cfg.train.seed)
         rows = FLAVORS[cfg.model.flavor].rows
         self.tables = [EmbeddingTableSpec(name, r, 4) for name, r in zip(("user_id", "item_id", "item_tag"), rows)]
         self.embeddings = EmbeddingBagCollection(self.tables, seed=cfg.train.seed, device=embedding_device)

@@ -106,6 +106,18 @@ def test_the_readme_table_is_the_schema():
     assert all(k.help.strip() for k in keys())
 
 
+def test_every_accepted_value_is_named_in_its_keys_meaning():
+    """A key with a fixed set of values names each (or shows it as the default) in `config keys` and the README:
+    `sharding.strategy` once forgot `table_row_wise`."""
+    from disttrain.config import CHOICES
+    from disttrain.config_schema import keys
+
+    described = {k.path: k for k in keys()}
+    for path, values in CHOICES.items():
+        unnamed = [v for v in values if f"`{v}`" not in described[path].help and v != described[path].default]
+        assert not unnamed, f"{path}: {unnamed} missing from {described[path].help!r}"
+
+
 def test_config_keys_show_and_list_from_the_cli():
     listed = json.loads(cli("config", "keys", "--json").stdout)
     batch = next(e for e in listed if e["key"] == "train.batch_size")

@@ -49,6 +49,28 @@ def test_bad_flags_are_one_line(trained):
         assert result.stderr.strip().count("\n") == 0, result.stderr
 
 
+def test_an_exported_file_is_named_as_such(trained, tmp_path):
+    """`infer --checkpoint model.pt` on a `disttrain export` file: one line saying what the file is and how to
+    read it, exit 2 (it said "no complete checkpoint there"); any other file is "a file, not a checkpoint"."""
+    exported = tmp_path / "model.pt"
+    result = cli("export", str(trained("dlrm").step_dir), "--out", str(exported))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (tmp_path / "notes.txt").write_text("not a model")
+    hint = "an exported model file (`disttrain export`), not a sharded checkpoint"
+    for target, flags, message in (
+        (exported, [], f"--checkpoint: {exported}: {hint}"),
+        (exported, ["--nproc", "2"], f"--checkpoint: {exported}: {hint}"),
+        (exported, ["--runtime", "onnxruntime"], f"checkpoint: {exported}: {hint}"),
+        (tmp_path / "notes.txt", [], f"--checkpoint: {tmp_path / 'notes.txt'}: a file, not a checkpoint"),
+    ):
+        result = cli("infer", "--checkpoint", str(target), "--mode", "accuracy", *flags)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert message in result.stderr, result.stderr
+        assert ("disttrain.api.load_exported(path)" in result.stderr) == (target == exported), result.stderr
+    result = cli("export", str(exported), "--out", str(tmp_path / "again.pt"))
+    assert result.returncode == 2 and "checkpoint: " in result.stderr and "an exported model file" in result.stderr
+
+
 @pytest.mark.parametrize("model", ["dlrm", "dien"])
 def test_sharded_inference_equals_one_process(trained, model):
     """`--nproc 2`: the checkpoint resharded over two worker processes serves the same evaluation."""

@@ -37,6 +37,26 @@ def test_what_cannot_fit_stops_in_one_line_before_allocating(tmp_path, override,
     assert worker.returncode == 2 and "does not fit: rank 0 needs" in worker.stderr.strip().splitlines()[-1]
 
 
+def test_the_memory_line_names_what_a_small_rank_needs():
+    """A debug model's rank needs kilobytes: the line said `needs 0 MiB ( MiB)`; now every size reads as what it is,
+    whatever the mix of parts."""
+    from disttrain.engine.resources import MIB, RankNeed, memory_verdict
+
+    small = RankNeed(0, {"embeddings": 3_000, "embedding optimizer": 0, "dense": 5_120, "activations": 300})
+    fits, line = memory_verdict([small], 100 * MIB, "MemAvailable")
+    assert fits and "rank 0 needs 8 KiB (embeddings 3 KiB, dense 5 KiB, activations 300 B) and may use 100 MiB" \
+        in line, line
+    for sizes in ([0, 0], [1, 0], [1023, 1], [MIB - 1, 5], [MIB, 0], [MIB // 3] * 3, [100 * MIB, 900 * 1024],
+                  [20 * 2**30, 1, 3 * MIB]):
+        need = RankNeed(1, dict(zip(("embeddings", "dense", "batches"), sizes)))
+        _, line = memory_verdict([need], 64 * MIB, "the cgroup limit")
+        assert "()" not in line and "( " not in line and " 0 MiB" not in line.split(" and may use")[0], line
+        assert ("(" in line.split(" and may use")[0]) == (need.total > 0), line
+    big = RankNeed(2, {"embeddings": 61 * MIB, "dense": 4_000, "activations": 2 * MIB})
+    assert memory_verdict([big], 40 * MIB, "x")[1].startswith(
+        "does not fit: rank 2 needs 63 MiB (embeddings 61 MiB, activations 2.0 MiB) and may use 40 MiB")
+
+
 def _mount_tmpfs(path: Path, *options: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(path)],

@@ -1,8 +1,9 @@
 """Object storage against a real S3 server (SeaweedFS's `weed`, started once for the module): a prepared dataset,
 sharded checkpoints and the run's outputs on `s3://`. A 2-rank run whose rank is SIGKILLed restarts from its S3
 checkpoint and ends like an uninterrupted run on local files; one process resumes an S3 checkpoint; a step
-prefix without a manifest is never resumed; `disttrain infer` reads an S3 checkpoint like a local copy; an
-unreachable store or missing credentials is one line that never prints the secret."""
+prefix without a manifest is never resumed; pruning leaves nothing of a step listed; `disttrain infer` reads an S3
+checkpoint like a local copy and `disttrain report` a run on S3; an unreachable store or missing credentials is one
+line that never prints the secret."""
 
 from __future__ import annotations
 
@@ -322,10 +323,66 @@ def test_a_step_prefix_without_manifest_is_never_resumed(aws, reference, killed,
     got = json.loads(fs.cat_file(f"{aws.url}/runs/partial/summary.json"))
     assert got["val_logloss"] == pytest.approx(_eval_at(full, 20)["logloss"], abs=1e-5)
     s3fs.S3FileSystem.clear_instance_cache()  # this process's listings predate the run's writes
-    # The partial prefix's objects are gone (SeaweedFS may list the emptied prefix a while longer; S3 does not).
+    # The partial prefix is gone: its objects, and the emptied entries SeaweedFS would otherwise go on listing.
     holding = {p.split("/")[2] for p in fs.find(partial)}
     assert holding == {"step_00000010", "step_00000020"}, sorted(fs.find(partial))
+    assert remote.all_steps(partial) == ["step_00000010", "step_00000020"]
     assert remote.committed(partial) == [f"{partial}/step_00000010", f"{partial}/step_00000020"]
+
+
+def _listed(fs, url: str) -> list[str]:
+    """Everything under `url` a fresh listing shows, directories included (what `aws s3 ls` and a store's
+    console show, prefix by prefix), relative to `url`, sorted."""
+    fs.invalidate_cache()
+    try:
+        entries = fs.ls(url, detail=True, refresh=True)
+    except FileNotFoundError:
+        return []
+    prefix = url[len("s3://"):] + "/"
+    names = [e["name"][len(prefix):] for e in entries]
+    nested = [f"{name}/{sub}" for e, name in zip(entries, names) if e["type"] == "directory"
+              for sub in _listed(fs, f"s3://{e['name']}")]
+    return sorted(names + nested)
+
+
+def test_removing_a_prefix_leaves_nothing_listed(aws):
+    """What pruning and a failed save call: every object goes, and so does every emptied `rank_*` entry a store
+    keeps (SeaweedFS's filer does; S3 does not), also one an older disttrain left behind."""
+    from disttrain.storage import remove_tree
+
+    fs, url = aws.fs, f"{aws.url}/remove"
+    for step in ("step_00000010", "step_00000020"):
+        for rank in ("rank_00000", "rank_00001"):
+            fs.pipe(f"{url}/{step}/{rank}/__0_0.distcp", b"shard")
+        fs.pipe(f"{url}/{step}/manifest.json", b"{}")
+    fs.pipe(f"{url}/step_00000005/rank_00000/__0_0.distcp", b"shard")
+    fs.rm(f"{url}/step_00000005", recursive=True)  # how an older disttrain pruned: empty entries stay listed
+    assert "step_00000005" in _listed(fs, url)
+    for step in ("step_00000005", "step_00000010"):
+        remove_tree(fs, f"{url}/{step}"[len("s3://"):])
+    assert _listed(fs, url) == ["step_00000020", "step_00000020/manifest.json", "step_00000020/rank_00000",
+                                "step_00000020/rank_00000/__0_0.distcp", "step_00000020/rank_00001",
+                                "step_00000020/rank_00001/__0_0.distcp"]
+    remove_tree(fs, f"{url}/nothing"[len("s3://"):])  # nothing there: nothing to do, no error
+
+
+@pytest.mark.slow
+def test_keep_last_on_s3_leaves_nothing_of_a_pruned_step(aws, killed, tmp_path):
+    """`checkpoint.keep_last=1` on S3: resumed at step 30, saved at 40, and every earlier step (and an emptied
+    prefix an older disttrain left) is gone from the listing, down to its `rank_*` entries."""
+    _, ck, _ = killed
+    fs, kept = aws.fs, f"{aws.url}/kept"
+    fs.copy(ck, kept, recursive=True)
+    fs.pipe(f"{kept}/step_00000005/rank_00000/__0_0.distcp", b"shard")
+    fs.rm(f"{kept}/step_00000005", recursive=True)
+    assert [e for e in _listed(fs, kept) if "/" not in e] == [f"step_000000{s}" for s in ("05", "10", "20", "30")]
+    run = disttrain("train", *JOB, f"data.path={aws.url}/data/prepared", "train.steps=40", "train.resume=auto",
+                    "checkpoint.keep_last=1", f"checkpoint.dir={kept}", f"run.output_dir={tmp_path}/run", env=aws.env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"resumed from {kept}/step_00000030 at step 30" in run.stdout
+    listed = _listed(fs, kept)
+    assert {e.split("/")[0] for e in listed} == {"step_00000040"}, listed
+    assert {"step_00000040/manifest.json", "step_00000040/rank_00000"} <= set(listed)
 
 
 @pytest.mark.slow
@@ -363,6 +420,24 @@ def test_export_and_quantize_read_an_s3_checkpoint(aws, dataset, reference, kill
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     result = cli("quantize", "--checkpoint", ck, "--out", str(tmp_path / "int8"), "quant.calibration_batches=1")
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_report_renders_a_run_on_s3(aws, killed, tmp_path, monkeypatch):
+    """`disttrain report s3://bucket/runs/killed`: read from the bucket (the URL kept whole, not `s3:/...`),
+    written locally (by default ./report-killed); a prefix holding nothing is one line naming the URL."""
+    import matplotlib.font_manager  # noqa: F401 - its first import may run fc-list, which cli() would refuse
+
+    url = f"{aws.url}/runs/killed"
+    monkeypatch.chdir(tmp_path)
+    result = cli("report", url)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "wrote report-killed/report.html (4 plots" in result.stdout, result.stdout
+    page = (tmp_path / "report-killed" / "report.html").read_text()
+    assert f"<p class=path>{url}</p>" in page and "Sharding plan" in page and "Resolved config" in page
+    assert page.count("<img ") == 4 and SECRET not in page
+    result = cli("report", f"{aws.url}/runs/nothing", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"{aws.url}/runs/nothing: not a directory" in result.stderr and not (tmp_path / "r").exists()
 
 
 def _one_line_without_secret(result, *needles: str) -> str:

@@ -100,7 +100,7 @@ def cmd_report(args) -> int:
     from disttrain.report import render
 
     runs = [*args.runs, *args.items]
-    result = render(runs, args.out or Path(runs[0]) / "report")
+    result = render(runs, args.out or None)
     for label, missing in result["missing"].items():
         for item in missing:
             print(f"report: {label}: {item}", file=sys.stderr)

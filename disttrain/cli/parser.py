@@ -116,8 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("items", nargs="*", metavar="key=value", help="overrides (data.path=..., quant.*)")
     p.set_defaults(func=c.cmd_quantize)
     p = sub.add_parser("report", help="PNG plots and one HTML page of one or more runs (overlaid)")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (run.output_dir)")
-    p.add_argument("--out", default="", help="directory for report.html and the PNGs (default: RUN_DIR/report)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                   help="run directories (run.output_dir): local paths or URLs (s3://bucket/runs/r1)")
+    p.add_argument("--out", default="", help="local directory for report.html and the PNGs (default: RUN_DIR/report; "
+                                             "for a run on object storage ./report-<run name>)")
     p.add_argument("items", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(func=c.cmd_report)
     p = sub.add_parser("import", help="turn a reference dlrm_s_pytorch.py --save-model file into a checkpoint")

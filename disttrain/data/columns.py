@@ -34,6 +34,20 @@ class LocalColumn:
         return np.asarray(self.array[np.repeat(starts, count) + within])
 
 
+class EmptyColumn:
+    """A column without bytes: the dense features of a dataset that has none (`[rows, 0]`), or a multi-hot column
+    without a value. An empty file cannot be memory-mapped, and there is nothing to fetch."""
+
+    def __init__(self, dtype: str, shape: tuple[int, ...]):
+        self.shape, self.dtype = shape, np.dtype(dtype)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return np.zeros((np.asarray(rows).size, *self.shape[1:]), dtype=self.dtype)
+
+    def ranges(self, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+        return np.zeros(int((stops - starts).sum()), dtype=self.dtype)
+
+
 class RemoteColumn:
     """Rows of a little-endian array at `offset` in a remote file, fetched by blocks."""
 
@@ -140,6 +154,8 @@ class Store:
         return remote_call(self.url, "data.path", self.fs.open, join(self.root, name), "rb")
 
     def column(self, name: str, dtype: str, shape: tuple[int, ...], offset: int = 0):
+        if int(np.prod(shape, dtype=np.int64)) == 0:
+            return EmptyColumn(dtype, shape)
         if self.remote:
             return RemoteColumn(self.fs, self.where(name), join(self.root, name), dtype, shape, offset)
         return LocalColumn(join(self.root, name), dtype, shape, offset)

@@ -65,9 +65,16 @@ class SourceSpec:
     preflight: Callable[[Config], None] = _nothing
 
 
+def same_data(saved: dict, now: dict) -> bool:
+    """Whether a checkpoint's data position (`position()`) and this run's name the same data: the same source and
+    fingerprint (a prepared directory's checksums), and the same path where a source has no fingerprint."""
+    keys = ("source", "fingerprint") if saved.get("fingerprint") or now.get("fingerprint") else ("source", "path")
+    return all(saved.get(k) == now.get(k) for k in keys)
+
+
 def resume_note(saved: dict, now: dict) -> str | None:
     """A line for a resume whose checkpoint was trained on other data than this run reads (None: the same)."""
-    if saved.get("fingerprint") == now.get("fingerprint") and saved.get("source") == now.get("source"):
+    if same_data(saved, now):
         return None
     return (f"resume: the checkpoint was trained on {saved.get('path') or saved.get('source')} (fingerprint "
             f"{saved.get('fingerprint')}); this run reads {now.get('path') or now.get('source')} (fingerprint "

@@ -7,8 +7,10 @@ batch, so a dataset larger than memory works (the page cache holds what is hot).
 
 Order of the training rows in epoch e: the rows are cut into blocks of `BLOCK_ROWS` consecutive rows, the blocks
 are permuted (seed, e), and the permuted sequence is cut into windows of `shuffle_window` rows whose rows are
-permuted again (seed, e, window). A batch therefore reads from one or two windows of nearby blocks (friendly to
-the page cache and to readahead), while consecutive batches cover the whole dataset. Global batch b of epoch e is
+permuted again (seed, e, window). Windows hold `shuffle_window` rows except the last one and the one that
+received the short last block, wherever the block permutation put it (`ShuffleOrder`). A batch therefore reads
+from one or two windows of nearby blocks (friendly to the page cache and to readahead), while consecutive batches
+cover the whole dataset. Global batch b of epoch e is
 positions [b*B, (b+1)*B) of that order, and rank r of W reads positions [b*B + r*B/W, b*B + (r+1)*B/W): 1 rank and
 N ranks see exactly the same global batches. Validation and test are read in file order; the last global batch
 is padded (the padding is masked out of the metrics).
@@ -17,7 +19,6 @@ is padded (the padding is masked out of the metrics).
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,13 +30,13 @@ from disttrain.config import Config
 from disttrain.data.columns import Columns, IdColumns, OffsetBags, Store
 from disttrain.data.contract import SourceSpec, agreed, epochs_to_steps, resume_note
 from disttrain.data.prepared_format import FORMAT, VERSIONS
+from disttrain.data.shuffle_order import BLOCK_ROWS, ShuffleOrder
 from disttrain.data.torchrec_days import TorchRecDays, is_torchrec_days
 from disttrain.errors import ConfigError, DataError
 from disttrain.fileio import sha256_file
 from disttrain.storage import is_remote, local
 from disttrain.tables import EmbeddingTableSpec, dynamic_indices
 
-BLOCK_ROWS = 4096
 SPLITS = ("train", "val", "test")
 VERIFIED_ENV = "DISTTRAIN_VERIFIED_DATA"  # set by the launcher after it checked every checksum
 
@@ -212,36 +213,10 @@ class CriteoData:
             self.fold[i] = 0
         self.train_lo, self.train_hi = info.split("train")
         self.steps_per_epoch = (self.train_hi - self.train_lo) // global_batch
-        self._windows: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
-        self._block_orders: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.order = ShuffleOrder(self.train_hi - self.train_lo, window=self.window, seed=seed,
+                                  first_row=self.train_lo, where=str(info.path))
 
     # ---- the training order ---------------------------------------------------------------------------------
-
-    def _block_order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._block_orders:
-            n_blocks = -(-(self.train_hi - self.train_lo) // BLOCK_ROWS)
-            rng = np.random.Generator(np.random.Philox(key=[self.seed & (2**64 - 1), 0x5EED0000 + epoch]))
-            self._block_orders[epoch] = rng.permutation(n_blocks)
-            while len(self._block_orders) > 2:
-                self._block_orders.popitem(last=False)
-        return self._block_orders[epoch]
-
-    def _window_rows(self, epoch: int, w: int) -> np.ndarray:
-        key = (epoch, w)
-        if key not in self._windows:
-            n = self.train_hi - self.train_lo
-            order = self._block_order(epoch)
-            per = self.window // BLOCK_ROWS
-            blocks = order[w * per : (w + 1) * per]
-            starts = self.train_lo + blocks * BLOCK_ROWS
-            stops = np.minimum(starts + BLOCK_ROWS, self.train_lo + n)
-            lengths = stops - starts
-            rows = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
-            rng = np.random.Generator(np.random.Philox(key=[self.seed & (2**64 - 1), (epoch << 32) + w + 1]))
-            self._windows[key] = rows[rng.permutation(rows.size)]
-            while len(self._windows) > 4:
-                self._windows.popitem(last=False)
-        return self._windows[key]
 
     def train_rows(self, step: int, start: int, count: int) -> np.ndarray:
         """Row numbers of positions [start, start + count) of global batch `step`."""
@@ -252,15 +227,7 @@ class CriteoData:
         first = b * self.global_batch + start
         if not self.shuffle:
             return np.arange(self.train_lo + first, self.train_lo + first + count)
-        out = []
-        pos, end = first, first + count
-        while pos < end:
-            w, off = divmod(pos, self.window)
-            rows = self._window_rows(epoch, w)
-            take = min(end - pos, rows.size - off)
-            out.append(rows[off : off + take])
-            pos += take
-        return np.concatenate(out) if len(out) > 1 else out[0]
+        return self.order.rows(epoch, first, count)
 
     def position(self, step: int) -> dict:
         """Where the reader stands after `step` global batches (saved in checkpoints)."""
@@ -349,6 +316,9 @@ def _identity(path: str) -> str:
 def _shape(cfg: Config) -> None:
     info = open_data(cfg.data.path, verify="size")
     rows = info.table_rows
+    if not info.table_names:
+        raise ConfigError(f"data.path: {cfg.data.path} has no categorical columns; expected at least one (an "
+                          "embedding table) to train a model on it")
     if not info.bounded and not cfg.model.table_sizes:
         raise ConfigError(f"model.table_sizes: not set, but {cfg.data.path} holds TorchRec's days, whose files do not "
                           f"say how large the tables are; expected {len(info.table_names)} sizes (TorchRec's "

@@ -6,9 +6,11 @@ import os
 import time
 from pathlib import Path
 
+from disttrain.data.contract import same_data
 from disttrain.engine.checkpoint import find_checkpoint, load_checkpoint, remote, save_checkpoint
 from disttrain.engine.outputs import publish
 from disttrain.engine.state import RunState
+from disttrain.errors import DisttrainError
 from disttrain.runtime.env import RUN_ID
 
 
@@ -37,12 +39,40 @@ def resume(trainer, state: RunState) -> int:
     state.step, state.history = loaded.step, list(loaded.history)
     # The run's clock goes on from the checkpoint's (the report's throughput line continues, never goes back).
     trainer.started -= max((h.get("time_s", 0.0) for h in state.history if isinstance(h, dict)), default=0.0)
-    note = trainer.data.restore(loaded.data or {}, loaded.step)
-    if note:
-        trainer.log.line(note)
     fresh = "" if loaded.optimizer_restored else " (optimizer changed: its state starts fresh)"
     trainer.log.line(f"resumed from {loaded.path} at step {loaded.step} ({seconds:.2f} s){fresh}")
-    return min(loaded.step, cfg.train.steps)
+    note = _place_data(trainer, loaded.data or {}, loaded.step)
+    if note:
+        trainer.log.line(note)
+    if trainer.last_step <= loaded.step and cfg.train.steps and cfg.train.resume:  # not a launcher's restart
+        raise DisttrainError(_nothing_to_train(cfg, loaded.path, loaded.step, trainer.data_start))
+    return min(loaded.step, trainer.last_step)
+
+
+def _place_data(trainer, saved: dict, step: int) -> str | None:
+    """Where this run's data starts (`trainer.data_start`) and where the run ends (`trainer.last_step`), after a
+    resume at `step`; a line to print when the data is not the checkpoint's."""
+    cfg = trainer.cfg
+    now = trainer.data.position(0)
+    mode = cfg.train.resume_data
+    if mode == "auto":
+        mode = "continue" if same_data(saved, now) else "restart"
+    if mode == "restart":
+        trainer.data_start, trainer.last_step = step, step + cfg.train.steps
+        return (f"resume: {now.get('path') or now.get('source')} read from its first batch as steps {step + 1}.."
+                f"{trainer.last_step} (train.resume_data={cfg.train.resume_data}: "
+                + ("the checkpoint was trained on other data)" if cfg.train.resume_data == "auto" else "as asked)"))
+    trainer.data_start = int(saved.get("data_start_step", 0))
+    trainer.last_step = trainer.data_start + cfg.train.steps
+    return trainer.data.restore(saved, step - trainer.data_start)
+
+
+def _nothing_to_train(cfg, path, step: int, data_start: int) -> str:
+    ends = f"step {data_start + cfg.train.steps}" + (f" ({data_start} + train.steps)" if data_start else "")
+    return (f"train.steps: got {cfg.train.steps}, so the run ends at {ends}, but {path} is at step {step} already: "
+            f"nothing to train; expected train.steps > {step - data_start}, train.resume_data=restart (train "
+            "this run's data from its first batch, counting train.steps from the checkpoint's step), or "
+            "train.steps=0 (evaluate only)")
 
 
 class PeriodicCheckpoint:
@@ -53,7 +83,7 @@ class PeriodicCheckpoint:
         self.trainer, self.faults = trainer, faults
         cfg = trainer.cfg.checkpoint
         self.dir, self.every, self.keep_last = cfg.dir, cfg.every_steps, cfg.keep_last
-        self.final_step = trainer.cfg.train.steps
+        self.final_step = trainer.last_step
         self.last_step, self.last_path = -1, None  # the newest checkpoint this run wrote
 
     def before(self, step: int) -> None:
@@ -69,11 +99,12 @@ class PeriodicCheckpoint:
 
     def save(self, state: RunState) -> Path:
         trainer = self.trainer
+        trainer.check_replicas(f"at the checkpoint of step {state.step}")  # it holds rank 0's dense part only
         start = time.perf_counter()
         path = save_checkpoint(
             self.dir, step=state.step, par=trainer.par, comm=trainer.comm, cfg=trainer.cfg, history=state.history,
             run_id=os.environ.get(RUN_ID, ""), keep_last=self.keep_last,
-            fault_before_commit=self.faults.crash_in_checkpoint(state.step), data=trainer.data.position(state.step),
+            fault_before_commit=self.faults.crash_in_checkpoint(state.step), data=trainer.data_position(state.step),
         )
         trainer.log.line(f"checkpoint: {path} ({time.perf_counter() - start:.2f} s)")
         if trainer.comm.rank == 0:

@@ -63,7 +63,7 @@ class PeriodicEvaluation:
         self.every = cfg.train.eval_every
         if cfg.train.target_auc and not self.every:  # a target needs evaluations: once per epoch
             self.every = trainer.data.steps_per_epoch or cfg.train.log_every
-        self.target, self.last_step = cfg.train.target_auc, cfg.train.steps
+        self.target, self.last_step = cfg.train.target_auc, trainer.last_step
 
     def before(self, step: int) -> None:
         return None

@@ -1,7 +1,8 @@
 """Injected faults, for the tests of restarts: `DISTTRAIN_FAULT=RANK:STEP[:KIND]` makes that rank die at that step
 of a fresh run (never after a resume): `exit` (code 17, the default), `kill` (SIGKILL), or `checkpoint` (rank 0
 dies while writing that step's checkpoint, after its files and before the commit), or `hang` (the rank stops
-answering: it sleeps until it is killed)."""
+answering: it sleeps until it is killed), or `diverge` (the rank adds 0.001 to its first dense parameter and goes
+on: its replica no longer equals rank 0's)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import os
 import signal
 import sys
 import time
+
+import torch
 
 from disttrain.engine.state import RunState
 
@@ -24,8 +27,9 @@ def injected_fault(rank: int, environ=os.environ) -> tuple[int, str]:
 
 
 class FaultInjection:
-    def __init__(self, rank: int, *, fresh: bool):
+    def __init__(self, rank: int, *, fresh: bool, model=None):
         self.step, self.kind = injected_fault(rank) if fresh else (-1, "")
+        self.model = model
 
     def crash_in_checkpoint(self, step: int) -> bool:
         """Whether the checkpoint of `step` must die before its commit."""
@@ -33,6 +37,10 @@ class FaultInjection:
 
     def before(self, step: int) -> None:
         if step != self.step or self.kind == "checkpoint":
+            return
+        if self.kind == "diverge":
+            with torch.no_grad():
+                next(p for n, p in self.model.named_parameters() if not n.startswith("embeddings.")).add_(1e-3)
             return
         sys.stdout.flush()
         if self.kind == "kill":

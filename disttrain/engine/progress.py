@@ -16,7 +16,7 @@ from disttrain.phases import PHASES, per_step_ms
 class IntervalLog:
     def __init__(self, trainer):
         self.trainer = trainer
-        self.every, self.last_step = trainer.cfg.train.log_every, trainer.cfg.train.steps
+        self.every, self.last_step = trainer.cfg.train.log_every, trainer.last_step
 
     def before(self, step: int) -> None:
         return None
@@ -65,3 +65,22 @@ class IntervalLog:
                          + live)
         state.interval_loss, state.interval_preds, state.interval_labels = 0.0, [], []
         state.interval_start = time.perf_counter()
+
+
+class ReplicaCheck:
+    """Every `train.check_replicas_every` steps, the ranks compare checksums of their dense parameters (also
+    before every evaluation and checkpoint, whatever the interval): a difference stops the run in one line."""
+
+    def __init__(self, trainer):
+        self.trainer, self.every = trainer, trainer.cfg.train.check_replicas_every
+
+    def before(self, step: int) -> None:
+        return None
+
+    def after(self, state: RunState) -> bool:
+        if self.every and state.step % self.every == 0:
+            self.trainer.check_replicas(f"after step {state.step}")
+        return False
+
+    def close(self) -> None:
+        return None

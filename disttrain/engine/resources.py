@@ -43,7 +43,19 @@ class RankNeed:
         return sum(self.parts.values())
 
     def describe(self) -> str:
-        return ", ".join(f"{name} {value / MIB:,.0f}" for name, value in self.parts.items() if value >= MIB)
+        """`embeddings 61 MiB, dense 1.2 MiB, ...`: the parts that hold 1% of the total or more, each in a unit
+        that shows it ("" when the rank needs nothing)."""
+        return ", ".join(f"{name} {size_text(value)}" for name, value in self.parts.items()
+                         if value > 0 and value * 100 >= self.total)
+
+
+def size_text(num_bytes: int) -> str:
+    """`1,234 MiB`, `1.4 MiB`, `340 KiB`, `80 B`: never `0 MiB` for something that is there."""
+    if num_bytes >= 10 * MIB:
+        return f"{num_bytes / MIB:,.0f} MiB"
+    if num_bytes >= MIB:
+        return f"{num_bytes / MIB:.1f} MiB"
+    return f"{num_bytes / 1024:.0f} KiB" if num_bytes >= 1024 else f"{num_bytes} B"
 
 
 def _dense_parameters(model) -> int:
@@ -110,8 +122,8 @@ def rank_limit(local_ranks: int, device: torch.device | None = None) -> tuple[in
 def memory_verdict(needs: list[RankNeed], limit: int, source: str) -> tuple[bool, str]:
     """(fits, one line): the rank that needs the most against the limit."""
     worst = max(needs, key=lambda n: n.total)
-    line = (f"rank {worst.rank} needs {worst.total / MIB:,.0f} MiB ({worst.describe()} MiB) and may use "
-            f"{limit / MIB:,.0f} MiB ({source})")
+    parts = f" ({worst.describe()})" if worst.total else ""
+    line = f"rank {worst.rank} needs {size_text(worst.total)}{parts} and may use {limit / MIB:,.0f} MiB ({source})"
     if worst.total <= limit:
         return True, f"memory: fits; the largest rank: {line}"
     return False, (f"does not fit: {line}; lower model.table_sizes, model.max_rows or train.batch_size, or add ranks "

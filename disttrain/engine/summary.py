@@ -60,13 +60,15 @@ def finish(trainer, state: RunState, final: dict[str, float]) -> dict | None:
         trainer.log.line(describe_dynamic(dynamic))
     summary = _summary(trainer, state, final, workers=workers, per_rank=per_rank, cpu_seconds=cpu_seconds,
                        traces=traces, dynamic=dynamic)
+    trained = state.step - state.first_step
     rate = (f"{summary['samples_per_s']:,.0f} samples/s" if state.timed_steps else
-            f"no timed steps (all {state.step - state.first_step} within train.warmup_steps={trainer.warmup})")
+            f"no timed steps (all {trained} within train.warmup_steps={trainer.warmup})" if trained else
+            "no step trained (train.steps=0: evaluation only)")
     trainer.log.line(
         f"done: {state.step} steps, {rate} (global batch {trainer.global_batch}, "
         f"{comm.world_size} ranks), {trainer.test_split} AUC {summary['eval_auc']:.4f} "
-        + (f"(oracle {summary['oracle_auc']:.4f}), " if "oracle_auc" in final else ", ")
-        + f"train loss {state.last_loss:.5f}"
+        + (f"(oracle {summary['oracle_auc']:.4f})" if "oracle_auc" in final else "")
+        + (f", train loss {state.last_loss:.5f}" if trained else "")
     )
     if summary["breakdown"]:
         trainer.log.line(describe_breakdown(summary["breakdown"]))
@@ -106,7 +108,8 @@ def _summary(trainer, state: RunState, final: dict, *, workers, per_rank, cpu_se
         "eval_samples": final.get("samples", 0),
         "target_auc": cfg.train.target_auc or None,
         "reached_target_at_step": state.reached_target_at,
-        "data": trainer.data.position(state.step),
+        "first_step": state.first_step,  # where this run started (a resume's step; 0 when fresh)
+        "data": trainer.data_position(state.step),
         "precision": cfg.train.precision,
         "traces": traces,
         "breakdown": aggregate(per_rank) if state.timed_steps else None,

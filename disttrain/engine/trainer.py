@@ -32,12 +32,13 @@ from disttrain.engine.loss import training_loss
 from disttrain.engine.outputs import run_dir
 from disttrain.engine.prefetch import Prefetcher
 from disttrain.engine.profiling import ProfileWindow
-from disttrain.engine.progress import IntervalLog
+from disttrain.engine.progress import IntervalLog, ReplicaCheck
 from disttrain.engine.resources import check_resources_collectively
 from disttrain.engine.state import RunState
 from disttrain.engine.summary import finish, worker_info
 from disttrain.parallelize import Parallelized, parallelize
 from disttrain.phases import TIMER, phase, since
+from disttrain.replicas import broadcast_dense, check_replicas, dense_tensors, seed_rngs
 from disttrain.runtime.env import WorkerEnv
 from disttrain.runtime.signals import Preempted, StopSignals
 
@@ -49,6 +50,7 @@ class Trainer:
         self.device = device or torch.device("cpu")
         self.log = Logger(env.rank, progress=cfg.run.progress)
         self.spec = check_config(cfg)
+        seed_rngs(cfg.train.seed)  # before the build: a model that seeds nothing is still one model
         model, self.plan = build_plan(cfg, env.world_size)
         check_resources_collectively(cfg, model, self.plan, comm=comm, local_ranks=env.local_world_size,
                                      device=self.device)
@@ -57,6 +59,7 @@ class Trainer:
             device=self.device,
         )
         self.model = self.par.model
+        self.has_buffers = bool(dense_tensors(self.model, parameters=False))
         self.data = open_data(cfg, model.tables, comm=comm, rank=env.rank)
         self.val_split, self.test_split = self.data.held_out
         self.global_batch = cfg.train.batch_size
@@ -72,11 +75,16 @@ class Trainer:
         self.profile = ProfileWindow(first_step=0, warmup=self.warmup, count=0, last_step=steps, device=self.device,
                                      out_dir=str(run_dir(cfg)), rank=env.rank, log=self.log)
         self.guard = StepGuard(comm, stops, mode=cfg.train.nonfinite_loss, device=self.device)
+        # This run's span: the data's batch 0 is global step `data_start` (0, or the resumed step when a resume
+        # starts new data from its beginning: `train.resume_data`), and the run ends at data_start + train.steps.
+        self.data_start, self.last_step = 0, cfg.train.steps
 
     def batch(self, step: int, split: str = "train"):
         """This rank's part of global batch `step` of `split`, on the training device (`data.cycle_batches`:
         the first N training batches, cycled)."""
         cycle = self.cfg.data.cycle_batches
+        if split == "train":
+            step -= self.data_start
         if split == "train" and cycle:
             if step % cycle not in self._pool:
                 self._pool[step % cycle] = self.data.batch(
@@ -103,21 +111,30 @@ class Trainer:
             self.par.step()
         return loss.detach(), logits.detach(), verdict
 
+    def data_position(self, step: int) -> dict:
+        """Where the data stands after global step `step` (saved in checkpoints and `summary.json`)."""
+        return {**self.data.position(step - self.data_start), "data_start_step": self.data_start}
+
+    def check_replicas(self, when: str) -> None:
+        """Collective: one line on every rank if any rank's dense parameters differ from rank 0's."""
+        with phase("all_reduce"):
+            check_replicas(self.model, self.comm, when=when)
+
     def run(self) -> dict | None:
-        """Train `train.steps` steps (from a resumed checkpoint's step), evaluate, write `summary.json`; returns
-        the summary on rank 0."""
+        """Train up to step `data_start + train.steps` (from a resumed checkpoint's step), evaluate, write
+        `summary.json`; returns the summary on rank 0."""
         cfg, state = self.cfg, RunState()
         self._announce()
         first = state.first_step = resume(self, state)
-        faults = FaultInjection(self.env.rank, fresh=first == 0)
+        faults = FaultInjection(self.env.rank, fresh=first == 0, model=self.model)
         self.profile = ProfileWindow(first_step=first, warmup=self.warmup, count=cfg.train.profile_steps,
-                                     last_step=cfg.train.steps, device=self.device, out_dir=str(run_dir(cfg)),
+                                     last_step=self.last_step, device=self.device, out_dir=str(run_dir(cfg)),
                                      rank=self.env.rank, log=self.log)
         checkpoints = PeriodicCheckpoint(self, faults)
-        hooks = [faults, self.profile, IntervalLog(self), PeriodicEvaluation(self), checkpoints]
-        batches = Prefetcher(self.batch, first, cfg.train.steps, depth=3)
+        hooks = [faults, self.profile, IntervalLog(self), ReplicaCheck(self), PeriodicEvaluation(self), checkpoints]
+        batches = Prefetcher(self.batch, first, self.last_step, depth=3)
         try:
-            for step in range(first, cfg.train.steps):
+            for step in range(first, self.last_step):
                 for hook in hooks:
                     hook.before(step)
                 verdict = self._step(state, step, batches)
@@ -162,6 +179,9 @@ class Trainer:
 
     def evaluate(self, split: str) -> dict[str, float]:
         """Metrics of `split` over `data.eval_batches` global batches (the source's default: -1). Collective."""
+        self.check_replicas(f"before evaluating {split}")
+        if self.has_buffers:  # running statistics gathered from each rank's batches: all evaluate with rank 0's,
+            broadcast_dense(self.model, self.comm, parameters=False)  # which checkpoints and exports hold
         count = self.data.eval_batches(split, self.cfg.data.eval_batches)
         batches = (self.batch(i, split=split) for i in range(count))
         return evaluate_sharded(self.model, batches, self.comm, autocast=self.autocast)

@@ -2,7 +2,7 @@
 
 Stable across runs, processes, machines and languages (FNV-1a is a published constant-only algorithm; no seed,
 no dependence on Python's hash randomisation). A value is hashed as text, so the integer 123 from a Parquet int
-column and the field `123` of a CSV file hash alike. Missing values (null) hash as the empty text.
+column and the field `123` of a CSV file hash alike. Missing values (null, and NaN in a float column) hash as the empty text.
 
 Vectorised: the distinct values of a chunk (Arrow's dictionary encoding) are hashed one byte position at a
 time for all of them at once, longest first, so no Python loop runs per value.
@@ -80,7 +80,8 @@ def _as_text(array: pa.Array) -> pa.Array:
         if pa.types.is_floating(array.type):  # 3.0 -> "3" so that a float column of integers hashes like ints
             as_int = pc.cast(array, pa.int64(), safe=False)
             whole = pc.equal(pc.cast(as_int, array.type), array)
-            array = pc.if_else(whole, pc.cast(as_int, pa.string()), pc.cast(array, pa.string()))
+            text = pc.if_else(whole, pc.cast(as_int, pa.string()), pc.cast(array, pa.string()))
+            array = pc.if_else(pc.is_nan(array), pa.nulls(1, pa.string())[0], text)  # NaN: missing, like a null
         else:
             array = pc.cast(array, pa.string())
     return pc.fill_null(array, EMPTY) if array.null_count else array

@@ -4,12 +4,15 @@ ones of killed runs are removed by the next run), and progress lines on stderr."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 
 def staging_dir(out: Path) -> Path:
@@ -21,6 +24,12 @@ def staging_dir(out: Path) -> Path:
         shutil.rmtree(tmp)
     tmp.mkdir()
     return tmp
+
+
+def sha256_array(array: np.ndarray) -> str:
+    """The sha256 of a C-contiguous array's bytes, from memory (an empty one too: a memoryview of it cannot be
+    cast to bytes)."""
+    return hashlib.sha256(array.reshape(-1).view(np.uint8)).hexdigest()
 
 
 def file_entries(tmp: Path, files: list[str], digests: list[str]) -> dict:

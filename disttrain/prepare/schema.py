@@ -6,13 +6,21 @@ A schema file (YAML, any subset of the keys below; the order of the features is 
     label: clicked
     dense:
       age: standardize            # none | log1p | standardize | minmax (statistics from the training split)
-      price: log1p
+      price: {transform: log1p, fill: zero, missing_indicator: true}   # + a 0/1 feature price_missing
     categorical:
-      country: {}                 # a vocabulary of the training split's values (min_count 1), id 0 = other
+      country: {missing: other}   # a vocabulary of the training split's values (min_count 1), id 0 = other
       user_id: {hash: 1000000}    # a stable 64-bit hash of the value, modulo 1,000,000
       item_id: {min_count: 2}
       tags: {multi_hot: {max_length: 8, delimiter: "|", overflow: truncate}, pooling: mean}
     id_order: frequency           # vocabulary ids: most frequent first (frequency) or in order of first appearance
+
+Missing values (an empty CSV field, NaN, NA, N/A, null or None in a dense column; an empty field or a null in a
+categorical one) are policy, not zeros: statistics are taken over the present values only; a dense column's
+missing entries are stored as its `fill` (`mean`, the default: the mean of the present training values after the
+transform, 0 for standardize; `zero`; or a number), both in the transformed units the model sees, and
+`missing_indicator: true` adds a 0/1 feature `<name>_missing` (after all the dense columns). A categorical column's
+missing value is `missing: own_id` (the default: the empty value is a value like any other, with an id of its
+own once seen `min_count` times in training) or `missing: other` (id 0, shared with rare and unseen values).
 
 Simple cases need no file: `--label-column`, `--dense-columns`, `--sparse-columns`, `--multi-hot-columns` build
 the same schema. Every value read here is checked: a wrong key or value is one line naming the file, the key,
@@ -21,6 +29,7 @@ the value and what was expected.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +37,9 @@ from disttrain.config_tree import yaml_load
 from disttrain.errors import DataError
 
 TRANSFORMS = ("none", "log1p", "standardize", "minmax")
+FILLS = ("mean", "zero")  # or a number
+CATEGORICAL_MISSING = ("own_id", "other")
+INDICATOR_SUFFIX = "_missing"
 OVERFLOW = ("truncate", "error")
 POOLINGS = ("sum", "mean")
 ID_ORDERS = ("frequency", "first-seen")
@@ -37,6 +49,16 @@ ID_ORDERS = ("frequency", "first-seen")
 class Dense:
     name: str
     transform: str = "none"
+    fill: str | float = "mean"  # a missing entry's stored value: mean (of the present, transformed), zero, a number
+    missing_indicator: bool = False  # add a 0/1 feature `<name>_missing`
+
+    @property
+    def indicator(self) -> str:
+        return self.name + INDICATOR_SUFFIX
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "transform": self.transform, "fill": self.fill,
+                "missing_indicator": self.missing_indicator}
 
 
 @dataclass(frozen=True)
@@ -50,9 +72,10 @@ class Categorical:
     delimiter: str = "|"  # multi-hot from text: the separator inside the field
     overflow: str = "truncate"  # multi-hot rows longer than max_length: truncate (and count) or error
     pooling: str = "sum"
+    missing: str = "own_id"  # single-hot: the empty value's id: its own (a value like any other) or 0 (other)
 
     def to_json(self) -> dict:
-        out = {"name": self.name, "pooling": self.pooling}
+        out = {"name": self.name, "pooling": self.pooling, **({} if self.multi_hot else {"missing": self.missing})}
         out.update({"raw": True} if self.raw else {"hash": self.hash_rows} if self.hash_rows
                    else {"min_count": self.min_count})
         if self.multi_hot:
@@ -73,8 +96,13 @@ class Schema:
     def columns(self) -> list[str]:
         return [self.label, *(d.name for d in self.dense), *(c.name for c in self.categorical)]
 
+    @property
+    def dense_names(self) -> list[str]:
+        """The dense features written: the dense columns, then the missing indicators asked for."""
+        return [*(d.name for d in self.dense), *(d.indicator for d in self.dense if d.missing_indicator)]
+
     def to_json(self) -> dict:
-        return {"label": self.label, "dense": [{"name": d.name, "transform": d.transform} for d in self.dense],
+        return {"label": self.label, "dense": [d.to_json() for d in self.dense],
                 "categorical": [c.to_json() for c in self.categorical], "id_order": self.id_order}
 
 
@@ -102,7 +130,7 @@ def _keys(where: str, spec, allowed: tuple[str, ...]) -> dict:
 
 
 def categorical(name: str, spec, where: str) -> Categorical:
-    spec = _keys(where, spec, ("hash", "min_count", "raw", "multi_hot", "pooling"))
+    spec = _keys(where, spec, ("hash", "min_count", "raw", "multi_hot", "pooling", "missing"))
     raw = spec.get("raw", False)
     if not isinstance(raw, bool):
         raise DataError(f"{where}.raw: got {raw!r}, expected true or false")
@@ -126,7 +154,41 @@ def categorical(name: str, spec, where: str) -> Categorical:
                                                  minimum=0),
         delimiter=delimiter, overflow=_choice(f"{where}.multi_hot.overflow", multi_spec.get("overflow", "truncate"),
                                               OVERFLOW),
-        pooling=_choice(f"{where}.pooling", spec.get("pooling", "sum"), POOLINGS))
+        pooling=_choice(f"{where}.pooling", spec.get("pooling", "sum"), POOLINGS),
+        missing=_categorical_missing(where, spec, hashed=bool(hash_rows or raw)))
+
+
+def _categorical_missing(where: str, spec: dict, *, hashed: bool) -> str:
+    missing = _choice(f"{where}.missing", spec.get("missing", "own_id"), CATEGORICAL_MISSING)
+    if "missing" in spec and spec.get("multi_hot"):
+        raise DataError(f"{where}.missing: got {missing!r} on a multi_hot column; expected no missing key there "
+                        "(a missing list is an empty bag)")
+    if missing == "other" and hashed:
+        raise DataError(f"{where}.missing: got 'other' with {'raw' if spec.get('raw') else 'hash'}; expected own_id "
+                        "(only a vocabulary has an id 0 of its own for other values)")
+    return missing
+
+
+def dense_feature(name: str, spec, where: str) -> Dense:
+    """`age: standardize` (the transform alone) or `age: {transform: standardize, fill: mean, missing_indicator:
+    true}`."""
+    if not isinstance(spec, dict):
+        return Dense(name, _choice(where, "none" if spec is None else spec, TRANSFORMS))
+    spec = _keys(where, spec, ("transform", "fill", "missing_indicator"))
+    indicator = spec.get("missing_indicator", False)
+    if not isinstance(indicator, bool):
+        raise DataError(f"{where}.missing_indicator: got {indicator!r}, expected true or false")
+    return Dense(name, _choice(f"{where}.transform", spec.get("transform", "none"), TRANSFORMS),
+                 _fill(f"{where}.fill", spec.get("fill", "mean")), indicator)
+
+
+def _fill(where: str, value) -> str | float:
+    if value in FILLS:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DataError(f"{where}: got {value!r}, expected mean, zero or a finite number (the stored value of a "
+                        "missing entry)")
+    return float(value)
 
 
 def _features(where: str, spec) -> list[tuple[str, object]]:
@@ -153,14 +215,11 @@ def load_schema(path: str | Path) -> Schema:
     data = _keys(str(path), data, ("label", "dense", "categorical", "id_order"))
     if not isinstance(data.get("label"), str) or not data["label"]:
         raise DataError(f"{path}: label: got {data.get('label')!r}, expected the label column's name")
-    dense = []
-    for name, spec in _features(f"{path}: dense", data.get("dense")):
-        if isinstance(spec, dict):
-            spec = _keys(f"{path}: dense.{name}", spec, ("transform",)).get("transform", "none")
-        dense.append(Dense(name, _choice(f"{path}: dense.{name}", "none" if spec is None else spec, TRANSFORMS)))
+    dense_features = [dense_feature(name, spec, f"{path}: dense.{name}")
+                      for name, spec in _features(f"{path}: dense", data.get("dense"))]
     cats = [categorical(name, spec, f"{path}: categorical.{name}")
             for name, spec in _features(f"{path}: categorical", data.get("categorical"))]
-    return checked(Schema(data["label"], tuple(dense), tuple(cats),
+    return checked(Schema(data["label"], tuple(dense_features), tuple(cats),
                           _choice(f"{path}: id_order", data.get("id_order", "frequency"), ID_ORDERS), str(path)))
 
 
@@ -182,13 +241,17 @@ def from_flags(*, label: str, dense: str, sparse: str, multi_hot: str, transform
 
 
 def checked(schema: Schema) -> Schema:
-    if not schema.categorical:
-        raise DataError(f"{schema.source}: no categorical features; expected at least one (a table to train)")
+    if not schema.categorical and not schema.dense:
+        raise DataError(f"{schema.source}: no features; expected at least one dense or categorical column")
     seen: set[str] = set()
     for name in schema.columns:
         if name in seen:
             raise DataError(f"{schema.source}: column {name!r} is used twice; expected each column once")
         seen.add(name)
+    for d in schema.dense:
+        if d.missing_indicator and d.indicator in seen:
+            raise DataError(f"{schema.source}: dense.{d.name}.missing_indicator adds the feature {d.indicator!r}, "
+                            "which is also a column of the schema; expected distinct names")
     return schema
 
 
@@ -209,9 +272,11 @@ class Counters:
 def load_schema_json(data: dict, source: str) -> Schema:
     """The schema a prepared directory's meta.json holds (`Schema.to_json`)."""
     try:
-        cats = tuple(categorical(c["name"], {k: v for k, v in c.items() if k != "name"}, f"{source}: {c['name']}")
-                     for c in data["categorical"])
-        return checked(Schema(data["label"], tuple(Dense(d["name"], d["transform"]) for d in data["dense"]), cats,
-                              data.get("id_order", "frequency"), source))
+        def options(feature: dict) -> dict:
+            return {k: v for k, v in feature.items() if k != "name"}
+
+        cats = tuple(categorical(c["name"], options(c), f"{source}: {c['name']}") for c in data["categorical"])
+        dense_features = tuple(dense_feature(d["name"], options(d), f"{source}: {d['name']}") for d in data["dense"])
+        return checked(Schema(data["label"], dense_features, cats, data.get("id_order", "frequency"), source))
     except (KeyError, TypeError) as exc:
         raise DataError(f"{source}: schema incomplete (missing {exc})") from None

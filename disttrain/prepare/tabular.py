@@ -36,7 +36,8 @@ from disttrain.fileio import sha256_file
 from disttrain.prepare.criteo_inputs import compute_splits
 from disttrain.prepare.output import Progress, commit, file_entries, phase_seconds, staging_dir
 from disttrain.prepare.schema import Counters, Schema
-from disttrain.prepare.tabular_ids import check_same_schema, dense_task, table_task
+from disttrain.prepare.tabular_dense import dense_task
+from disttrain.prepare.tabular_ids import check_same_schema, table_task
 from disttrain.prepare.tabular_inputs import Input, inspect_inputs, tasks_of
 from disttrain.prepare.tabular_read import Chunk, ChunkError, read_task
 
@@ -99,17 +100,22 @@ def prepare(paths: list[str], schema: Schema | None, opts: PrepareOptions) -> di
             known.update(zip(rest, pool.map(sha256_file, [str(tmp / f) for f in rest])))
             digests = [known[f] for f in files]
         meta = {
-            "format": FORMAT, "version": VERSION, "rows": rows, "num_dense": len(schema.dense),
-            "dense_names": [d.name for d in schema.dense], "dense": dense_meta, "tables": tables,
-            "splits": splits, "schema": schema.to_json(),
+            "format": FORMAT, "version": VERSION, "rows": rows, "num_dense": len(schema.dense_names),
+            "dense_names": schema.dense_names, "dense": dense_meta, "tables": tables,
+            "splits": splits, "schema": schema.to_json(), "missing": missing_counts(dense_meta, tables),
             "options": {"split": mode, "skip_bad_rows": opts.skip_bad_rows, "vocab_from": opts.vocab_from,
                         "hash": "FNV-1a 64 of the value's UTF-8 text; id = hash % rows (raw: the hash as int64)",
-                        "missing": "dense: 0 before the transform; categorical: the empty text"},
+                        "missing": "dense: not in the statistics, stored as the column's fill (transformed units); "
+                                   "categorical: the empty text (own_id) or id 0 (other); multi-hot: an empty bag"},
             "sources": [i.to_json() for i in inputs],
             "files": file_entries(tmp, files, digests),
             "seconds": phase_seconds(started, read=read_seconds, ids=id_seconds),
         }
         commit(tmp, out, meta)
+        if opts.progress:
+            print_missing(meta)
+            if not tables:
+                print("  no categorical columns: the built-in models need at least one embedding table to train")
         return meta
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -197,20 +203,50 @@ def _pass2(pool, tmp: Path, schema: Schema, rows: int, train_rows: int, previous
         tasks.append({"tmp": str(tmp), "rows": rows, "train_rows": train_rows, "id_order": schema.id_order,
                       "slot": slot, "vocab": vocab,
                       "feature": {"name": c.name, "multi_hot": c.multi_hot, "pooling": c.pooling, "hash": c.hash_rows,
-                                  "raw": c.raw, "min_count": c.min_count, "max_length": c.max_length}})
+                                  "raw": c.raw, "min_count": c.min_count, "max_length": c.max_length,
+                                  "missing": c.missing}})
         slot += not c.multi_hot and not c.raw
-    given = [d["stats"] for d in previous["meta"]["dense"]] if previous else None
-    dense = pool.apply_async(dense_task, (str(tmp), rows, train_rows, [d.transform for d in schema.dense], given))
+    given = [d["stats"] for d in previous["meta"]["dense"] if "stats" in d] if previous else None
+    features = [d.to_json() for d in schema.dense]
+    dense = pool.apply_async(dense_task, (str(tmp), rows, train_rows, features, given))
     done = {t["name"]: t for t in pool.imap_unordered(table_task, tasks)}  # beside the dense columns
     tables = [done[c.name] for c in schema.categorical]
-    stats, dense_digests = dense.get()
+    stats, missing, dense_digests = dense.get()
     digests = dict(dense_digests)
     for t in tables:
         digests.update(t.pop("sha256", {}))
     for p in [tmp / "dense.raw.f32", *tmp.glob("keys_*.u64"), *tmp.glob("len_*.i32")]:
         p.unlink()
-    dense_meta = [{"name": d.name, "transform": d.transform, "stats": s} for d, s in zip(schema.dense, stats)]
+    dense_meta = [{**d.to_json(), "stats": s, "missing": m} for d, s, m in zip(schema.dense, stats, missing)]
+    dense_meta += [{"name": d.indicator, "transform": "missing_indicator", "of": d.name} for d in schema.dense
+                   if d.missing_indicator]
     return tables, dense_meta, digests
+
+
+def missing_counts(dense_meta: list[dict], tables: list[dict]) -> dict[str, int]:
+    """meta.json's "missing": rows without a value, per feature column (multi-hot: rows with an empty bag)."""
+    return {**{d["name"]: d["missing"] for d in dense_meta if "missing" in d},
+            **{t["name"]: t["missing"] for t in tables}}
+
+
+def print_missing(meta: dict) -> None:
+    """The missing values per column, and what each became."""
+    counts = {k: v for k, v in meta["missing"].items() if v}
+    if not counts:
+        print("  missing values: none")
+        return
+    dense = {d["name"]: d for d in meta["dense"]}
+    tables = {t["name"]: t for t in meta["tables"]}
+    for name, count in counts.items():
+        if name in dense:
+            d = dense[name]
+            became = f"stored as {d['stats']['fill']:.6g} (fill {d['fill']})" + (
+                f", {name}_missing = 1" if d["missing_indicator"] else "")
+        else:
+            t = tables[name]
+            became = ("empty bags" if t["multi_hot"] else "id 0 (missing: other)" if t["missing_policy"] == "other"
+                      else "the empty value's own id (missing: own_id)")
+        print(f"  missing values in {name}: {count:,} of {meta['rows']:,} rows -> {became}")
 
 
 def _vocab_source(path: str) -> dict:

@@ -5,38 +5,45 @@ Vocabulary features count their keys over the training split only: keys seen at 
 1.. (most frequent first, or in order of first appearance with `id_order: first-seen`); everything else, and any
 key a new day brings (`--vocab-from`), is id 0, the out-of-vocabulary id. Hashed features need no vocabulary:
 id = key % rows. Raw features (`raw: true`, for dynamic tables) keep the 64-bit key itself as a signed id.
-Dense statistics (mean, standard deviation, minimum, maximum) come from the training split and
-travel in meta.json, so `--vocab-from` applies the same transform to a new day.
+A single-hot feature's missing value (an empty field, a null) hashes as the empty text: with `missing: own_id` it
+is a value like any other; with `missing: other` it takes id 0 and never enters the vocabulary. The dense columns
+are `tabular_dense`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 
 from disttrain.errors import DataError
-from disttrain.prepare.hashing import arrow, numpy_of
+from disttrain.prepare.hashing import FNV_OFFSET, arrow, numpy_of
+from disttrain.prepare.output import sha256_array
+from disttrain.prepare.schema import INDICATOR_SUFFIX
 
 OOV = 0  # the id of values outside a vocabulary
+MISSING_KEY = FNV_OFFSET  # the key of a missing value: the hash of the empty text
 
 
-def vocabulary_ids(keys: np.ndarray, train: int, *, min_count: int, id_order: str) -> tuple[np.ndarray, np.ndarray, int]:
+def vocabulary_ids(keys: np.ndarray, train: int, *, min_count: int, id_order: str,
+                   exclude: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """(the vocabulary: keys that get ids 1.., in id order; every key's id (OOV for the others); how many distinct
-    keys the training split has) from the keys of
-    all rows, the first `train` of which are the training split. One hash pass (Arrow's dictionary encoding,
-    whose dictionary is in order of first appearance) instead of sorting every key."""
+    keys the training split has) from the keys of all rows, the first `train` of which are the training split;
+    the key `exclude` (if any) stays out of the vocabulary. One hash pass (Arrow's dictionary encoding, whose
+    dictionary is in order of first appearance) instead of sorting every key."""
     encoded = pc.dictionary_encode(arrow(np.asarray(keys, dtype=np.uint64)))
     index, unique = numpy_of(encoded.indices), numpy_of(encoded.dictionary)
     counts = np.bincount(index[:train], minlength=unique.size)
+    seen = int(np.count_nonzero(counts))
+    if exclude is not None:
+        counts[unique == np.uint64(exclude)] = 0
     kept = np.flatnonzero(counts >= max(min_count, 1))
     # first-seen: the dictionary's order (training rows come first); frequency: most frequent first, ties by key
     order = kept if id_order == "first-seen" else kept[np.lexsort((unique[kept], -counts[kept]))]
     id_of = np.full(unique.size, OOV, dtype=np.int32)
     id_of[order] = np.arange(1, order.size + 1, dtype=np.int32)
-    return unique[order], id_of[index], int(np.count_nonzero(counts))
+    return unique[order], id_of[index], seen
 
 
 def lookup(vocab: np.ndarray, keys: np.ndarray, base: int = 1) -> tuple[np.ndarray, int]:
@@ -61,12 +68,15 @@ def table_task(task: dict) -> dict:
         lengths = np.fromfile(tmp / f"len_{name}.i32", dtype=np.int32)
         offsets = np.zeros(rows + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        keys = np.memmap(tmp / f"keys_{name}.u64", dtype=np.uint64, mode="r", shape=(int(offsets[-1]),))
+        keys = _keys_file(tmp / f"keys_{name}.u64", int(offsets[-1]))
         train_keys = keys[: int(offsets[train_rows])]
     else:
-        keys = np.memmap(tmp / f"keys_{name}.u64", dtype=np.uint64, mode="r", shape=(rows,))
+        keys = _keys_file(tmp / f"keys_{name}.u64", rows)
         train_keys = keys[:train_rows]
     info = {"name": name, "multi_hot": feature["multi_hot"], "pooling": feature["pooling"]}
+    # missing: a row with no value (an empty bag) or the empty text's key; `other` sends those to id 0
+    missing = np.diff(offsets) == 0 if feature["multi_hot"] else np.asarray(keys) == MISSING_KEY
+    info.update(missing=int(np.count_nonzero(missing)), missing_policy=feature["missing"])
     if feature.get("raw"):  # the 64-bit key is the id (a dynamic table's raw id); rows = the expected size
         ids = np.asarray(keys).view(np.int64)
         count = distinct(train_keys)
@@ -76,15 +86,7 @@ def table_task(task: dict) -> dict:
         info.update(mode="hash", hash_rows=feature["hash"], rows=feature["hash"], reserved_default=False,
                     distinct_train=distinct(train_keys))
     else:
-        given = task.get("vocab")
-        if given:
-            vocab = np.fromfile(given, dtype=np.uint64)
-            ids, unseen = lookup(vocab, np.asarray(keys))
-            distinct_train = distinct(train_keys)
-        else:
-            vocab, ids, distinct_train = vocabulary_ids(np.asarray(keys), train_keys.size,
-                                                        min_count=feature["min_count"], id_order=task["id_order"])
-            unseen = int(np.count_nonzero(ids == OOV))
+        vocab, ids, distinct_train, unseen = _vocabulary(task, np.asarray(keys), train_keys, missing)
         (tmp / "vocab").mkdir(exist_ok=True)
         _write(vocab, tmp, f"vocab/{name}.u64", info)
         info.update(mode="vocabulary", min_count=feature["min_count"], rows=int(vocab.size) + 1,
@@ -106,56 +108,44 @@ def table_task(task: dict) -> dict:
     return info
 
 
+def _keys_file(path: Path, count: int) -> np.ndarray:
+    """A feature's keys, memory-mapped (an empty file, a multi-hot column without a value, cannot be)."""
+    return np.memmap(path, dtype=np.uint64, mode="r", shape=(count,)) if count else np.zeros(0, np.uint64)
+
+
+def _vocabulary(task: dict, keys: np.ndarray, train_keys: np.ndarray, missing: np.ndarray):
+    """(vocabulary, ids, distinct training keys, values out of the vocabulary) of a vocabulary feature: built from
+    the training split, or the one of `--vocab-from`."""
+    feature = task["feature"]
+    other = feature["missing"] == "other" and not feature["multi_hot"]
+    if task.get("vocab"):
+        vocab = np.fromfile(task["vocab"], dtype=np.uint64)
+        ids, _ = lookup(vocab, keys)
+        distinct_train = distinct(train_keys)
+    else:
+        vocab, ids, distinct_train = vocabulary_ids(keys, train_keys.size, min_count=feature["min_count"],
+                                                    id_order=task["id_order"], exclude=MISSING_KEY if other else None)
+    if other:
+        ids[missing] = OOV
+    unseen = int(np.count_nonzero(ids == OOV)) - (int(np.count_nonzero(missing)) if other else 0)
+    return vocab, ids, distinct_train, unseen
+
+
 def _write(array: np.ndarray, tmp: Path, name: str, info: dict) -> None:
     """Write a file and note its sha256 from memory (meta.json lists it; no second read)."""
     array = np.ascontiguousarray(array)
     array.tofile(tmp / name)
-    info.setdefault("sha256", {})[name] = hashlib.sha256(memoryview(array).cast("B")).hexdigest()
-
-
-def dense_task(tmp: str, rows: int, train_rows: int, transforms: list[str],
-               stats: list[dict] | None) -> tuple[list[dict], dict]:
-    """Worker: the training split's statistics (unless given: `--vocab-from`), then dense.f32 transformed;
-    (statistics, {file: sha256})."""
-    raw = np.memmap(Path(tmp) / "dense.raw.f32", dtype="<f4", mode="r", shape=(rows, len(transforms)))
-    stats = stats or dense_stats(raw, train_rows)
-    written: dict = {}
-    _write(transform_dense(raw, transforms, stats), Path(tmp), "dense.f32", written)
-    return stats, written["sha256"]
-
-
-def dense_stats(raw: np.ndarray, train_rows: int) -> list[dict]:
-    """Per dense column, from the training split: mean, std, min, max (float64)."""
-    train = raw[:train_rows].astype(np.float64)
-    if train_rows == 0:
-        return [{"mean": 0.0, "std": 1.0, "min": 0.0, "max": 1.0} for _ in range(raw.shape[1])]
-    return [{"mean": float(c.mean()), "std": float(c.std()), "min": float(c.min()), "max": float(c.max())}
-            for c in train.T]
-
-
-def transform_dense(raw: np.ndarray, transforms: list[str], stats: list[dict]) -> np.ndarray:
-    """float32 [rows, D] after each column's transform, block by block (bounded memory)."""
-    out = np.empty(raw.shape, dtype=np.float32)
-    for lo in range(0, raw.shape[0], 1 << 20):
-        block = raw[lo: lo + (1 << 20)].astype(np.float64)
-        for j, (kind, s) in enumerate(zip(transforms, stats)):
-            column = block[:, j]
-            if kind == "log1p":
-                column = np.log1p(np.maximum(column, 0.0))
-            elif kind == "standardize":
-                column = (column - s["mean"]) / (s["std"] if s["std"] > 0 else 1.0)
-            elif kind == "minmax":
-                span = s["max"] - s["min"]
-                column = (column - s["min"]) / span if span > 0 else np.zeros_like(column)
-            block[:, j] = column
-        out[lo: lo + block.shape[0]] = block
-    return out
+    info.setdefault("sha256", {})[name] = sha256_array(array)
 
 
 def check_same_schema(mine: dict, theirs: dict, where: str) -> None:
     """--vocab-from: the new data must have the features the vocabularies were built for."""
+    def dense(schema: dict) -> list[str]:  # with the missing indicators: the width the model was built for
+        return [d["name"] for d in schema["dense"]] + [d["name"] + INDICATOR_SUFFIX for d in schema["dense"]
+                                                        if d.get("missing_indicator")]
+
     if [f["name"] for f in mine["categorical"]] != [f["name"] for f in theirs["categorical"]] or \
-            [d["name"] for d in mine["dense"]] != [d["name"] for d in theirs["dense"]]:
-        raise DataError(f"--vocab-from {where}: its schema has dense {[d['name'] for d in theirs['dense']]} and "
+            dense(mine) != dense(theirs):
+        raise DataError(f"--vocab-from {where}: its schema has dense {dense(theirs)} and "
                         f"categorical {[f['name'] for f in theirs['categorical']]}; this run's has "
-                        f"{[d['name'] for d in mine['dense']]} and {[f['name'] for f in mine['categorical']]}")
+                        f"{dense(mine)} and {[f['name'] for f in mine['categorical']]}")

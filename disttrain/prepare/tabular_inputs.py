@@ -75,6 +75,7 @@ def _parquet(path: str, schema: Schema, first: pa.Schema | None) -> tuple[Input,
     except (OSError, pa.ArrowInvalid) as exc:
         raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
     arrow = meta.schema_arrow
+    _unique(path, tuple(arrow.names))
     _missing(path, schema, arrow.names)
     mine = pa.schema([arrow.field(c) for c in schema.columns])
     if first is not None and not mine.equals(first):
@@ -89,50 +90,102 @@ def _open_text(path: str, codec: str | None):
     return pa.input_stream(path, compression=codec) if codec else open(path, "rb")
 
 
-def _csv(path: str, schema: Schema, opts) -> Input:
+@dataclass(frozen=True)
+class FirstLine:
+    """A CSV/TSV file's first line, split."""
+
+    path: str
+    codec: str | None
+    delimiter: str
+    fields: tuple[str, ...]
+
+
+def _first_line(path: str, opts) -> FirstLine:
     suffixes = Path(path).suffixes
     codec = CODECS.get(suffixes[-1].lower()) if suffixes else None
     try:
         with _open_text(path, codec) as f:
-            first = f.read(1 << 20).split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r")
+            first = f.read(1 << 20).split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r").lstrip("\ufeff")
     except (OSError, pa.ArrowInvalid) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
-    base = Path(path).name.lower()
     delimiter = {"tab": "\t", "comma": ",", "\\t": "\t"}.get(opts.delimiter, opts.delimiter)
     if opts.delimiter == "auto":
-        delimiter = "\t" if ".tsv" in base or first.count("\t") > first.count(",") else ","
+        delimiter = "\t" if ".tsv" in Path(path).name.lower() or first.count("\t") > first.count(",") else ","
     if len(delimiter) != 1:
         raise DataError(f"--delimiter: got {opts.delimiter!r}, expected tab, comma, auto or one character")
-    fields = [x.strip() for x in first.split(delimiter)]
+    return FirstLine(path, codec, delimiter, tuple(x.strip().strip('"') for x in first.split(delimiter)))
+
+
+def _is_header(line: FirstLine, schema: Schema, header: str, known: tuple[str, ...]) -> bool:
+    """`--header auto`: a file's first line is a header when it is `--column-names`, or names the label column
+    (unless the label's name is a number, as the positions 0, 1, ... of a file without a header are: a data line
+    holds numbers); each file is decided by itself."""
+    if header != "auto":
+        return header == "yes"
+    return line.fields == known or (schema.label in line.fields and not _number(schema.label))
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _unique(where: str, names: tuple[str, ...]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise DataError(f"{where}: column {name!r} named twice; expected each column name once")
+        seen.add(name)
+
+
+def _csv_inputs(lines: list[FirstLine], schema: Schema, opts) -> list[Input]:
+    """Each CSV file's column names: its own header, `--column-names`, or the header of the first file that has
+    one (a file without a header, such as Avazu's test.csv beside its train.csv); every column name once."""
     if opts.header not in ("auto", "yes", "no"):
         raise DataError(f"--header: got {opts.header!r}, expected auto, yes or no")
-    header = opts.header == "yes" or (opts.header == "auto" and not opts.column_names and schema.label in fields)
-    if opts.column_names:
-        names = [x.strip() for x in opts.column_names.split(",")]
-        if len(names) != len(fields):
-            raise DataError(f"--column-names: {len(names)} names, but {path}:1 has {len(fields)} fields")
-    elif header:
-        names = fields
-    else:
-        names = [str(i) for i in range(len(fields))]
-    _missing(path, schema, names)
-    return Input(path, "csv", Path(path).stat().st_size, codec=codec, names=tuple(names), delimiter=delimiter,
-                 header_lines=int(header))
+    given = tuple(x.strip() for x in opts.column_names.split(",")) if opts.column_names else ()
+    if given:
+        _unique("--column-names", given)
+    headers = [_is_header(line, schema, opts.header, given) for line in lines]
+    first = next((line for line, header in zip(lines, headers) if header), None)
+    out = []
+    for line, header in zip(lines, headers):
+        if given:
+            names, origin = given, "--column-names"
+        elif header:
+            names, origin = line.fields, ""
+        elif first is not None:
+            names, origin = first.fields, f"the header of {first.path}"
+        else:
+            names, origin = tuple(str(i) for i in range(len(line.fields))), ""
+        if origin and len(names) != len(line.fields):
+            raise DataError(f"{line.path}:1: {len(line.fields)} fields, but {origin} names {len(names)} columns; "
+                            "expected as many (or --column-names)")
+        _unique(f"{line.path}:1 (header)" if header and not given else line.path, names)
+        _missing(line.path, schema, list(names))
+        out.append(Input(line.path, "csv", Path(line.path).stat().st_size, codec=line.codec, names=names,
+                         delimiter=line.delimiter, header_lines=int(header)))
+    return out
 
 
 def inspect_inputs(paths: list[str], schema: Schema, opts) -> list[Input]:
     if not paths:
         raise DataError("data prepare: no input files given")
-    inputs, first = [], None
+    parquet, lines, first = [], [], None
     for p in paths:
         if not Path(p).is_file():
             raise DataError(f"{p}: no such file")
         if Path(p).suffix.lower() in PARQUET:
             source, first = _parquet(p, schema, first)
+            parquet.append(source)
         else:
-            source = _csv(p, schema, opts)
-        inputs.append(source)
-    return inputs
+            lines.append(_first_line(p, opts))
+    csv = iter(_csv_inputs(lines, schema, opts) if lines else [])
+    parquets = iter(parquet)
+    return [next(parquets) if Path(p).suffix.lower() in PARQUET else next(csv) for p in paths]
 
 
 def tasks_of(source: Input, schema: Schema, skip_bad_rows: bool):

@@ -138,9 +138,10 @@ def convert(table: pa.Table, schema: Schema, skip_bad_rows: bool, *, lines: int,
             reasons.setdefault(int(r), reason(int(r)))
 
     labels = _numbers(table.column(schema.label), schema.label, fail)
-    fail(~np.isin(labels, (0.0, 1.0)), lambda r: f"column {schema.label}: label {_text(table, schema.label, r)}, "
-                                                 "expected 0 or 1")
-    dense = np.zeros((n, len(schema.dense)), dtype=np.float32)
+    fail(~np.isin(labels, (0.0, 1.0)), lambda r: f"column {schema.label}: label "
+                                                 f"{'missing' if np.isnan(labels[r]) else _text(table, schema.label, r)}"
+                                                 ", expected 0 or 1")
+    dense = np.zeros((n, len(schema.dense)), dtype=np.float32)  # NaN: missing
     for j, feature in enumerate(schema.dense):
         dense[:, j] = _numbers(table.column(feature.name), feature.name, fail)
     single, multi, counters = [], [], Counters()
@@ -173,35 +174,44 @@ def _text(table: pa.Table, column: str, row: int) -> str:
     return repr(table.column(column)[row].as_py())
 
 
+MISSING_TEXT = r"^(?i:nan|na|n/a|null|none)?$"  # after trimming: a missing number in a text column (RE2)
+
+
 def _numbers(column: pa.ChunkedArray, name: str, fail) -> np.ndarray:
-    """float64 values; empty text and nulls are 0 (a missing value); text that is not a number is a bad row."""
+    """float64 values, NaN where missing (a null, a NaN, or text that is empty, NaN, NA, N/A, null or None in any
+    case); text that is not a number, and an infinity, are bad rows."""
     array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     if pa.types.is_boolean(array.type):
         array = pc.cast(array, pa.int8())
     if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
         stripped = pc.utf8_trim_whitespace(array)
-        blank = pc.equal(stripped, EMPTY)
+        missing = pc.match_substring_regex(stripped, MISSING_TEXT)
         try:
-            values = pc.cast(pc.if_else(blank, pa.nulls(1, array.type)[0], stripped), pa.float64())
+            values = pc.cast(pc.if_else(missing, pa.nulls(1, array.type)[0], stripped), pa.float64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            texts = stripped.to_pylist()
-            out = np.zeros(len(texts))
-            bad = np.zeros(len(texts), dtype=bool)
-            for i, text in enumerate(texts):
-                try:
-                    out[i] = float(text) if text else 0.0
-                except ValueError:
-                    bad[i] = True
-            fail(bad | ~np.isfinite(out), lambda r: f"column {name}: {texts[r]!r} is not a number")
-            return np.where(bad, 0.0, out)
+            return _numbers_one_by_one(stripped.to_pylist(), numpy_of(missing, fill=True), name, fail)
     elif pa.types.is_integer(array.type) or pa.types.is_floating(array.type) or pa.types.is_decimal(array.type):
         values = pc.cast(array, pa.float64())
     else:
         raise ChunkError(-1, f"column {name}: type {array.type}; expected numbers (or text holding numbers)")
-    out = numpy_of(values, fill=0.0)  # nulls -> 0
-    out = np.nan_to_num(out.astype(np.float64), nan=0.0, posinf=np.inf, neginf=-np.inf)
-    fail(~np.isfinite(out), lambda r: f"column {name}: {out[r]!r} is not a finite number")
-    return np.where(np.isfinite(out), out, 0.0)
+    out = numpy_of(values, fill=np.nan).astype(np.float64)  # nulls -> NaN, the missing value
+    fail(np.isinf(out), lambda r: f"column {name}: {out[r]!r} is not a finite number")
+    return np.where(np.isinf(out), np.nan, out)
+
+
+def _numbers_one_by_one(texts: list, missing: np.ndarray, name: str, fail) -> np.ndarray:
+    """The slow path of a text column with a field that is not a number: find and report (or drop) those rows."""
+    out = np.full(len(texts), np.nan)
+    bad = np.zeros(len(texts), dtype=bool)
+    for i, text in enumerate(texts):
+        if missing[i]:
+            continue
+        try:
+            out[i] = float(text)
+        except ValueError:
+            bad[i] = True
+    fail(bad | np.isinf(out), lambda r: f"column {name}: {texts[r]!r} is not a number")
+    return np.where(bad | np.isinf(out), np.nan, out)
 
 
 def _lists(column: pa.ChunkedArray, feature) -> tuple[np.ndarray, pa.Array, np.ndarray | None]:

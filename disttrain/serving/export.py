@@ -21,11 +21,10 @@ from disttrain import config as config_mod
 from disttrain.collectives import SingleProcess
 from disttrain.engine.build import build_model, build_plan
 from disttrain.engine.checkpoint import META, find_checkpoint, load_checkpoint, verify
+from disttrain.engine.checkpoint.layout import EXPORT_FORMAT, dense_buffers
 from disttrain.errors import DataError
 from disttrain.layers.dynamic_lookup import ServingEmbeddingBags
 from disttrain.parallelize import Parallelized, parallelize
-
-EXPORT_FORMAT = "disttrain-export-v1"
 
 
 def single_process(cfg: config_mod.Config) -> Parallelized:
@@ -47,6 +46,7 @@ def unsharded_state(checkpoint: str | Path, overrides: list[str] | None = None,
     par = single_process(cfg)
     load_checkpoint(path, par=par, comm=SingleProcess(), cfg=cfg)
     state = {n: p.detach().clone() for n, p in par.model.named_parameters() if not n.startswith("embeddings.")}
+    state |= {n: b.detach().clone() for n, b in dense_buffers(par.model)}  # rank 0's running statistics
     for table, _shard, weight in par.embeddings.local_shards():
         if not table.dynamic:
             state[f"embeddings.bags.{table.index}.weight"] = weight.detach().float().clone()

@@ -1,4 +1,5 @@
-"""Sharded checkpoints on disk: names, the commit marker, and finding the newest complete one.
+"""Sharded checkpoints on disk: names, the commit marker, finding the newest complete one, and telling a
+`disttrain export` file from a checkpoint.
 
 Layout of one checkpoint (`<checkpoint.dir>/step_00000120/`):
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +30,7 @@ MANIFEST = "manifest.json"
 META = "meta.json"
 STEP_PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
+EXPORT_FORMAT = "disttrain-export-v1"  # `disttrain export`'s one-file model (disttrain.serving.export)
 
 
 def step_dir_name(step: int) -> str:
@@ -49,6 +52,27 @@ def file_table(root: Path, sub: Path) -> dict[str, list]:
     }
 
 
+def is_export(file) -> bool:
+    """Is `file` (a path or an open binary file) a `disttrain export` model file? Told by the format tag in the
+    torch.save archive's pickle, which is read as bytes, never unpickled."""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            pickles = [i for i in archive.infolist() if i.filename.endswith("data.pkl") and i.file_size < 64 << 20]
+            return any(EXPORT_FORMAT.encode() in archive.read(i) for i in pickles)
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
+def not_a_checkpoint(key: str, spec: str, *, exported: bool) -> str:
+    """The line for a file named where a checkpoint is expected (an export above all: no verb reads one)."""
+    if exported:
+        return (f"{key}: {spec}: an exported model file (`disttrain export`), not a sharded checkpoint; expected the "
+                f"checkpoint it was exported from (a {STEP_PREFIX}N directory, or the directory holding them); "
+                "an export is read in Python with disttrain.api.load_exported(path)")
+    return (f"{key}: {spec}: a file, not a checkpoint; expected a {STEP_PREFIX}N directory holding {MANIFEST}, "
+            "or the directory holding them")
+
+
 def write_json(path: Path, data: dict) -> None:
     with open(path, "w") as f:
         json.dump(data, f, indent=1)
@@ -66,6 +90,23 @@ def fsync_dir(path: Path) -> None:
 
 def dense_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if not n.startswith("embeddings.")]
+
+
+def dense_buffers(model) -> list[tuple[str, torch.Tensor]]:
+    """The persistent buffers outside the tables (a BatchNorm's running statistics): saved, loaded and exported
+    with the dense parameters (rank 0's)."""
+    out = []
+    for prefix, module in model.named_modules():
+        if prefix == "embeddings" or prefix.startswith("embeddings."):
+            continue
+        for name, buf in module.named_buffers(recurse=False):
+            if buf is not None and name not in module._non_persistent_buffers_set:
+                out.append((f"{prefix}.{name}" if prefix else name, buf))
+    return out
+
+
+# The dtypes a saved buffer may have (meta.json names them; anything else is refused as a damaged file).
+BUFFER_DTYPES = ("float64", "float32", "bfloat16", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")
 
 
 def committed_checkpoints(root: str | Path) -> list[Path]:

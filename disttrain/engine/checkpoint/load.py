@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from disttrain.engine.checkpoint import dynamic, remote
-from disttrain.engine.checkpoint.layout import dense_parameters, rank_dir
+from disttrain.engine.checkpoint.layout import dense_buffers, dense_parameters, rank_dir
 from disttrain.engine.checkpoint.verify import check_fits, read_manifest, read_meta, verify_shared
 from disttrain.errors import DataError
 from disttrain.optim import ELEMENT
@@ -32,7 +32,7 @@ class Loaded:
 
 class _Reader:
     """Reads saved tensors by key from the rank directories, once each, as data (`safe_read`): only files the
-    manifest lists, metadata without code."""
+    manifest lists, metadata without code, tensors only (a byte entry is refused, never unpickled)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -44,12 +44,12 @@ class _Reader:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.api import CheckpointException
 
-        from disttrain.engine.checkpoint.safe_dcp import SafeFileSystemReader
+        from disttrain.engine.checkpoint import safe_dcp
 
         if key not in self.cache:
             directory = rank_dir(rank)
             allowed = {rel.split("/", 1)[1] for rel in self.files if rel.startswith(directory + "/")}
-            reader = SafeFileSystemReader(self.path / directory, allowed)
+            reader = safe_dcp.SafeFileSystemReader(self.path / directory, allowed)
             if directory not in self.checked:  # the metadata as data, before DCP sees it
                 reader.read_metadata()
                 self.checked.add(directory)
@@ -57,8 +57,12 @@ class _Reader:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
-                    dcp.load(out, storage_reader=reader, no_dist=True)
+                    dcp.load(out, storage_reader=reader, planner=safe_dcp.TensorsOnlyLoadPlanner(reader.directory),
+                             no_dist=True)
             except (Exception, CheckpointException) as exc:  # noqa: BLE001 - DCP's errors (a missing key, other sizes)
+                refused = safe_dcp.refusal_in(exc)
+                if refused is not None:  # our own refusal from inside DCP (a byte entry): said as it was
+                    raise DataError(str(refused)) from None
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise DataError(f"checkpoint {self.path}: {directory}: {key} cannot be read as {list(shape)} "
                                 f"{str(dtype).removeprefix('torch.')} ({first[:200]})") from None
@@ -138,6 +142,7 @@ def _load(path: Path, *, par, comm, cfg) -> Loaded:
                            comm.rank)
         for name, param in dense_parameters(par.model):
             param.copy_(reader.get(0, f"dense/{name}", meta["dense"][name]))
+        _load_buffers(par.model, meta, reader, path)
     dense_restored = same_optimizer and _load_dense_optimizer(par.dense_optimizer, meta, reader)
     if same_optimizer:
         sparse.steps = meta["sparse_steps"]
@@ -149,6 +154,20 @@ def _load(path: Path, *, par, comm, cfg) -> Loaded:
 
 def reader_rng(path: Path, rank: int) -> torch.Tensor:
     return _Reader(path).get(rank, "rng/torch", list(torch.get_rng_state().shape), dtype=torch.uint8)
+
+
+def _load_buffers(model, meta: dict, reader: _Reader, path: Path) -> None:
+    """Rank 0's persistent dense buffers (running statistics), where the checkpoint has them (it has all of a
+    model's since they were saved; an older checkpoint leaves them as built)."""
+    saved = meta.get("dense_buffers", {})
+    for name, buf in dense_buffers(model):
+        if name not in saved:
+            continue
+        shape, dtype = saved[name]["shape"], getattr(torch, saved[name]["dtype"])  # one of BUFFER_DTYPES
+        if list(buf.shape) != shape:
+            raise DataError(f"checkpoint {path} does not fit this model: buffer {name} is {shape} in the checkpoint, "
+                            f"{list(buf.shape)} here")
+        buf.copy_(reader.get(0, f"buffer/{name}", shape, dtype=dtype).to(buf.dtype))
 
 
 def _load_dense_optimizer(optimizer: torch.optim.Optimizer, meta: dict, reader: _Reader) -> bool:

@@ -7,7 +7,14 @@ import json
 from pathlib import Path
 
 from disttrain.engine.checkpoint import remote
-from disttrain.engine.checkpoint.layout import MANIFEST, META, STEP_PREFIX, committed_checkpoints
+from disttrain.engine.checkpoint.layout import (
+    MANIFEST,
+    META,
+    STEP_PREFIX,
+    committed_checkpoints,
+    is_export,
+    not_a_checkpoint,
+)
 from disttrain.errors import ConfigError
 from disttrain.storage import is_remote, local
 
@@ -32,6 +39,8 @@ def find_checkpoint(spec: str, root: str, *, key: str = "train.resume", run_id: 
     path = Path(local(spec))
     if not path.exists():
         raise ConfigError(f"{key}: {spec}: checkpoint directory not found")
+    if path.is_file():
+        raise ConfigError(not_a_checkpoint(key, spec, exported=is_export(path)))
     if (path / MANIFEST).is_file():
         return path
     found = committed_checkpoints(path)

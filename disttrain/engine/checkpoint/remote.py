@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from disttrain.engine.checkpoint.layout import MANIFEST, META, STEP_PREFIX
+from disttrain.engine.checkpoint.layout import MANIFEST, META, STEP_PREFIX, is_export, not_a_checkpoint
 from disttrain.errors import ConfigError, DataError
 from disttrain.storage import filesystem, is_remote, join, remote_call
 
@@ -62,6 +62,9 @@ def find(spec: str, root: str, *, key: str, run_id: str | None) -> str | None:
     if remote_call(spec, key, fs.exists, join(path, MANIFEST)):
         return spec
     found = committed(spec, key)
+    if not found and remote_call(spec, key, fs.isfile, path):
+        with remote_call(spec, key, fs.open, path, "rb") as file:
+            raise ConfigError(not_a_checkpoint(key, spec, exported=is_export(file)))
     if not found:
         raise ConfigError(f"{key}: {spec}: no complete checkpoint there (expected a {STEP_PREFIX}N prefix holding "
                           f"{MANIFEST}, or one itself)")

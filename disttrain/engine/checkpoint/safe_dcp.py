@@ -1,5 +1,10 @@
 """Reading DCP's files as data (see `safe_read`): its pickled `.metadata` through an unpickler that knows only
-DCP's plain records, and a reader that opens only the storage locations the manifest lists.
+DCP's plain records, a reader that opens only the storage locations the manifest lists, and tensors only.
+
+DCP stores any value that is not a tensor as a "byte entry" and reads it back with `torch.load(weights_only=False)`
+(`DefaultLoadPlanner.load_bytes`): a pickle that runs code. disttrain writes tensors only, so a byte entry is
+refused twice: when the metadata is read (`read_dcp_metadata`), and by the load planner (`TensorsOnlyLoadPlanner`)
+should one ever reach DCP another way.
 
 Kept apart from `safe_read` because importing torch.distributed.checkpoint takes ~0.7 s: only a process that
 loads a checkpoint pays it.
@@ -14,6 +19,7 @@ from pathlib import Path, PurePosixPath
 import torch
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint import metadata as dcp_metadata
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 
 from disttrain.errors import DataError
@@ -35,6 +41,10 @@ _ALLOWED = {
 }
 
 
+# BytesStorageMetadata is let through the unpickler (an empty record) so that `check_tensors_only` can name the
+# byte entry; it is refused right after.
+
+
 class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) not in _ALLOWED:
@@ -51,7 +61,42 @@ def read_dcp_metadata(path: Path) -> dcp_metadata.Metadata:
                         "was run") from None
     if not isinstance(metadata, dcp_metadata.Metadata):
         raise DataError(f"{path}: holds a {type(metadata).__name__}, expected DCP Metadata")
+    check_tensors_only(metadata, path)
     return metadata
+
+
+def check_tensors_only(metadata: dcp_metadata.Metadata, path: Path) -> None:
+    """Every entry of `metadata` describes a tensor: a byte entry would be unpickled by DCP, running its code."""
+    entries = metadata.state_dict_metadata
+    if not isinstance(entries, dict):
+        raise DataError(f"{path}: its entries are a {type(entries).__name__}, expected a dict of tensors")
+    for key, entry in entries.items():
+        if isinstance(entry, dcp_metadata.BytesStorageMetadata):
+            raise DataError(f"{path}: entry {key!r} is a byte entry; expected tensors only")
+        if not isinstance(entry, dcp_metadata.TensorStorageMetadata):
+            raise DataError(f"{path}: entry {key!r} is a {type(entry).__name__}; expected tensors only")
+
+
+class TensorsOnlyLoadPlanner(DefaultLoadPlanner):
+    """DCP's load planner, refusing byte entries (which it would `torch.load(weights_only=False)`) instead of
+    reading them. `where`: the rank directory, for the message."""
+
+    def __init__(self, where: Path):
+        super().__init__()
+        self.where = where
+
+    def load_bytes(self, read_item, value) -> None:
+        raise DataError(f"{self.where / '.metadata'}: entry {read_item.dest_index.fqn!r} is a byte entry; expected "
+                        "tensors only")
+
+
+def refusal_in(exc: BaseException) -> DataError | None:
+    """The DataError this module raised inside DCP, which wraps it in a CheckpointException; None if none."""
+    if isinstance(exc, DataError):
+        return exc
+    failures = getattr(exc, "failures", None)
+    wrapped = failures.values() if isinstance(failures, dict) else ()
+    return next((pair[0] for pair in wrapped if isinstance(pair, tuple) and isinstance(pair[0], DataError)), None)
 
 
 class SafeFileSystemReader(FileSystemReader):

@@ -9,7 +9,10 @@ whole, not who wrote it. So nothing in it is ever executed or trusted to point e
   with one line, before it is created.
 - Every storage location the metadata names must be a file of that rank's directory, listed in the manifest, with
   no transform; tensors themselves are read with `torch.load(weights_only=True)` (torch's own reader).
-  These two checks live in `safe_dcp` (the unpickler and `SafeFileSystemReader`); the two below, here.
+- Every entry is a tensor. DCP keeps anything else as a byte entry and reads it with `torch.load(weights_only=False)`,
+  which runs code: a byte entry is refused when the metadata is read, and by the load planner if one gets further.
+  These three checks live in `safe_dcp` (the unpickler, `SafeFileSystemReader`, `TensorsOnlyLoadPlanner`); the two
+  below, here.
 - Every path the manifest names must stay inside the checkpoint: no absolute path, no `..`, no symlink.
 - `meta.json` is checked field by field (types, ranges, shards inside their tables) before anything is sized from it.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+from disttrain.engine.checkpoint.layout import BUFFER_DTYPES
 from disttrain.errors import DataError
 from disttrain.tables import NUM_BUCKETS
 
@@ -66,6 +70,11 @@ def check_meta(meta: dict, path: Path) -> dict:
     if not isinstance(dense, dict) or not all(
             isinstance(shape, list) and all(_int(d, 0, 1 << 40) for d in shape) for shape in dense.values()):
         raise DataError(f"{where}: dense {str(dense)[:80]}, expected parameter shapes")
+    buffers = meta.get("dense_buffers", {})  # absent before buffers were saved
+    if not isinstance(buffers, dict) or not all(
+            isinstance(b, dict) and b.get("dtype") in BUFFER_DTYPES and isinstance(b.get("shape"), list)
+            and all(_int(d, 0, 1 << 40) for d in b["shape"]) for b in buffers.values()):
+        raise DataError(f"{where}: dense_buffers {str(buffers)[:80]}, expected buffer shapes and dtypes")
     for key, kind in (("history", list), ("config", str), ("optimizer", str)):
         if not isinstance(meta.get(key), kind):
             raise DataError(f"{where}: {key} is a {type(meta.get(key)).__name__}, expected a {kind.__name__}")

@@ -28,6 +28,7 @@ from disttrain.engine.checkpoint.layout import (
     META,
     TMP_PREFIX,
     committed_checkpoints,
+    dense_buffers,
     dense_parameters,
     file_table,
     fsync_dir,
@@ -39,7 +40,7 @@ from disttrain.engine.checkpoint.layout import (
 from disttrain.errors import DataError
 from disttrain.fileio import sha256_file
 from disttrain.optim import ELEMENT
-from disttrain.storage import explain, filesystem, is_remote, join, local
+from disttrain.storage import explain, filesystem, is_remote, join, local, remove_tree
 
 
 def save_checkpoint(root: str | Path, *, step: int, par, comm, cfg, history: list[dict], run_id: str,
@@ -134,6 +135,8 @@ def _write_rank(tmp: Path, par, rank: int) -> dict:
     if rank == 0:
         for pname, param in dense_parameters(par.model):
             state_dict[f"dense/{pname}"] = param.detach().cpu()
+        for bname, buf in dense_buffers(par.model):
+            state_dict[f"buffer/{bname}"] = buf.detach().cpu()
         for index, values in par.dense_optimizer.state_dict()["state"].items():
             for vname, value in values.items():
                 if isinstance(value, torch.Tensor):
@@ -164,6 +167,10 @@ def _meta(*, step, par, comm, cfg, history, data, gathered) -> dict:
         "tables": [{"name": t.name, "rows": t.num_rows, "dim": t.dim} | ({"dynamic": True} if plan.dynamic else {})
                    for t, plan in zip(collection.tables, par.plan.tables)],
         "dense": {n: list(p.shape) for n, p in dense_parameters(par.model)},
+        # The data-parallel part is rank 0's (the ranks' replicas were compared equal just before the save).
+        "dense_from_rank": 0,
+        "dense_buffers": {n: {"shape": list(b.shape), "dtype": str(b.dtype).split(".")[-1]}
+                          for n, b in dense_buffers(par.model)},
         "optimizer": sparse.kind,
         "sparse_steps": sparse.steps,
         "dense_optimizer_state": written[0]["dense_opt"],
@@ -248,7 +255,7 @@ def save_remote(url: str, *, step, par, comm, cfg, history, run_id, keep_last, f
         shutil.rmtree(staging, ignore_errors=True)
     if problem is not None:
         if comm.rank == 0:
-            _try(lambda: fs.rm(prefix, recursive=True), url, step, 0)
+            _try(lambda: remove_tree(fs, prefix), url, step, 0)
         comm.barrier()
         newest = remote.committed(url)
         kept = f"{newest[-1].rsplit('/', 1)[-1]} is intact" if newest else "no earlier checkpoint exists"
@@ -277,7 +284,4 @@ def _prune_remote(fs, root: str, keep_last: int, *, keep: str) -> None:
     if keep_last > 0:
         doomed += [s for s in sorted(complete)[:-keep_last] if s != keep]
     for s in doomed:
-        try:
-            fs.rm(join(root, s), recursive=True)
-        except FileNotFoundError:  # listed a moment ago, gone now (a store's listing may lag its deletes)
-            pass
+        remove_tree(fs, join(root, s))  # every object and every emptied rank_* entry: nothing of it is listed
