@@ -75,11 +75,14 @@ bench-launchers: $(STAMP) system-deps
 scale-model: $(STAMP) system-deps
 	$(BIN)/python benchmarks/scale_model.py --rate $(or $(RATE),1gbit)
 
-# DLRM on real Criteo rows (../shared/data/criteo-kaggle-8k) beside scikit-learn logistic regression.
+# DLRM on real Criteo rows (../shared/data/criteo-kaggle-8k), and three models on real Avazu rows (no dense column,
+# headers in one file of three), each beside scikit-learn logistic regression on the same prepared columns.
 QUALITY_DATA ?= ../shared/data/criteo-kaggle-8k
+AVAZU_DATA ?= ../shared/data/avazu-9k
 quality: $(STAMP)
 	$(BIN)/pip install -q -e ".[quality]"
 	$(BIN)/python benchmarks/quality_criteo.py --data $(QUALITY_DATA)
+	if [ -d $(AVAZU_DATA) ]; then $(BIN)/python benchmarks/quality_avazu.py --data $(AVAZU_DATA); fi
 
 # Criteo preprocessing rows/s beside the reference DLRM's, and the loader against training (DLRM_DIR: a
 # facebookresearch/dlrm checkout; see benchmarks/peers/README.md).

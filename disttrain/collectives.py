@@ -6,6 +6,8 @@ torch.distributed implements it (`TorchCollectives`); a single process needs no 
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import os
 import socket
 from datetime import timedelta
@@ -213,13 +215,12 @@ def _process_group(env: WorkerEnv, cfg: Config, *, horovod: bool) -> Collectives
         __import__(CCL_MODULE)  # registers the ccl backend with torch.distributed
     timeout = timedelta(seconds=cfg.launch.timeout_s)
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" and is_loopback(env.master_addr):
-        # This process hosts the store (rank 0) or joins it; bound to loopback, as the job's address says
-        # (torch's own env:// store would listen on every interface).
-        os.environ.update(transport_env("", env.master_addr))
-        dist.init_process_group(backend=backend, store=_loopback_store(env, timeout), rank=env.rank,
-                                world_size=env.world_size, timeout=timeout)
-    elif os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and attempt != "0":
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = None if agent_store else _job_store(env, timeout)
+    if store is not None:
+        dist.init_process_group(backend=backend, store=store, rank=env.rank, world_size=env.world_size,
+                                timeout=timeout)
+    elif agent_store and attempt != "0":
         # A restarted torchrun worker: the agent's store may still hold the previous attempt's gloo
         # addresses (dead ports), and a peer that reads one waits for a connection that never comes. Keys of
         # this attempt go under their own prefix.
@@ -235,18 +236,47 @@ def _process_group(env: WorkerEnv, cfg: Config, *, horovod: bool) -> Collectives
     return TorchCollectives()
 
 
-def _loopback_store(env: WorkerEnv, timeout: timedelta) -> dist.TCPStore:
-    """The job's store on the loopback address only: rank 0 binds the listening socket itself."""
+def _job_store(env: WorkerEnv, timeout: timedelta) -> dist.TCPStore | None:
+    """The job's store when MASTER_ADDR is an IP address (or localhost): rank 0 binds its listening socket to that
+    address itself, so it listens on the job's address only (torch's own env:// store listens on every
+    interface); where the address is not one of this machine's (NAT), rank 0 listens as torch would. Every rank
+    decides alike from MASTER_ADDR alone: a store given to init_process_group and torch's env:// store name
+    their keys differently. None for a host name: torch's env:// store."""
+    if is_loopback(env.master_addr):
+        os.environ.update(transport_env("", env.master_addr))  # gloo on loopback too
+    elif not _is_ip(env.master_addr):
+        return None
     if env.rank != 0:
         return dist.TCPStore(env.master_addr, env.master_port, env.world_size, is_master=False, timeout=timeout)
-    family = socket.AF_INET6 if ":" in env.master_addr else socket.AF_INET
     host = "127.0.0.1" if env.master_addr == "localhost" else env.master_addr
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((host, env.master_port))
-    listener.listen(max(128, env.world_size))
+    try:
+        listener = _listen(host, env.master_port, backlog=max(128, env.world_size))
+    except OSError as exc:
+        if exc.errno != errno.EADDRNOTAVAIL or is_loopback(host):
+            raise
+        return dist.TCPStore(host, env.master_port, env.world_size, is_master=True, timeout=timeout)
     return dist.TCPStore(host, listener.getsockname()[1], env.world_size, is_master=True, timeout=timeout,
                          master_listen_fd=listener.detach())
+
+
+def _listen(host: str, port: int, *, backlog: int) -> socket.socket:
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(backlog)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def close_collectives(comm: Collectives) -> None:

@@ -66,12 +66,40 @@ POSITIVE = ("train.batch_size", "model.dynamic_min_count", "quant.calibration_ba
             "launch.timeout_s", "data.synthetic_samples", "launch.stop_grace_s")
 NON_NEGATIVE = (
     "train.steps", "train.eval_every", "train.check_replicas_every", "model.max_rows", "model.embedding_dim", "sharding.num_column_shards",
-    "data.cycle_batches", "data.max_history", "data.num_dense", "train.profile_steps", "launch.node_rank", "launch.master_port", "launch.threads_per_worker",
+    "data.cycle_batches", "data.max_history", "data.num_dense", "train.profile_steps", "launch.node_rank", "launch.threads_per_worker",
     "launch.num_workers", "launch.max_restarts", "checkpoint.every_steps", "checkpoint.keep_last",
     "model.dynamic_ttl_steps", "model.dynamic_capacity", "sharding.memory_limit_mib", "cluster.ranks_per_node",
     "cluster.gemm_gflops", "cluster.dense_efficiency", "cluster.memory_gbs", "cluster.intra_gbs", "cluster.intra_latency_us", "cluster.inter_gbs",
     "cluster.inter_latency_us",
 )
+
+# Every key holding a TCP port: a port (0 = a free one), or an address whose `:port` part, when given, is one.
+PORT_KEYS = ("launch.master_port",)
+ENDPOINT_KEYS = ("launch.rdzv_endpoint", "launch.ray_address")
+# Tables a model may have: several times the few hundred sparse features of the largest published CTR models. The
+# planner and the sharded layer do work per table and rank (planning 4,096 tables takes ~10 s on one core) and
+# DLRM's dot interaction per pair of tables (8.4M pairs at 4,096), so a million table sizes (a list pasted wrong,
+# a column per value) are refused in one line before any of that runs.
+MAX_TABLES = 4096
+
+
+def _check_ports(flat: dict[str, Any]) -> None:
+    for path in PORT_KEYS:
+        if not 0 <= flat[path] <= 65535:
+            raise ConfigError(f"{path}: got {flat[path]!r}, expected a TCP port 0..65535 (0 = a free port)")
+    for path in ENDPOINT_KEYS:
+        address = flat[path].split("://", 1)[-1]  # ray://host:10001
+        host, sep, port = address.rpartition(":")
+        if sep and not host.endswith(":") and not (port.isdigit() and 0 < int(port) <= 65535):
+            raise ConfigError(f"{path}: got {flat[path]!r}, expected host:port with a TCP port 1..65535")
+
+
+def check_table_count(count: int, where: str) -> None:
+    """A one-line ConfigError naming `where` when a model or a dataset has more than MAX_TABLES tables."""
+    if count > MAX_TABLES:
+        raise ConfigError(f"{where}: {count:,} tables, more than the {MAX_TABLES:,} disttrain supports (plans, the "
+                          f"exchange and DLRM's interaction do work per table or pair of tables); expected at most "
+                          f"{MAX_TABLES:,}")
 
 
 def validate(cfg: Config) -> Config:
@@ -87,6 +115,7 @@ def validate(cfg: Config) -> Config:
     for path in NON_NEGATIVE:
         if flat[path] < 0:
             raise ConfigError(f"{path}: got {flat[path]!r}, expected a number >= 0")
+    _check_ports(flat)
     nproc = cfg.launch.nproc_per_node
     if nproc != "auto" and (isinstance(nproc, str) or nproc <= 0):
         raise ConfigError(f"launch.nproc_per_node: got {nproc!r}, expected a positive integer or auto")
@@ -120,6 +149,7 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"model.table_pooling.{name}: got {pooling!r}, expected one of {', '.join(POOLINGS)}")
     if len(set(cfg.model.table_names)) != len(cfg.model.table_names):
         raise ConfigError(f"model.table_names: got {cfg.model.table_names}, expected distinct names")
+    check_table_count(len(cfg.model.table_sizes), "model.table_sizes")
     for i, rows in enumerate(cfg.model.table_sizes):
         if rows <= 0:
             raise ConfigError(f"model.table_sizes[{i}]: got {rows}, expected a positive number of rows")
@@ -237,7 +267,7 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-__all__ = ["CHOICES", "CODE_KEYS", "READY_CONFIGS", "STRATEGIES", "CheckpointConfig", "Config", "DataConfig",
-           "LaunchConfig", "ModelConfig", "QuantConfig", "RunConfig", "ShardingConfig", "TrainConfig",
-           "check_trusted", "config_from_yaml", "config_text", "load_config", "ready_config_name", "ready_configs",
-           "stored_config", "to_dict", "to_flat_dict", "to_yaml", "validate"]
+__all__ = ["CHOICES", "CODE_KEYS", "MAX_TABLES", "READY_CONFIGS", "STRATEGIES", "CheckpointConfig", "Config",
+           "DataConfig", "LaunchConfig", "ModelConfig", "QuantConfig", "RunConfig", "ShardingConfig", "TrainConfig",
+           "check_table_count", "check_trusted", "config_from_yaml", "config_text", "load_config", "ready_config_name",
+           "ready_configs", "stored_config", "to_dict", "to_flat_dict", "to_yaml", "validate"]

@@ -18,7 +18,7 @@ import yaml
 from disttrain.errors import ConfigError
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser where installed: 3-4x faster
     """YAML 1.2 booleans: only true/false, so `launch.allocator=off` stays the string 'off'."""
 
 
@@ -32,7 +32,7 @@ _Loader.add_implicit_resolver(
 
 
 def yaml_load(text: str):
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass: safe constructors only)
 
 
 def _type_name(tp: Any) -> str:

@@ -243,9 +243,21 @@ def _save(fig, plt, path: Path, drawn: bool) -> bool:
     return drawn
 
 
+def _text(value) -> str:
+    """Any value of a run's files as HTML text: markup in a name, a host or a config value is shown, never run
+    (quotes too, so it is safe inside an attribute)."""
+    return html.escape(str(value), quote=True)
+
+
+def _number(value, spec: str, scale: float = 1.0) -> str:
+    """A number formatted by `spec` (divided by `scale`); anything else (a foreign summary.json) as it is."""
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return format(value / scale, spec) if numeric else str(value)
+
+
 def _table(header: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    head = "".join(f"<th>{_text(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_text(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -256,48 +268,66 @@ def _figures(s: dict) -> str:
     return _table(["figure", "value"], rows)
 
 
+def _breakdown(b: dict) -> str:
+    spreads = [*((name, b["phases"].get(name, {})) for name in PHASES), ("step", b.get("step_ms", {}))]
+    rows = [[name, *(_number(spread.get(k, ""), ".2f") for k in ("min", "median", "max"))] for name, spread in spreads]
+    return (f"<h3>Step-time breakdown (ms per step over ranks; slowest rank {_text(b.get('slowest_rank', '?'))})</h3>"
+            + _table(["phase", "min", "median", "max"], rows))
+
+
+def _plan(plan: dict) -> str:
+    rows = [[t["name"], t["type"], t["rows"], t["dim"], ", ".join(map(str, t["ranks"]))] for t in plan["tables"]]
+    ranks = [[r["rank"], _number(r["weight_bytes"], ".1f", 2**20), _number(r["optimizer_bytes"], ".1f", 2**20),
+              r["num_shards"]] for r in plan.get("ranks", [])]
+    return ("<h3>Sharding plan</h3>" + _table(["table", "type", "rows", "dim", "ranks"], rows)
+            + _table(["rank", "weights MiB", "optimizer MiB", "shards"], ranks))
+
+
+def _simulated(worlds: list[dict]) -> str:
+    times = ("step_ms", "compute_ms", "exchange_ms", "allreduce_ms")
+    rows = [[w["world_size"], w["nodes"], *(_number(w[k], ".2f") for k in times), _number(w["samples_per_s"], ",.0f"),
+             _number(w["measured_step_ms"], ".2f") if w.get("measured_step_ms") else "",
+             _number(w["memory_mib_per_rank"]["max"], ",.1f"), ", ".join(f"{k} {v}" for k, v in w["types"].items())]
+            for w in worlds]
+    return "<h3>Simulated weak scaling</h3>" + _table(
+        ["ranks", "nodes", "step ms", "compute", "exchange", "all-reduce", "samples/s", "measured ms",
+         "memory MiB max", "types"], rows)
+
+
+def _workers(workers: list[dict]) -> str:
+    rows = [[w.get("rank"), w.get("host"), w.get("pid"), _cpus(w.get("cpus")), w.get("numa_node"),
+             w.get("threads"), w.get("allocator"), w.get("device", "cpu"),
+             _number(w["max_rss_mib"], ".0f") if "max_rss_mib" in w else "?"] for w in workers]
+    return "<h3>Workers (pinning)</h3>" + _table(
+        ["rank", "host", "pid", "cpus", "numa", "threads", "allocator", "device", "peak RSS MiB"], rows)
+
+
 def _run_section(run: Run) -> str:
+    """A run's part of the page. Every value read from its files goes through `_text` (here or in `_table`)."""
     s = run.summary
-    parts = [f"<h2>{html.escape(run.label)}</h2><p class=path>{html.escape(str(run.path))}</p>"]
+    parts = [f"<h2>{_text(run.label)}</h2><p class=path>{_text(run.path)}</p>"]
     if run.missing:
-        parts.append("<ul class=missing>" + "".join(f"<li>{html.escape(m)}</li>" for m in run.missing) + "</ul>")
+        parts.append("<ul class=missing>" + "".join(f"<li>{_text(m)}</li>" for m in run.missing) + "</ul>")
     if s:
         parts.append("<h3>Figures</h3>" + _figures(s))
     if s.get("breakdown"):
-        b = s["breakdown"]
-        rows = [[name, *(f"{b['phases'][name][k]:.2f}" for k in ("min", "median", "max"))] for name in PHASES]
-        rows.append(["step", *(f"{b['step_ms'][k]:.2f}" for k in ("min", "median", "max"))])
-        parts.append(f"<h3>Step-time breakdown (ms per step over ranks; slowest rank {b['slowest_rank']})</h3>"
-                     + _table(["phase", "min", "median", "max"], rows))
+        parts.append(_breakdown(s["breakdown"]))
     if s.get("plan", {}).get("tables"):
-        rows = [[t["name"], t["type"], t["rows"], t["dim"], ", ".join(map(str, t["ranks"]))] for t in s["plan"]["tables"]]
-        parts.append("<h3>Sharding plan</h3>" + _table(["table", "type", "rows", "dim", "ranks"], rows))
-        rows = [[r["rank"], f"{r['weight_bytes'] / 2**20:.1f}", f"{r['optimizer_bytes'] / 2**20:.1f}", r["num_shards"]]
-                for r in s["plan"].get("ranks", [])]
-        parts.append(_table(["rank", "weights MiB", "optimizer MiB", "shards"], rows))
+        parts.append(_plan(s["plan"]))
     if run.simulate.get("worlds"):
-        rows = [[w["world_size"], w["nodes"], f"{w['step_ms']:.2f}", f"{w['compute_ms']:.2f}",
-                 f"{w['exchange_ms']:.2f}", f"{w['allreduce_ms']:.2f}", f"{w['samples_per_s']:,.0f}",
-                 f"{w['measured_step_ms']:.2f}" if w.get("measured_step_ms") else "",
-                 f"{w['memory_mib_per_rank']['max']:,.1f}", ", ".join(f"{k} {v}" for k, v in w["types"].items())]
-                for w in run.simulate["worlds"]]
-        parts.append("<h3>Simulated weak scaling</h3>" + _table(
-            ["ranks", "nodes", "step ms", "compute", "exchange", "all-reduce", "samples/s", "measured ms",
-             "memory MiB max", "types"], rows))
+        parts.append(_simulated(run.simulate["worlds"]))
     if s.get("workers"):
-        rows = [[w.get("rank"), w.get("host"), w.get("pid"), _cpus(w.get("cpus")), w.get("numa_node"),
-                 w.get("threads"), w.get("allocator"), w.get("device", "cpu"),
-                 f"{w['max_rss_mib']:.0f}" if "max_rss_mib" in w else "?"] for w in s["workers"]]
-        parts.append("<h3>Workers (pinning)</h3>" + _table(
-            ["rank", "host", "pid", "cpus", "numa", "threads", "allocator", "device", "peak RSS MiB"], rows))
+        parts.append(_workers(s["workers"]))
     if run.config_text:
-        parts.append(f"<h3>Resolved config</h3><pre>{html.escape(run.config_text)}</pre>")
+        parts.append(f"<h3>Resolved config</h3><pre>{_text(run.config_text)}</pre>")
     return "\n".join(parts)
 
 
 def _cpus(cpus) -> str:
     if not cpus:
         return ""
+    if not (isinstance(cpus, list) and all(isinstance(c, int) for c in cpus)):
+        return str(cpus)  # not what disttrain writes: shown as it is
     from disttrain.runtime.topology import format_cpus
 
     return format_cpus(cpus)
@@ -361,8 +391,8 @@ def render(run_dirs: list[str | Path], out: str | Path | None = None) -> dict:
     images = "\n".join(
         f'<h2>{name}</h2><img alt="{name}" src="data:image/png;base64,'
         f'{base64.b64encode((out / f"{name}.png").read_bytes()).decode()}">' for name in written)
-    page = PAGE.format(title=html.escape(", ".join(labels)),
-                       runs="Runs: " + ", ".join(html.escape(label) for label in labels), images=images,
+    page = PAGE.format(title=_text(", ".join(labels)), runs="Runs: " + ", ".join(_text(label) for label in labels),
+                       images=images,
                        sections="\n".join(_run_section(r) for r in runs))
     (out / "report.html").write_text(page)
     return {"html": str(out / "report.html"), "plots": [str(out / f"{n}.png") for n in written],

@@ -73,9 +73,9 @@ def _horovod_world(cfg: Config) -> tuple[int, int]:
 
 
 def _horovod_preflight(cfg: Config) -> None:
-    from disttrain.launchers.horovod import horovodrun_path
+    from disttrain.launchers.horovod import check_installed
 
-    horovodrun_path()  # a one-line error before anything starts when Horovod is missing
+    check_installed()  # a one-line error before anything starts when Horovod is missing
 
 
 def _start_horovod(cfg: Config, config_path: str) -> int:

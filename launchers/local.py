@@ -6,7 +6,8 @@ point as every other launcher. If one worker fails, the others are stopped and i
 SIGTERM or SIGINT to the launcher (kill, docker stop, a scheduler's preemption, Ctrl-C) is forwarded to the
 workers once (they run in their own session, so Ctrl-C reaches them only through here): they finish the step,
 write a final checkpoint and exit with 75, which the launcher returns. A second signal, or workers still running
-after `launch.stop_grace_s`, are killed. Workers also get SIGTERM if the launcher itself dies.
+after `launch.stop_grace_s`, are killed. Workers also get SIGTERM if the launcher itself dies, even by SIGKILL
+(a death signal set before they start), and then stop as on any request.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from disttrain.errors import ConfigError
 from disttrain.launchers.forwarding import SignalForwarder
 from disttrain.runtime.bootstrap import launcher_env
 from disttrain.runtime.env import RUN_ID, WorkerEnv, free_port, transport_env
-from disttrain.runtime.signals import PREEMPTED
+from disttrain.runtime.signals import PREEMPTED, dies_with_this_process
 
 
 def worker_envs(cfg: Config, *, master_port: int) -> list[WorkerEnv]:
@@ -85,7 +86,7 @@ def _run_workers(cfg: Config, config_path: str, port: int, extra_env: dict[str, 
         child_env = {**os.environ, **launcher_env(), **transport_env(cfg.launch.socket_ifname, cfg.launch.master_addr),
                      **env.to_environ(), **extra_env, "DISTTRAIN_LAUNCHER": "local", "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "disttrain.worker", "--config", config_path]
-        procs.append(subprocess.Popen(cmd, env=child_env, start_new_session=True))
+        procs.append(subprocess.Popen(cmd, env=child_env, start_new_session=True, preexec_fn=dies_with_this_process()))
     with SignalForwarder(procs, grace_s=cfg.launch.stop_grace_s) as forwarder:
         while True:
             if forwarder.expired():

@@ -13,6 +13,7 @@ fails with one line if it does not.
 torchrun runs through `disttrain.launchers.torchrun_agent` (its stores stay on loopback when the job's address
 is loopback). SIGTERM or SIGINT to this launcher goes to torchrun once, which passes it to the workers and gives
 them `launch.stop_grace_s` (its `--shutdown-timeout`) to write a final checkpoint; a second signal kills it.
+If this launcher dies (even by SIGKILL), torchrun gets SIGTERM from the kernel and does the same.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from disttrain.errors import ConfigError
 from disttrain.launchers.forwarding import SignalForwarder
 from disttrain.runtime.bootstrap import launcher_env
 from disttrain.runtime.env import RUN_ID, is_loopback, split_endpoint, transport_env, wait_for_tcp
-from disttrain.runtime.signals import PREEMPTED
+from disttrain.runtime.signals import PREEMPTED, dies_with_this_process
 
 
 def _is_host(cfg: Config) -> bool | None:
@@ -91,7 +92,10 @@ def launch_torchrun(cfg: Config, config_path: str) -> int:
     # torchrun sets OMP_NUM_THREADS=1 for its workers; the recorded user variables let them override it.
     env = {**os.environ, **launcher_env(), **transport_env(cfg.launch.socket_ifname, _job_addr(cfg)),
            "DISTTRAIN_LAUNCHER": "torchrun", "PYTHONUNBUFFERED": "1", RUN_ID: os.environ.get(RUN_ID) or uuid.uuid4().hex}
-    proc = subprocess.Popen(torchrun_command(cfg, config_path), env=env, start_new_session=True)
+    # The agent runs in its own session (Ctrl-C reaches it only through here) and gets SIGTERM if this process
+    # dies, even by SIGKILL: it then stops its workers as on any request (they also watch the agent).
+    proc = subprocess.Popen(torchrun_command(cfg, config_path), env=env, start_new_session=True,
+                            preexec_fn=dies_with_this_process())
     with SignalForwarder([proc], grace_s=cfg.launch.stop_grace_s) as forwarder:
         while proc.poll() is None:
             if forwarder.expired():

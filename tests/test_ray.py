@@ -1,16 +1,22 @@
 """The Ray launcher against a real local Ray head: `ray job submit` of the ready Ray config, results and
 reported metrics, and the same training as the local launcher; models of one's own (a package outside the
-repository, the examples) carried to the workers by the job's working directory."""
+repository, the examples) carried to the workers by the job's working directory; SIGTERM to the driver and
+`ray job stop` give a final checkpoint from which `train.resume=auto` ends like an uninterrupted run; the job
+listens on its node's address only, and a Ray that disttrain starts itself on loopback only."""
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import random
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -59,7 +65,7 @@ def _stop_head(temp_dir: str, gcs_port: int) -> None:
 
 def _start_head(temp_dir: str, env: dict) -> tuple[dict, subprocess.CompletedProcess]:
     base = random.randrange(20000, 40000, 100)
-    ports = {"gcs": free_port(), "dashboard": free_port()}
+    ports = {"gcs": free_port(), "dashboard": free_port(), "worker_ports": (base, base + 99)}
     cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={ports['gcs']}",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
            f"--ray-client-server-port={free_port()}", f"--node-manager-port={free_port()}",
@@ -72,9 +78,12 @@ def _start_head(temp_dir: str, env: dict) -> tuple[dict, subprocess.CompletedPro
 
 @pytest.fixture(scope="module")
 def ray_head():
-    """A private Ray head on loopback: its own temp dir (short: Ray's socket paths are length-limited) and
-    ports, the dashboard (job submission) bound to 127.0.0.1, no auth tokens. A start that fails (a port
-    taken meanwhile) is cleaned up and tried again with other ports, twice at most."""
+    """A private Ray head: its own temp dir (short: Ray's socket paths are length-limited) and ports, the
+    dashboard (job submission) bound to 127.0.0.1, no auth tokens. Its node address is the machine's own, as on a
+    multi-node cluster: Ray 2.60 takes it from the routing table although told 127.0.0.1 (only
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps it on loopback), so the GCS, raylet and Ray's workers listen beyond
+    loopback while the tests run. A start that fails (a port taken meanwhile) is cleaned up and tried again with
+    other ports, twice at most."""
     env = clean_env(RAY_AUTH_MODE="disabled")
     failures = []
     for _ in range(3):
@@ -187,3 +196,152 @@ def test_ray_job_submit_runs_each_example(ray_head, example_runs, tmp_path):
         result = summary(tmp_path / name)
         assert result["launcher"] == "ray" and result["world_size"] == 2, name
         assert_same_training(result, example_runs(name)["local"])
+
+
+# Long enough to be stopped mid-run after the first interval lines reach the driver (Ray forwards worker logs
+# with a lag), short enough to train twice.
+LONG = ["model.flavor=debug", "train.batch_size=64", "train.steps=2000", "train.log_every=50", "train.seed=5",
+        "data.eval_batches=2", "run.progress=false", "run.tensorboard=false"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict:
+    """The long job under the local launcher, uninterrupted: where a stopped and resumed Ray run must end."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    result = disttrain("launch", *LONG, "launch.nproc_per_node=2", f"run.output_dir={out}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return summary(out)
+
+
+def _start_until(args: list[str], env: dict, marker: str) -> tuple[subprocess.Popen, list[str]]:
+    """`disttrain ARGS` in the background, read until a line with `marker` (its output so far)."""
+    proc = subprocess.Popen([str(BIN / "python"), "-m", "disttrain.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if marker in line:
+            return proc, lines
+    proc.wait()
+    pytest.fail(f"exited with {proc.returncode} before {marker!r}:\n" + "".join(lines)[-4000:])
+
+
+def _listening(pid: int) -> set[tuple[str, int]]:
+    import psutil
+
+    try:
+        return {(c.laddr.ip, c.laddr.port) for c in psutil.Process(pid).net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN}
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return set()
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    address = ipaddress.ip_address(text.split("%")[0])
+    return getattr(address, "ipv4_mapped", None) or address  # ::ffff:127.0.0.1 is 127.0.0.1
+
+
+def _training_processes(run_id: str) -> dict[int, dict[str, str]]:
+    """The training processes (`disttrain.worker`) of one run, found by its DISTTRAIN_RUN_ID: pid -> environ."""
+    import psutil
+
+    found = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if "disttrain.worker" in (proc.info["cmdline"] or []):
+                environ = proc.environ()
+                if environ.get("DISTTRAIN_RUN_ID") == run_id:
+                    found[proc.pid] = environ
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _temp_dirs() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("disttrain-ray-*"))
+
+
+@pytest.mark.slow
+def test_ray_sigterm_gives_a_final_checkpoint_and_resume_auto_ends_like_the_uninterrupted_run(
+        ray_head, uninterrupted, tmp_path):
+    """SIGTERM to the driver (`launch.ray_address`: the head's node address is the machine's own): the training
+    processes finish the step, save and exit; the driver exits with 75 and leaves no temporary directory. While
+    it runs, the job's own sockets (the store, gloo) listen on the node's address and nowhere wider, and the Ray
+    workers hosting them open nothing but Ray's own worker port (no torch process group of Ray's). Then
+    `train.resume=auto` on a Ray that disttrain starts itself, every process of it listening on loopback only,
+    ends where the uninterrupted run ends."""
+    import psutil
+
+    ck, run_id, temp_before = tmp_path / "ck", uuid.uuid4().hex, _temp_dirs()
+    proc, lines = _start_until(
+        ["launch", "cluster_configs/ray.yaml", *LONG, f"launch.ray_address=127.0.0.1:{ray_head['gcs']}",
+         f"launch.ray_storage={tmp_path}/st", f"checkpoint.dir={ck}", f"run.output_dir={tmp_path}/stopped"],
+        {**ray_head["env"], "DISTTRAIN_RUN_ID": run_id}, marker="step    100")
+    training = _training_processes(run_id)
+    sockets = {pid: _listening(pid) for pid in training}
+    ray_workers = {psutil.Process(pid).ppid() for pid in training}
+    ray_sockets = {ip_port for pid in ray_workers for ip_port in _listening(pid)}
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=300)
+    log = "".join(lines) + rest
+    assert proc.returncode == 75, log[-4000:]
+
+    rank0 = next(pid for pid, environ in training.items() if environ["RANK"] == "0")
+    node, store_port = training[rank0]["MASTER_ADDR"], int(training[rank0]["MASTER_PORT"])
+    assert len(training) == 2 and not _ip(node).is_unspecified
+    assert (node, store_port) in {(str(_ip(ip)), port) for ip, port in sockets[rank0]}, sockets
+    assert {_ip(ip) for found in sockets.values() for ip, _ in found} == {_ip(node)}, sockets
+    low, high = ray_head["worker_ports"]
+    assert ray_sockets and all(low <= port <= high for _, port in ray_sockets), ray_sockets
+
+    saved = sorted(p.name for p in ck.iterdir())
+    assert len(saved) == 1 and "stopped after step" in log and saved[0] in log
+    assert "stopped on request after a final checkpoint (exit code 75)" in log
+    step = int(saved[0].removeprefix("step_"))
+    assert 100 <= step < 2000
+    assert _temp_dirs() <= temp_before
+    assert not [pid for pid in training if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+
+    env = clean_env()
+    env.pop("RAY_ADDRESS", None)
+    proc, lines = _start_until(["launch", "cluster_configs/ray.yaml", *LONG, f"checkpoint.dir={ck}",
+                                "train.resume=auto", f"launch.ray_storage={tmp_path}/st2",
+                                f"run.output_dir={tmp_path}/resumed"], env, marker="samples/s")
+    driver = psutil.Process(proc.pid)
+    local_ray = {ip_port for p in [driver, *driver.children(recursive=True)] for ip_port in _listening(p.pid)}
+    rest, _ = proc.communicate(timeout=300)
+    log = "".join(lines) + rest
+    assert proc.returncode == 0, log[-4000:]
+    assert local_ray and all(_ip(ip).is_loopback for ip, _ in local_ray), local_ray
+    assert f"at step {step}" in log
+    assert_same_training(summary(tmp_path / "resumed"), uninterrupted)
+    assert _temp_dirs() <= temp_before
+
+
+@pytest.mark.slow
+def test_ray_job_stop_gives_a_final_checkpoint(ray_head, tmp_path):
+    """`ray job stop` sends the driver SIGTERM and waits RAY_JOB_STOP_WAIT_TIME_S (3 s unless the job's runtime
+    env says otherwise) before SIGKILL: given the time, the job ends like a SIGTERMed driver."""
+    ray, address = str(BIN / "ray"), f"--address=http://127.0.0.1:{ray_head['dashboard']}"
+    job_id, ck = f"stop-{uuid.uuid4().hex}", tmp_path / "ck"
+    runtime_env = json.dumps({"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "60"}})
+    subprocess.run([ray, "job", "submit", address, f"--submission-id={job_id}", "--no-wait",
+                    f"--runtime-env-json={runtime_env}", "--", "disttrain", "launch", "ray", *LONG,
+                    f"checkpoint.dir={ck}", f"run.output_dir={tmp_path}/out",
+                    f"launch.ray_storage={tmp_path}/st"],
+                   check=True, capture_output=True, env=ray_head["env"], timeout=120, cwd=tmp_path)
+
+    def logs() -> str:
+        return subprocess.run([ray, "job", "logs", address, job_id], capture_output=True, text=True,
+                              env=ray_head["env"], timeout=60).stdout
+
+    deadline = time.monotonic() + 300
+    while "step    100" not in logs():
+        assert time.monotonic() < deadline, logs()[-4000:]
+        time.sleep(1)
+    subprocess.run([ray, "job", "stop", address, job_id], check=True, capture_output=True, env=ray_head["env"],
+                   timeout=120)
+    log = logs()
+    assert "stopped on request after a final checkpoint (exit code 75)" in log, log[-4000:]
+    saved = sorted(p.name for p in ck.iterdir())
+    assert len(saved) == 1 and saved[0] in log

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from disttrain.config import Config
+from disttrain.config import Config, check_table_count
 from disttrain.data.contract import DataSource, SourceSpec
 from disttrain.data.sources import open_source, source_spec
 from disttrain.engine.cluster import machine_of, ranks_per_node, workload_of
@@ -57,6 +57,7 @@ def build_model(cfg: Config, *, embedding_device: str = "cpu", data_shapes: bool
     spec = check_config(cfg)
     if data_shapes:
         apply_data_shapes(cfg)
+    check_table_count(len(cfg.model.table_sizes), "model.table_sizes")  # the data's, too: before any work per table
     return check_model(spec.build(cfg, embedding_device=embedding_device), cfg)
 
 
@@ -72,6 +73,7 @@ def check_model(model, cfg: Config):
     if not isinstance(getattr(model, "embeddings", None), torch.nn.Module):
         raise ConfigError(f"model.name={cfg.model.name}: its build returned a {type(model).__name__} without "
                           "`embeddings`; expected an EmbeddingBagCollection over its `tables`")
+    check_table_count(len(tables), f"model.name={cfg.model.name}")
     names = [t.name for t in tables]
     if len(set(names)) != len(names):
         raise ConfigError(f"model.name={cfg.model.name}: its tables' names repeat ({', '.join(names)}); expected "

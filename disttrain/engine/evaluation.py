@@ -69,7 +69,9 @@ class PeriodicEvaluation:
         return None
 
     def after(self, state: RunState) -> bool:
-        if not self.every or state.step % self.every or state.step == self.last_step:
+        # Counted from where this run's data started (an epoch of the next day's data ends there, not at a
+        # multiple of the global step).
+        if not self.every or (state.step - self.trainer.data_start) % self.every or state.step == self.last_step:
             return False
         split = self.trainer.val_split
         metrics = self.trainer.evaluate(split)

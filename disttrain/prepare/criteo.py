@@ -22,7 +22,6 @@ from __future__ import annotations
 import gzip
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from disttrain.config import check_table_count
 from disttrain.data.prepared_format import FORMAT, FORMAT_VERSION
 from disttrain.errors import DataError
 from disttrain.fileio import sha256_file
@@ -51,7 +51,17 @@ from disttrain.prepare.criteo_parse import (
     ParseError,
     parse_block,
 )
-from disttrain.prepare.output import Progress, commit, file_entries, phase_seconds, staging_dir
+from disttrain.prepare.output import (
+    Progress,
+    abandon,
+    allocate,
+    commit,
+    file_entries,
+    is_write_failure,
+    open_for_writing,
+    phase_seconds,
+    staging_dir,
+)
 from disttrain.prepare.reference_dicts import dict_files, load_dict
 
 ID_ORDERS = ("frequency", "first-seen")
@@ -267,6 +277,7 @@ def prepare(raw_paths: list[str], opts: PrepOptions) -> dict:
             raise DataError(f"{s.path}: {len(s.layout.dense)} dense and {len(s.layout.sparse)} categorical columns, "
                             f"but {sources[0].path} has {len(first.dense)} and {len(first.sparse)}")
     num_dense, num_sparse = len(first.dense), len(first.sparse)
+    check_table_count(num_sparse, f"{sources[0].path}: categorical columns")  # a table each
     dicts = dict_files(opts.vocab_dicts, num_sparse) if opts.vocab_dicts else [""] * num_sparse
     for f in dicts:  # checked before the long parse (the table workers read them again)
         if f:
@@ -278,14 +289,10 @@ def prepare(raw_paths: list[str], opts: PrepOptions) -> dict:
     try:
         progress = Progress(opts.progress, sum(s.bytes for s in sources))
         with ctx.Pool(workers) as pool:
-            with open(tmp / "labels.u8", "wb") as f_labels, open(tmp / "dense.f32", "wb") as f_dense:
-                raw_files = [open(tmp / f"raw_{t}.u32", "wb") for t in range(num_sparse)]
-                try:
-                    for source in sources:
-                        _parse_source(pool, source, opts, f_labels, f_dense, raw_files, progress)
-                finally:
-                    for f in raw_files:
-                        f.close()
+            raw_names = [tmp / f"raw_{t}.u32" for t in range(num_sparse)]
+            with open_for_writing([tmp / "labels.u8", tmp / "dense.f32", *raw_names]) as (f_labels, f_dense, *raw_files):
+                for source in sources:
+                    _parse_source(pool, source, opts, f_labels, f_dense, raw_files, progress)
             progress.update(0, 0, force=True)
             progress.finish()
             parse_seconds = time.perf_counter() - started
@@ -294,8 +301,7 @@ def prepare(raw_paths: list[str], opts: PrepOptions) -> dict:
                 raise DataError(f"{', '.join(str(s.path) for s in sources)}: no rows")
             splits = compute_splits(opts.split, [s.rows for s in sources])
             train_rows = splits["train"][1]
-            with open(tmp / "sparse.i32", "wb") as f:
-                f.truncate(4 * rows * num_sparse)
+            allocate(tmp / "sparse.i32", 4 * rows * num_sparse)
             table_tasks = [(str(tmp), t, sparse_names[t], rows, train_rows, opts.vocab_threshold, opts.hash_rows,
                             opts.id_order, str(dicts[t])) for t in range(num_sparse)]
             tables = list(pool.imap_unordered(_table_task, table_tasks))
@@ -335,9 +341,11 @@ def prepare(raw_paths: list[str], opts: PrepOptions) -> dict:
         }
         commit(tmp, out, meta)
         return meta
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    except BaseException as exc:
+        failure = abandon(tmp, out, exc, input_bytes=sum(s.bytes for s in sources))
+        if failure is None:
+            raise
+        raise failure from None
 
 
 def _parse_source(pool, source: Source, opts: PrepOptions, f_labels, f_dense, raw_files, progress) -> None:
@@ -361,4 +369,6 @@ def _parse_source(pool, source: Source, opts: PrepOptions, f_labels, f_dense, ra
         raise DataError(f"{source.path}:{line_base + exc.bad.line}: {exc.bad.reason} "
                         "(--skip-bad-rows skips and counts such rows)") from None
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        if is_write_failure(exc, Path(f_labels.name).parent):
+            raise  # writing the output failed, not reading the input: prepare() says so
         raise DataError(f"{source.path}: read failed after line {line_base} ({exc})") from None

@@ -1,12 +1,16 @@
 """What every `disttrain data ...` writer shares: a hidden staging directory beside the output, renamed into place
 only after `meta.json` is written (an interrupted run never leaves a directory that looks complete; the partial
-ones of killed runs are removed by the next run), and progress lines on stderr."""
+ones of killed runs are removed by the next run), progress lines on stderr, and one line instead of a traceback
+when the output cannot be written (a full disk, a quota, a read-only filesystem), the staging directory removed."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -14,16 +18,98 @@ from pathlib import Path
 
 import numpy as np
 
+from disttrain.errors import DataError
+
+# Errors of writing, whatever file they hit; numpy's short write (`tofile` on a full disk) has no errno.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+WRITE_ERRNOS = (*NO_SPACE, errno.EFBIG, errno.EROFS)
+SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
 
 def staging_dir(out: Path) -> Path:
     """A fresh `.tmp-<name>-<pid>` beside `out` (stale ones of dead processes removed first)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(out)
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_tmp(out)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    except OSError as exc:
+        raise DataError(f"--out {out}: cannot create the staging directory {tmp} ({exc.strerror or exc}); expected "
+                        "a writable directory") from None
     return tmp
+
+
+@contextlib.contextmanager
+def open_for_writing(paths: list[Path]):
+    """The files opened for writing, all closed on the way out, also when opening one of them fails. The open-file
+    limit is raised first where so many need it (a table's column each: the soft limit is often 1,024)."""
+    _allow_open_files(len(paths) + 64)  # and the pool's pipes, the inputs
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(open(p, "wb")) for p in paths]
+
+
+def _allow_open_files(count: int) -> None:
+    try:
+        import resource
+    except ImportError:  # not on Linux or macOS: the limit is what it is
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= count:
+        return
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count if hard == resource.RLIM_INFINITY else min(count, hard), hard))
+
+
+def allocate(path: Path, nbytes: int) -> None:
+    """A file of `nbytes` zeros whose blocks are reserved now: a full disk is an OSError here, not a SIGBUS in the
+    worker that later writes into it through a memmap (which would leave its pool waiting forever)."""
+    with open(path, "wb") as f:
+        if nbytes <= 0:
+            return
+        try:
+            os.posix_fallocate(f.fileno(), 0, nbytes)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            f.truncate(nbytes)  # a filesystem without preallocation: a sparse file, as before
+
+
+def is_write_failure(exc: BaseException, tmp: Path) -> bool:
+    """Whether an exception of a writer is a failure to write its output (staged in `tmp`): a full disk or
+    quota, a file too large, a read-only filesystem, or any OSError naming a staged file."""
+    if not isinstance(exc, OSError):
+        return False
+    if exc.errno in WRITE_ERRNOS or (exc.errno is None and SHORT_WRITE.search(str(exc)) is not None):
+        return True
+    return any(name and Path(os.fsdecode(name)).is_relative_to(tmp) for name in (exc.filename, exc.filename2))
+
+
+def abandon(tmp: Path, out: Path, exc: BaseException, *, input_bytes: int) -> DataError | None:
+    """Remove the staging directory of a run that failed with `exc`; returns the one-line error to raise instead
+    when `exc` is a failure to write the output (None: raise `exc` itself)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    if not is_write_failure(exc, tmp):
+        return None
+    assert isinstance(exc, OSError)
+    short = exc.errno is None and SHORT_WRITE.search(str(exc)) is not None
+    reason = exc.strerror or (f"{exc}: a short write, as on a full disk" if short else str(exc))
+    if not (short or exc.errno in NO_SPACE):
+        return DataError(f"--out {out}: writing the output failed ({reason}); expected a writable directory "
+                         "(the partial output was removed)")
+    free = shutil.disk_usage(out.parent).free if out.parent.exists() else 0
+    return DataError(
+        f"--out {out}: writing the output failed ({reason}); {_size(free)} free on its filesystem with the partial "
+        f"output removed, expected room for about {_size(2 * input_bytes)} (twice the input's {_size(input_bytes)}: "
+        "the dataset and the staging files beside it); free space there or choose another --out")
+
+
+def _size(nbytes: float) -> str:
+    """1536 -> `1.5 KiB`."""
+    if nbytes < 1024:
+        return f"{nbytes:,.0f} bytes"
+    power = min(int(np.log2(nbytes) // 10), 4)
+    return f"{nbytes / 1024**power:,.1f} {('KiB', 'MiB', 'GiB', 'TiB')[power - 1]}"
 
 
 def sha256_array(array: np.ndarray) -> str:

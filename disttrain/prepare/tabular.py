@@ -30,11 +30,21 @@ from pathlib import Path
 
 import numpy as np
 
+from disttrain.config import check_table_count
 from disttrain.data.prepared_format import FORMAT
 from disttrain.errors import DataError
 from disttrain.fileio import sha256_file
 from disttrain.prepare.criteo_inputs import compute_splits
-from disttrain.prepare.output import Progress, commit, file_entries, phase_seconds, staging_dir
+from disttrain.prepare.output import (
+    Progress,
+    abandon,
+    allocate,
+    commit,
+    file_entries,
+    open_for_writing,
+    phase_seconds,
+    staging_dir,
+)
 from disttrain.prepare.schema import Counters, Schema
 from disttrain.prepare.tabular_dense import dense_task
 from disttrain.prepare.tabular_ids import check_same_schema, table_task
@@ -71,6 +81,7 @@ def prepare(paths: list[str], schema: Schema | None, opts: PrepareOptions) -> di
         schema = previous["schema_object"]
     elif previous is not None:
         check_same_schema(schema.to_json(), previous["meta"]["schema"], opts.vocab_from)
+    check_table_count(len(schema.categorical), "the schema's categorical columns")  # a table each
     if (out / "meta.json").exists() and not opts.force:
         raise DataError(f"--out {out}: already holds a prepared dataset (remove it or pass --force)")
     if out.exists() and not (out / "meta.json").exists() and any(out.iterdir()):
@@ -117,9 +128,11 @@ def prepare(paths: list[str], schema: Schema | None, opts: PrepareOptions) -> di
             if not tables:
                 print("  no categorical columns: the built-in models need at least one embedding table to train")
         return meta
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    except BaseException as exc:
+        failure = abandon(tmp, out, exc, input_bytes=sum(i.bytes for i in inputs))
+        if failure is None:
+            raise
+        raise failure from None
 
 
 def read_to_parts(item) -> tuple[Chunk, int]:
@@ -161,40 +174,39 @@ def _append(target, part: str) -> None:
 
 def _pass1(pool, inputs: list[Input], schema: Schema, opts: PrepareOptions, tmp: Path) -> None:
     progress = Progress(opts.progress, sum(i.bytes for i in inputs), label="read")
-    files = {"labels": open(tmp / "labels.u8", "wb"), "dense": open(tmp / "dense.raw.f32", "wb")}
+    names = {"labels": "labels.u8", "dense": "dense.raw.f32"}
     for c in schema.categorical:
-        files["keys_" + c.name] = open(tmp / f"keys_{c.name}.u64", "wb")
+        names["keys_" + c.name] = f"keys_{c.name}.u64"
         if c.multi_hot:
-            files["len_" + c.name] = open(tmp / f"len_{c.name}.i32", "wb")
+            names["len_" + c.name] = f"len_{c.name}.i32"
     parts = tmp / "parts"
     parts.mkdir()
     first = 0  # part number of the source's first task
     try:
-        for source in inputs:
-            try:
-                tasks = tasks_of(source, schema, opts.skip_bad_rows)
-                work = ((first + i, task, str(parts)) for i, task in enumerate(tasks))
-                for index, (chunk, nbytes) in enumerate(pool.imap(read_to_parts, work), start=first):
-                    for suffix, target in files.items():  # imap hands the results back in input order
-                        _append(target, f"{parts}/{index:07d}.{suffix}")
-                    first = index + 1
-                    source.add(chunk)
-                    opts.counters.add(chunk.counters)
-                    progress.update(nbytes or source.bytes_per_task, chunk.rows)
-            except ChunkError as exc:
-                raise DataError(f"{source.where(exc.row)}: {exc.reason}"
-                                + (" (--skip-bad-rows skips and counts such rows)" if exc.row >= 0 else "")) from None
+        with open_for_writing([tmp / name for name in names.values()]) as opened:
+            files = dict(zip(names, opened))
+            for source in inputs:
+                try:
+                    tasks = tasks_of(source, schema, opts.skip_bad_rows)
+                    work = ((first + i, task, str(parts)) for i, task in enumerate(tasks))
+                    for index, (chunk, nbytes) in enumerate(pool.imap(read_to_parts, work), start=first):
+                        for suffix, target in files.items():  # imap hands the results back in input order
+                            _append(target, f"{parts}/{index:07d}.{suffix}")
+                        first = index + 1
+                        source.add(chunk)
+                        opts.counters.add(chunk.counters)
+                        progress.update(nbytes or source.bytes_per_task, chunk.rows)
+                except ChunkError as exc:
+                    raise DataError(f"{source.where(exc.row)}: {exc.reason}" + (
+                        " (--skip-bad-rows skips and counts such rows)" if exc.row >= 0 else "")) from None
     finally:
-        for f in files.values():
-            f.close()
         shutil.rmtree(parts, ignore_errors=True)
     progress.update(0, 0, force=True)
     progress.finish()
 
 
 def _pass2(pool, tmp: Path, schema: Schema, rows: int, train_rows: int, previous: dict | None):
-    with open(tmp / "sparse.i32", "wb") as f:
-        f.truncate(4 * rows * sum(not c.multi_hot and not c.raw for c in schema.categorical))
+    allocate(tmp / "sparse.i32", 4 * rows * sum(not c.multi_hot and not c.raw for c in schema.categorical))
     old_tables = {t["name"]: t for t in previous["meta"]["tables"]} if previous else {}
     tasks, slot = [], 0
     for c in schema.categorical:

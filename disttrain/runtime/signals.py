@@ -7,8 +7,12 @@ Signals arriving within `DUPLICATE_S` of the first count as the same request: a 
 process of a job while the launcher forwards the same signal. If the final checkpoint is not written within
 `launch.stop_grace_s`, the worker exits anyway.
 
-Launchers forward the first signal to their workers once, give them the same grace, then kill what is left;
-workers started by a launcher also get SIGTERM when the launcher dies (`die_with_parent`), so none is orphaned.
+Launchers forward the first signal to their workers once, give them the same grace, then kill what is left.
+A launcher that dies without passing anything on (SIGKILL, the OOM killer) orphans nothing: every process it
+starts gets SIGTERM from the kernel when it exits (`dies_with_this_process`, set between fork and exec), and
+every worker asks for the same of its own parent (`die_with_parent`), which covers the layers a third-party
+launcher starts (torchrun's agent, horovodrun's middlemen). A SIGTERM so received is a stop request like any
+other: the worker finishes its step and saves.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 PREEMPTED = 75  # exit code of a run stopped by a signal after its final checkpoint (EX_TEMPFAIL: requeue it)
 DUPLICATE_S = 2.0
@@ -30,15 +35,39 @@ class Preempted(Exception):
     """The run stopped on request after a finished step (and its final checkpoint): exit with PREEMPTED."""
 
 
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """Ask the kernel to send `sig` to this process when its parent exits (Linux; a no-op elsewhere). If the
-    parent is already gone, act as if the signal had come."""
+def die_with_parent(sig: int = signal.SIGTERM, *, parent: int | None = None) -> None:
+    """Ask the kernel to send `sig` to this process when its parent exits (Linux; a no-op elsewhere). `parent`:
+    the pid this process was started by, when known; if the parent is already gone (this process now belongs to
+    another), act as if the signal had come.
+
+    The kernel's parent is the *thread* that started this process, and the request survives exec (not that of
+    a set-user-ID program): a launcher starts its processes from the thread that then waits for them."""
     if not sys.platform.startswith("linux"):
         return
-    parent = os.getppid()
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+    parent = os.getppid() if parent is None else parent
+    _libc_prctl()(_PR_SET_PDEATHSIG, sig)
     if os.getppid() != parent:  # the parent died before the request took effect
         os.kill(os.getpid(), sig)
+
+
+def dies_with_this_process(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A `preexec_fn` for `subprocess.Popen`: the child gets `sig` when the thread that starts it exits, even by
+    SIGKILL. Set in the child between fork and exec, so no moment of its life is uncovered; a child whose parent
+    died before that exits at once (128 + `sig`). None (nothing to do) off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    parent, prctl = os.getpid(), _libc_prctl()  # looked up here: the child only calls it
+
+    def set_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, sig)
+        if os.getppid() != parent:
+            os._exit(128 + sig)
+
+    return set_death_signal
+
+
+def _libc_prctl():
+    return ctypes.CDLL("libc.so.6", use_errno=True).prctl
 
 
 class StopSignals:

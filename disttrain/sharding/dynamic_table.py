@@ -12,7 +12,10 @@ arrives here through the all-to-all, so counts and ages are the same whatever th
    row, which is zeros and never trained;
 4. capacity: with `capacity` C > 0, admitting past C rows first evicts the least frequently used rows not looked
    up in this step (smallest count, then oldest last-seen, then smallest id); a step whose own distinct admitted
-   ids exceed C is an error naming the table. Candidates are capped at C the same way.
+   ids exceed C is an error naming the table, the rank, the ids and the capacity that would hold them. Candidates
+   are capped at C the same way. The capacity is per rank, and which rank an id lands on is fixed by its bucket,
+   never by load: a step whose ids crowd into one rank's buckets (a table-wise table: all of them; or a few hot
+   buckets) needs that rank's share to fit, not the mean.
 
 A new row's weights are `dynamic_init_rows(seed, table, id)`: a pure function of the id. Row 0 of `weight` is
 the default row; freed rows are reused, and the optimizer resets their state (`pop_fresh`). Evaluation and
@@ -117,8 +120,10 @@ class DynamicShard:
     """The rows of one dynamic table held by one rank (see the module's docstring)."""
 
     def __init__(self, *, table: str, table_index: int, dim: int, num_rows: int, seed: int, dtype: torch.dtype,
-                 min_count: int, ttl_steps: int, capacity: int, device: torch.device | str = "cpu"):
+                 min_count: int, ttl_steps: int, capacity: int, device: torch.device | str = "cpu",
+                 rank: int | None = None):
         self.table, self.table_index, self.dim, self.num_rows, self.seed = table, table_index, dim, num_rows, seed
+        self.rank = rank  # for messages (None: "this rank"; the worker's error line names it)
         self.min_count, self.ttl_steps, self.capacity = max(min_count, 1), ttl_steps, capacity
         self.device, self.dtype = torch.device(device), dtype
         self.rows = _Entries(self.device, reserved=1)  # index = row of `weight`; row 0 is the default
@@ -183,9 +188,15 @@ class DynamicShard:
             return
         victims = entries.least_used(over, self.step)
         if victims.numel() < over:
-            raise DataError(f"table {self.table}: one step brings {entries.live - victims.numel() + n} distinct "
-                            f"{what} to one rank, more than model.dynamic_capacity={self.capacity}; expected a "
-                            "capacity of at least one batch's distinct ids per rank")
+            needed = entries.live - victims.numel() + n
+            where = "this rank" if self.rank is None else f"rank {self.rank}"
+            raise DataError(
+                f"table {self.table}: one step brings {needed:,} distinct {what} to {where}, more than "
+                f"model.dynamic_capacity={self.capacity:,} rows per table per rank; expected a capacity of at least "
+                f"one step's distinct ids on the busiest rank: raise model.dynamic_capacity to {needed:,} or more "
+                "(0 = unbounded) or lower train.batch_size (an id's rank is fixed by its bucket, the top 12 bits "
+                "of mix64(id): row_wise gives each rank an equal range of the 4,096 buckets, table_wise all of "
+                "them to one rank)")
         entries.drop(victims)
         if entries is self.rows:
             self.stats.evicted += victims.numel()

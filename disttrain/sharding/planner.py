@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from disttrain.config import MAX_TABLES
 from disttrain.errors import PlanError
 from disttrain.ranges import even_split
 from disttrain.sharding.cost_model import Machine, StepCosts, Workload
@@ -121,6 +122,8 @@ def plan_sharding(
     dynamic_settings = dynamic_settings or DynamicSettings()
     if world_size < 1:
         raise PlanError(f"world size: got {world_size}, expected at least 1")
+    if len(tables) > MAX_TABLES:  # the layout's work grows with tables x ranks: refused before it
+        raise PlanError(f"tables: got {len(tables):,}, expected at most {MAX_TABLES:,} (disttrain.config.MAX_TABLES)")
     local = min(ranks_per_node or world_size, world_size)
     types = _choose_types(
         tables, world_size=world_size, strategy=strategy, overrides=overrides or {}, state=optimizer_state,

@@ -89,7 +89,7 @@ class ShardedEmbeddingBagCollection(nn.Module):
             s.group: DynamicShard(table=s.spec.name, table_index=s.table.index, dim=s.spec.dim,
                                   num_rows=s.spec.num_rows, seed=seed, dtype=self.dtype,
                                   min_count=settings.min_count, ttl_steps=settings.ttl_steps,
-                                  capacity=settings.capacity, device=self.device)
+                                  capacity=settings.capacity, device=self.device, rank=self.rank)
             for s in self.my_slots if s.table.dynamic}
         self.plan_has_dynamic = any(t.dynamic for t in plan.tables)
         self._allocate(seed)
