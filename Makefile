@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-deps test-fast lint lint-imports bench bench-inference bench-launchers bench-data quality compare scale-model system-deps horovod clean
+.PHONY: demo docs test test-deps test-fast lint lint-imports bench bench-inference bench-launchers bench-data quality compare scale-model system-deps horovod clean
 
 # Optional system libraries (jemalloc/tcmalloc allocators, numactl). Best effort: skipped without
 # root or apt-get; disttrain falls back to the system allocator when they are absent.
@@ -33,7 +33,12 @@ test-deps:
 		(apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1) || true; \
 	fi
 
-test: $(STAMP) test-deps lint-imports
+# The manual (docs/, mkdocs.yml) in strict mode: a broken link, a missing anchor or a page left out of the nav
+# fails, and `make test` (what CI's .ci/run calls) builds it first.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
+
+test: $(STAMP) test-deps lint-imports docs
 	$(BIN)/ruff check disttrain models launchers tests benchmarks
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10 tests
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import socket
 from datetime import timedelta
 from typing import Protocol
@@ -19,7 +18,7 @@ import torch.distributed as dist
 from disttrain import shm_collectives
 from disttrain.config import Config
 from disttrain.runtime.backend import CCL_MODULE, resolve_backend
-from disttrain.runtime.env import WorkerEnv, is_loopback, transport_env
+from disttrain.runtime.env import WorkerEnv, apply_transport_env, elastic_restart, is_loopback
 
 
 class Handle(Protocol):
@@ -214,8 +213,7 @@ def _process_group(env: WorkerEnv, cfg: Config, *, horovod: bool) -> Collectives
     if backend == "ccl":
         __import__(CCL_MODULE)  # registers the ccl backend with torch.distributed
     timeout = timedelta(seconds=cfg.launch.timeout_s)
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    attempt, agent_store = elastic_restart()
     store = None if agent_store else _job_store(env, timeout)
     if store is not None:
         dist.init_process_group(backend=backend, store=store, rank=env.rank, world_size=env.world_size,
@@ -243,7 +241,7 @@ def _job_store(env: WorkerEnv, timeout: timedelta) -> dist.TCPStore | None:
     decides alike from MASTER_ADDR alone: a store given to init_process_group and torch's env:// store name
     their keys differently. None for a host name: torch's env:// store."""
     if is_loopback(env.master_addr):
-        os.environ.update(transport_env("", env.master_addr))  # gloo on loopback too
+        apply_transport_env(env.master_addr)  # gloo on loopback too
     elif not _is_ip(env.master_addr):
         return None
     if env.rank != 0:

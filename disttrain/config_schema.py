@@ -1,6 +1,6 @@
 """The config schema: every key, its type, its default and what it means, in one place.
 
-`disttrain config keys` prints it (the README's configuration table is generated from it, and a test checks that
+`disttrain config keys` prints it (the configuration table of docs/configuration.md is generated from it, and a test checks that
 they agree); `disttrain.config` loads and checks values against it. Keys whose values are names in a registry
 (model.name, model.flavor, data.source, train.optimizer, launch.launcher) are checked against the registry.
 """
@@ -284,8 +284,8 @@ def _shown(value: Any) -> str:
 
 
 def markdown_rows() -> list[str]:
-    """The README's configuration table (`disttrain config keys --markdown`; tests/test_config.py checks that
-    the README holds exactly these rows)."""
+    """The configuration table of docs/configuration.md (`disttrain config keys --markdown`; tests/test_config.py
+    checks that the page holds exactly these rows)."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
     rows += [f"| `{k.path}` | `{_shown(k.default)}` | {k.help} |" for k in keys()]
     return rows

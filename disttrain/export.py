@@ -1,4 +1,4 @@
-"""Compatibility: the import path the README shows (`disttrain.export.load_exported`). The code lives in
+"""Compatibility: the import path the docs show (`disttrain.export.load_exported`). The code lives in
 `disttrain.serving.export` and `disttrain.serving.reference_import`."""
 
 from disttrain.serving.export import EXPORT_FORMAT, export_model, load_exported, plain_model, unsharded_state

@@ -4,23 +4,24 @@
 The pre-flight: the config against the registries, the backend, the pinning plan, the sharding plan, each rank's
 memory against what it may use, the output and checkpoint directories (writable, room for a checkpoint), the
 data (checksums once, here, not in every worker) and the checkpoint to resume (whole, and fitting this model);
-then the resolved config the workers read is written to `<run.output_dir>/config.yaml`.
+then the resolved config the workers read is written to `<run.output_dir>/config.yaml`, and beside it the job
+record (`disttrain.runtime.job`): what the workers are asked to do and what this pre-flight already checked for
+them. Nothing is handed over through this process's environment.
 """
 
 from __future__ import annotations
 
-import os
-
 from disttrain import config as config_mod
 from disttrain.engine.build import build_plan, check_config, data_source_spec
-from disttrain.engine.checkpoint import VERIFIED, check_fits, find_checkpoint, read_manifest, remote, verify
+from disttrain.engine.checkpoint import check_fits, find_checkpoint, read_manifest, remote, verify
 from disttrain.engine.checkpoint.load import renamed_tables
 from disttrain.engine.checkpoint.verify import read_meta
 from disttrain.engine.outputs import new_run_dir
-from disttrain.engine.resources import RESOURCES_CHECKED, check_directories, check_memory, checkpoint_bytes
+from disttrain.engine.resources import check_directories, check_memory, checkpoint_bytes
 from disttrain.launchers import launcher_for
 from disttrain.runtime.backend import resolve_backend
 from disttrain.runtime.bootstrap import placements_for, resolve_nproc, user_set_variables
+from disttrain.runtime.job import Job, job_path, write_job
 from disttrain.runtime.topology import detect_topology
 
 
@@ -38,9 +39,10 @@ def launch_world(cfg: config_mod.Config) -> tuple[int, int]:
     return launcher_for(cfg.launch.launcher).world(cfg)
 
 
-def prepare_launch(cfg: config_mod.Config) -> str:
+def prepare_launch(cfg: config_mod.Config, *, task: str = "train", serve: dict | None = None) -> str:
     """Validate everything that can fail before any process starts (config, plan, pinning, data, the checkpoint
-    to resume); resolve `launch.nproc_per_node=auto`; write the resolved config the workers will read."""
+    to resume); resolve `launch.nproc_per_node=auto`; write the resolved config the workers will read and, beside
+    it, their job (`task`, the `serve` request, what was checked here). Returns the config's path."""
     launcher = launcher_for(cfg.launch.launcher)
     check_config(cfg)
     # Where the workers may have GPUs the driver lacks (Ray), nccl is checked where they run.
@@ -49,26 +51,32 @@ def prepare_launch(cfg: config_mod.Config) -> str:
     cfg.launch.nproc_per_node = resolve_nproc(cfg, topology)
     world, local = launcher.world(cfg)
     if local:  # Ray workers land on whichever nodes have room and place themselves there
-        placements_for(cfg, topology, nproc=local, user_env=user_set_variables(os.environ))
+        placements_for(cfg, topology, nproc=local, user_env=user_set_variables())
     model, plan = build_plan(cfg, world)
     launcher.preflight(cfg)
+    checked: dict = {}
     if launcher.driver_sees_workers:  # else the workers may see other storage and memory than this driver
         check_memory(cfg, model, plan, local_ranks=local or world)
         check_directories(cfg, checkpoint_bytes(cfg, model, plan))
-        os.environ[RESOURCES_CHECKED] = "1"  # the workers need not check again (they would race each other)
+        checked["resources_checked"] = True  # the workers need not check again (they would race each other)
         data_source_spec(cfg).preflight(cfg)
+        if cfg.data.verify == "checksum" and cfg.data.path:
+            checked["verified_data"] = cfg.data.path
         if cfg.train.resume:
-            check_resume(cfg, model)
+            checked["verified_checkpoint"] = check_resume(cfg, model)
+    job = Job(task=task, serve=serve, **checked)
     path = new_run_dir(cfg) / "config.yaml"
     path.write_text(config_mod.to_yaml(cfg))
+    write_job(job, job_path(path))
     return str(path.resolve())
 
 
-def check_resume(cfg: config_mod.Config, model) -> None:
-    """Before any worker starts: the checkpoint to resume exists, is whole and fits this model."""
+def check_resume(cfg: config_mod.Config, model) -> str:
+    """Before any worker starts: the checkpoint to resume exists, is whole and fits this model. Returns the
+    resolved directory hashed here ("" when none was: no checkpoint yet, or one on object storage)."""
     path = find_checkpoint(cfg.train.resume, cfg.checkpoint.dir)
     if path is None:
-        return
+        return ""
     dense = {n: list(p.shape) for n, p in model.named_parameters() if not n.startswith("embeddings.")}
     if remote.is_copy(path):  # object storage: the manifest and meta here; each worker checks what it fetches
         where = remote.source_of(path)
@@ -78,10 +86,10 @@ def check_resume(cfg: config_mod.Config, model) -> None:
         finally:
             remote.release(path)
         check_fits(meta, where, model=cfg.model.name, tables=model.tables, dense_shapes=dense)
-        return
+        return ""
     meta = renamed_tables(verify(path), model.tables)
     check_fits(meta, path, model=cfg.model.name, tables=model.tables, dense_shapes=dense)
-    os.environ[VERIFIED] = str(path.resolve())  # the workers check sizes, not hashes, of what was just hashed
+    return str(path.resolve())  # the workers check sizes, not hashes, of what was just hashed
 
 
 def launch(cfg: config_mod.Config, config_path: str) -> int:
@@ -89,11 +97,7 @@ def launch(cfg: config_mod.Config, config_path: str) -> int:
     return launcher_for(cfg.launch.launcher).start(cfg, config_path)
 
 
-def launch_as(cfg: config_mod.Config, variable: str, value: str) -> int:
-    """Pre-flight and launch with `variable=value` in the workers' environment (the worker entry point serves or
-    probes instead of training: `disttrain.worker.SERVE`, `PROBE`); this process's environment is restored."""
-    os.environ[variable] = value
-    try:
-        return launch(cfg, prepare_launch(cfg))
-    finally:
-        os.environ.pop(variable, None)
+def launch_as(cfg: config_mod.Config, task: str, serve: dict | None = None) -> int:
+    """Pre-flight and launch workers whose job is `task` ("serve" with the `serve` request, or "probe") instead of
+    training (`disttrain.runtime.job.Job`)."""
+    return launch(cfg, prepare_launch(cfg, task=task, serve=serve))

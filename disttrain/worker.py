@@ -1,10 +1,15 @@
 """The one worker entry point. Every launcher starts processes that run `python -m disttrain.worker` (or
-`disttrain train`) with the torchrun environment set; a plain process is a world of one."""
+`disttrain train`) with the torchrun environment set; a plain process is a world of one.
+
+    python -m disttrain.worker --config FILE [--job FILE] [key=value ...]
+
+What the worker is asked to do (train, serve, probe) and what the launch pre-flight already checked for it is the
+job record `--job` names (`disttrain.runtime.job`, written by `disttrain launch` beside the config); without it,
+the default job: train, checking everything itself."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Mapping
@@ -14,24 +19,23 @@ from disttrain.engine.outputs import run_dir
 from disttrain.errors import DisttrainError
 from disttrain.launchers import LAUNCHERS, launcher_of_worker
 from disttrain.runtime.bootstrap import bootstrap
-from disttrain.runtime.env import worker_env_from
+from disttrain.runtime.env import process_environ, this_rank, worker_env_from
+from disttrain.runtime.job import TRAIN, Job, read_job
 from disttrain.runtime.signals import PREEMPTED, Preempted, StopSignals, die_with_parent
 
-SERVE = "DISTTRAIN_SERVE"  # JSON {mode, iterations, exact_max_length}: run_worker serves instead of training
-PROBE = "DISTTRAIN_PROBE"  # set: run_worker measures the machine (disttrain.engine.probe) instead of training
 
-
-def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] = os.environ, *,
+def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] | None = None, *, job: Job = TRAIN,
                reexec: bool = True) -> dict | None:
     """Place (pin, threads, allocator; may re-execute this process once, unless `reexec` is false), join the
-    process group, train (or serve, for `disttrain infer --nproc`); returns the summary on rank 0."""
+    process group, do the `job`: train (or serve, for `disttrain infer --nproc`; or probe, for `disttrain probe`);
+    returns the summary on rank 0. `environ`: the torchrun variables (this process's environment by default)."""
+    environ = process_environ() if environ is None else environ
     placement = bootstrap(cfg, environ, reexec=reexec)  # before torch is imported: nothing is lost by a re-exec
     launcher = launcher_of_worker(environ)
     if launcher != "none":
         die_with_parent()  # a launcher that dies (even by SIGKILL) takes its workers with it, after their grace
     stops = StopSignals(cfg.launch.stop_grace_s).install()
-    serve = environ.get(SERVE)
-    if serve:
+    if job.task == "serve":
         # The infer command prints the figures (or --json) on stdout; workers' logs would bury them. Errors
         # still reach stderr.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the process's stdout until it exits)
@@ -43,7 +47,7 @@ def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] = os.environ, 
 
     env = worker_env_from(environ)
     apply_threads(placement["threads"])
-    if env.rank == 0 and not environ.get(PROBE):
+    if env.rank == 0 and job.task != "probe":
         out = cfg.run.output_dir
         try:
             (run_dir(cfg) / "config.yaml").write_text(config_mod.to_yaml(cfg))
@@ -54,7 +58,7 @@ def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] = os.environ, 
     device = training_device(cfg.launch.backend, placement)
     horovod = launcher in LAUNCHERS and LAUNCHERS[launcher].horovod_collectives
     comm = open_collectives(env, cfg, horovod=horovod, device=device)
-    if environ.get(PROBE):  # `disttrain probe`: measure the machine's rates instead of training
+    if job.task == "probe":  # `disttrain probe`: measure the machine's rates instead of training
         from disttrain.collectives import close_collectives
         from disttrain.engine.probe import run_probe
 
@@ -62,8 +66,8 @@ def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] = os.environ, 
         close_collectives(comm)
         return result
     try:
-        return _run(cfg, env, comm, serve, Trainer(cfg, env, comm, launcher=launcher, placement=placement,
-                                                   device=device, stops=stops))
+        return _run(cfg, env, comm, job, Trainer(cfg, env, comm, launcher=launcher, placement=placement,
+                                                 device=device, stops=stops, job=job))
     except RuntimeError as exc:
         from disttrain.engine.stall import describe_failure, is_collective_failure
 
@@ -72,13 +76,13 @@ def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] = os.environ, 
         raise DisttrainError(describe_failure(exc, comm, cfg.launch.timeout_s)) from None
 
 
-def _run(cfg: config_mod.Config, env, comm, serve: str | None, trainer) -> dict | None:
+def _run(cfg: config_mod.Config, env, comm, job: Job, trainer) -> dict | None:
     from disttrain.collectives import close_collectives
     from disttrain.engine.sharded_serve import serve as serve_sharded
     from disttrain.engine.summary import write_json
 
-    if serve:  # `disttrain infer --nproc N`: serve the checkpoint instead of training; figures to infer.json
-        request = json.loads(serve)
+    if job.task == "serve":  # `disttrain infer --nproc N`: serve the checkpoint, not train; figures to infer.json
+        request = job.serve
         summary = serve_sharded(trainer, request["mode"], request["iterations"], request.get("exact_max_length", 0))
         if summary is not None:
             write_json(run_dir(cfg) / "infer.json", summary)
@@ -95,12 +99,13 @@ def _run(cfg: config_mod.Config, env, comm, serve: str | None, trainer) -> dict 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m disttrain.worker")
     parser.add_argument("--config", default=None)
+    parser.add_argument("--job", default=None, help="the job record `disttrain launch` wrote (default: train)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    rank = os.environ.get("RANK", "0")
+    rank = this_rank()
     try:
         cfg = config_mod.load_config(args.config, args.overrides)
-        run_worker(cfg)
+        run_worker(cfg, job=read_job(args.job))
     except DisttrainError as exc:
         print(f"disttrain: error (rank {rank}): {exc}", file=sys.stderr, flush=True)
         return 2

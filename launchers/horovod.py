@@ -24,6 +24,7 @@ from disttrain.config import Config
 from disttrain.errors import ConfigError, missing
 from disttrain.launchers.forwarding import SignalForwarder
 from disttrain.runtime.bootstrap import launcher_env
+from disttrain.runtime.job import worker_arguments
 from disttrain.runtime.signals import PREEMPTED, dies_with_this_process
 
 
@@ -51,7 +52,7 @@ def horovod_command(cfg: Config, config_path: str) -> list[str]:
            "-H", ",".join(f"{h}:{s}" for h, s in hosts), "--start-timeout", str(cfg.launch.timeout_s)]
     if cfg.launch.socket_ifname:
         cmd += ["--network-interfaces", cfg.launch.socket_ifname]
-    return cmd + [sys.executable, "-m", "disttrain.worker", "--config", config_path]
+    return cmd + [sys.executable, "-m", "disttrain.worker", *worker_arguments(config_path)]
 
 
 def world_size(cfg: Config) -> int:

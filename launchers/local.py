@@ -24,6 +24,7 @@ from disttrain.errors import ConfigError
 from disttrain.launchers.forwarding import SignalForwarder
 from disttrain.runtime.bootstrap import launcher_env
 from disttrain.runtime.env import RUN_ID, WorkerEnv, free_port, transport_env
+from disttrain.runtime.job import worker_arguments
 from disttrain.runtime.signals import PREEMPTED, dies_with_this_process
 
 
@@ -85,7 +86,7 @@ def _run_workers(cfg: Config, config_path: str, port: int, extra_env: dict[str, 
         # Pinning, threads and the allocator are the worker's own business (disttrain.runtime.bootstrap).
         child_env = {**os.environ, **launcher_env(), **transport_env(cfg.launch.socket_ifname, cfg.launch.master_addr),
                      **env.to_environ(), **extra_env, "DISTTRAIN_LAUNCHER": "local", "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "disttrain.worker", "--config", config_path]
+        cmd = [sys.executable, "-m", "disttrain.worker", *worker_arguments(config_path)]
         procs.append(subprocess.Popen(cmd, env=child_env, start_new_session=True, preexec_fn=dies_with_this_process()))
     with SignalForwarder(procs, grace_s=cfg.launch.stop_grace_s) as forwarder:
         while True:

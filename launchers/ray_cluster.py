@@ -45,6 +45,7 @@ from disttrain.errors import ConfigError, DisttrainError, missing
 from disttrain.launchers.ray_worker import REPORTED, StopBoard, train_loop
 from disttrain.runtime.bootstrap import user_set_variables
 from disttrain.runtime.env import RUN_ID, free_port, is_loopback, split_endpoint, wait_for_tcp
+from disttrain.runtime.job import job_path
 from disttrain.runtime.signals import DUPLICATE_S, PREEMPTED, STOP_SIGNALS
 from disttrain.storage import is_remote, join, local
 
@@ -192,6 +193,7 @@ def _run_job(ray, cfg: Config, config_path: str, out: str, *, address: str) -> i
         train_loop,
         train_loop_config={
             "config_yaml": config_mod.to_yaml(cfg_for_workers),
+            "job_json": job_path(config_path).read_text() if job_path(config_path).is_file() else "",
             "user_env": user_env,
             "socket_ifname": cfg.launch.socket_ifname,
             "cpus_per_worker": cpus,

@@ -94,21 +94,21 @@ def node_transport_env(socket_ifname: str, node: str, environ: Mapping[str, str]
     return {k: name for k in TRANSPORT_VARIABLES if k not in environ} if name else {}
 
 
-def _config_fd(text: str) -> int:
-    """The config in an anonymous in-memory file that the training process reads as /proc/self/fd/N (twice: it
-    re-executes itself once): nothing on disk to clean up, however the Ray worker ends."""
-    fd = os.memfd_create("disttrain-config")
+def _config_fd(text: str, name: str = "disttrain-config") -> int:
+    """The config (or the job) in an anonymous in-memory file that the training process reads as /proc/self/fd/N
+    (twice: it re-executes itself once): nothing on disk to clean up, however the Ray worker ends."""
+    fd = os.memfd_create(name)
     with open(fd, "wb", closefd=False) as file:
         file.write(text.encode())
     return fd
 
 
-def _run_training_process(cmd: list[str], env: dict[str, str], *, config_fd: int, board) -> tuple[int, bool]:
+def _run_training_process(cmd: list[str], env: dict[str, str], *, fds: tuple[int, ...], board) -> tuple[int, bool]:
     """Run the training process to its end; a stop request on the board reaches it as SIGTERM (finish the step,
     final checkpoint, exit 75). Returns its exit code and whether it was asked to stop."""
     import ray
 
-    proc = subprocess.Popen(cmd, env=env, pass_fds=(config_fd,), preexec_fn=dies_with_this_process())  # the Ray worker dies: it gets SIGTERM, saves, exits
+    proc = subprocess.Popen(cmd, env=env, pass_fds=fds, preexec_fn=dies_with_this_process())  # the Ray worker dies: it gets SIGTERM, saves, exits
     stop = board.wait.remote()  # ready when a stop is requested, or when the driver (its owner) is gone
     try:
         while proc.poll() is None and not ray.wait([stop], timeout=0.25)[0]:
@@ -136,7 +136,11 @@ def train_loop(loop_config: dict) -> None:
     env = WorkerEnv(rank=rank, world_size=world, local_rank=ctx.get_local_rank(),
                     local_world_size=ctx.get_local_world_size(), master_addr=host, master_port=port)
     user_env = loop_config["user_env"]
-    config_fd = _config_fd(loop_config["config_yaml"])
+    fds = [_config_fd(loop_config["config_yaml"])]
+    args = ["--config", f"/proc/self/fd/{fds[0]}"]
+    if loop_config.get("job_json"):  # the job the driver resolved (disttrain.runtime.job)
+        fds.append(_config_fd(loop_config["job_json"], "disttrain-job"))
+        args += ["--job", f"/proc/self/fd/{fds[1]}"]
     child_env = {**os.environ, **loop_config["driver_env"], **user_env, USER_SET: ",".join(user_env),
                  **node_transport_env(loop_config["socket_ifname"], node, os.environ), **env.to_environ(),
                  CPU_SLOTS: str(loop_config["cpus_per_worker"]), RUN_ID: loop_config["run_id"],
@@ -144,10 +148,10 @@ def train_loop(loop_config: dict) -> None:
     board = loop_config["stop_board"]
     try:
         code, asked = _run_training_process(
-            [sys.executable, "-m", "disttrain.worker", "--config", f"/proc/self/fd/{config_fd}"], child_env,
-            config_fd=config_fd, board=board)
+            [sys.executable, "-m", "disttrain.worker", *args], child_env, fds=tuple(fds), board=board)
     finally:
-        os.close(config_fd)
+        for fd in fds:
+            os.close(fd)
     ray.get(board.record.remote(rank, code))
     if code == PREEMPTED or (asked and code != 0):
         return  # stopped on request: no restart, no report; the driver reads the exit codes

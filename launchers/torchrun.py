@@ -29,6 +29,7 @@ from disttrain.errors import ConfigError
 from disttrain.launchers.forwarding import SignalForwarder
 from disttrain.runtime.bootstrap import launcher_env
 from disttrain.runtime.env import RUN_ID, is_loopback, split_endpoint, transport_env, wait_for_tcp
+from disttrain.runtime.job import worker_arguments
 from disttrain.runtime.signals import PREEMPTED, dies_with_this_process
 
 
@@ -63,7 +64,7 @@ def torchrun_command(cfg: Config, config_path: str, *, run_id: str = "disttrain"
         cmd += ["--local-addr=127.0.0.1"]  # the workers reach the agent's store on loopback
     if launch.max_restarts:
         cmd += [f"--max-restarts={launch.max_restarts}"]
-    return cmd + ["-m", "disttrain.worker", "--config", config_path]
+    return cmd + ["-m", "disttrain.worker", *worker_arguments(config_path)]
 
 
 def wait_for_peers(cfg: Config) -> None:

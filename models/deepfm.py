@@ -9,7 +9,7 @@ buckets and embedded in 16 dims (mean combiner), one embedding shared by all thr
 - final: [deep, first order, FM] through 128-64 (ReLU, BatchNorm), then one logit.
 DeepRec's BatchNorm runs in training mode also at evaluation, so it always normalises with the batch's
 statistics; on N ranks those are the global batch's (`disttrain.layers.BatchMoments`). DeepRec trains the
-probability with squared error; disttrain's trainer uses log loss for every model (stated in the README).
+probability with squared error; disttrain's trainer uses log loss for every model (stated in docs/models.md).
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def assert_same_training(got: dict, ref: dict) -> None:
     assert abs(got["eval_logloss"] - ref["eval_logloss"]) <= 1e-6
 
 
-# The examples of models of one's own (examples/), shortened; run from the repository's top as the README says.
+# The examples of models of one's own (examples/), shortened; run from the repository's top as docs/models.md says.
 EXAMPLES = {"two_tower": "examples/two_tower/config.yaml", "ranking": "examples/ranking/config.yaml"}
 EXAMPLE_SHORT = ["train.steps=16", "train.log_every=8", "data.eval_batches=2", "run.tensorboard=false"]
 

@@ -98,10 +98,11 @@ def test_bad_file(tmp_path):
 def test_the_readme_table_is_the_schema():
     from disttrain.config_schema import keys, markdown_rows
 
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("| key | default | meaning |")
-    table = readme[start:readme.index("<!-- config-keys: end -->", start)].strip().splitlines()
-    assert table == markdown_rows(), "README's table differs: paste `disttrain config keys --markdown` over it"
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    start = page.index("| key | default | meaning |")
+    table = page[start:page.index("<!-- config-keys: end -->", start)].strip().splitlines()
+    assert table == markdown_rows(), (
+        "docs/configuration.md's table differs: paste `disttrain config keys --markdown` over it")
     assert [k.path for k in keys()] == list(to_flat_dict(Config()))
     assert all(k.help.strip() for k in keys())
 

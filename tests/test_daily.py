@@ -1,5 +1,5 @@
-"""The README's daily job: day 1 prepared and trained with a checkpoint, day 2 prepared with day 1's vocabularies and
-trained from day 1's checkpoint with the README's command. Day 2 is read from its first row, the step counter goes
+"""The daily job of docs/data.md: day 1 prepared and trained with a checkpoint, day 2 prepared with day 1's vocabularies and
+trained from day 1's checkpoint with the documented command. Day 2 is read from its first row, the step counter goes
 on, a day-2 run stopped half-way resumes in day 2 exactly, and a resume with nothing left to train is one line."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The examples of models of one's own (`examples/`), run as the README says: each trains sharded on 2 ranks
+"""The examples of models of one's own (`examples/`), run as docs/models.md says: each trains sharded on 2 ranks
 exactly like one process, under the local launcher and torchrun. (Under `ray job submit`: tests/test_ray.py.)"""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A model written exactly as the README's "Bring your own model" shows it (it seeds nothing): one config gives one
+"""A model written exactly as docs/models.md's "Bring your own model" shows it (it seeds nothing): one config gives one
 model, on one process run twice (bitwise) and on 2 and 3 ranks (the sum order of the sharded layer aside); it
 trains unchanged on generated data and on a prepared directory; every rank holds rank 0's dense weights even when
 the build draws different ones per rank, and a replica that drifts stops the run in one line."""
@@ -21,8 +21,8 @@ JOB = ["model.name=mymodel:SPEC", "train.batch_size=96", "train.steps=12", "trai
 
 
 def readme_model() -> str:
-    """The README's model snippet, as a user would paste it into mymodel.py."""
-    text = (ROOT / "README.md").read_text()
+    """The model snippet of docs/models.md ("Bring your own model"), as a user would paste it into mymodel.py."""
+    text = (ROOT / "docs" / "models.md").read_text()
     start = text.index("```python\n# mymodel.py")
     return text[start + len("```python\n") : text.index("```", start + 10)]
 

@@ -41,12 +41,13 @@ def _load(items: list[str], base: str | None = None):
 
 
 def cmd_train(args) -> int:
+    from disttrain.runtime.env import this_rank
     from disttrain.runtime.signals import PREEMPTED, Preempted
 
     try:
         _api().train(_load(args.items), reexec=True)
     except Preempted as stop:
-        if os.environ.get("RANK", "0") == "0":
+        if this_rank() == "0":
             print(f"disttrain: {stop}", file=sys.stderr, flush=True)
         return PREEMPTED
     return 0
@@ -149,10 +150,9 @@ def cmd_probe(args) -> int:
     from disttrain.engine.outputs import run_dir
     from disttrain.engine.probe import describe
     from disttrain.launch import launch_as
-    from disttrain.worker import PROBE
 
     cfg = _load(args.items)
-    code = launch_as(cfg, PROBE, "1")
+    code = launch_as(cfg, "probe")
     if code != 0:
         raise DisttrainError(f"the probe's workers failed (exit code {code}); their errors are above")
     written = run_dir(cfg) / "probe.json"
@@ -246,7 +246,7 @@ def cmd_topology(args) -> int:
     _config().validate(cfg)
     topology = detect_topology(args.lscpu)
     nproc = resolve_nproc(cfg, topology)
-    placements = placements_for(cfg, topology, nproc=nproc, user_env=user_set_variables(os.environ))
+    placements = placements_for(cfg, topology, nproc=nproc, user_env=user_set_variables())
     if args.json:
         machine = {
             "sockets": topology.sockets, "numa_nodes": topology.nodes,

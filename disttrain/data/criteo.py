@@ -18,7 +18,6 @@ is padded (the padding is masked out of the metrics).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,11 +33,9 @@ from disttrain.data.shuffle_order import BLOCK_ROWS, ShuffleOrder
 from disttrain.data.torchrec_days import TorchRecDays, is_torchrec_days
 from disttrain.errors import ConfigError, DataError
 from disttrain.fileio import sha256_file
-from disttrain.storage import is_remote, local
 from disttrain.tables import EmbeddingTableSpec, dynamic_indices
 
 SPLITS = ("train", "val", "test")
-VERIFIED_ENV = "DISTTRAIN_VERIFIED_DATA"  # set by the launcher after it checked every checksum
 
 
 @dataclass(frozen=True)
@@ -303,14 +300,9 @@ def open_data(path, *, verify: str = "size", table_rows: list[int] | None = None
 
 
 def verify_for_launch(path: str, verify: str) -> None:
-    """Launcher pre-flight: the full check once, before any worker starts; workers then check sizes only."""
+    """Launcher pre-flight: the full check once, before any worker starts; workers then check sizes only (the
+    job record says so: `disttrain.runtime.job.Job.verified_data`)."""
     open_data(path, verify=verify)
-    if verify == "checksum":
-        os.environ[VERIFIED_ENV] = _identity(path)
-
-
-def _identity(path: str) -> str:
-    return path if is_remote(path) else str(Path(local(path)).resolve())
 
 
 def _shape(cfg: Config) -> None:
@@ -342,8 +334,8 @@ def _shape(cfg: Config) -> None:
 
 def _open(cfg: Config, tables: list[EmbeddingTableSpec], comm, rank: int) -> CriteoData:
     path = cfg.data.path
-    # The full check once: by the launcher (which says so in the environment) or here by rank 0 for all.
-    checksum = cfg.data.verify == "checksum" and os.environ.get(VERIFIED_ENV) != _identity(path)
+    # The full check once: by the launcher (which then opens this with data.verify=size) or here by rank 0 for all.
+    checksum = cfg.data.verify == "checksum"
     info = agreed(comm, lambda: open_data(path, verify="checksum" if checksum and rank == 0 else "size",
                                           table_rows=list(cfg.model.table_sizes)))
     return CriteoData(info, tables, global_batch=cfg.train.batch_size, seed=cfg.train.seed,

@@ -8,6 +8,8 @@ live in registries are checked here, against the registries themselves: `model.n
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from disttrain.config import Config, check_table_count
@@ -125,7 +127,12 @@ def build_plan(cfg: Config, world_size: int) -> tuple[torch.nn.Module, ShardingP
     return model, plan
 
 
-def open_data(cfg: Config, tables: list[EmbeddingTableSpec], *, comm, rank: int) -> DataSource:
-    """The batch source `data.source` means for this model (collective: every rank opens it)."""
+def open_data(cfg: Config, tables: list[EmbeddingTableSpec], *, comm, rank: int, verified: str = "") -> DataSource:
+    """The batch source `data.source` means for this model (collective: every rank opens it). `verified`: the
+    `data.path` whose checksums the launch pre-flight checked (the job's `verified_data`): the source is opened
+    with `data.verify=size` then, so no worker hashes it again."""
     spec = model_spec(cfg.model.name)
+    if verified and verified == cfg.data.path and cfg.data.verify == "checksum":
+        cfg = copy.deepcopy(cfg)
+        cfg.data.verify = "size"
     return open_source(spec.source_key(cfg.data.source), cfg, tables, comm=comm, rank=rank)

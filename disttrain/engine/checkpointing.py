@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from disttrain.engine.checkpoint import find_checkpoint, load_checkpoint, remote
 from disttrain.engine.outputs import publish
 from disttrain.engine.state import RunState
 from disttrain.errors import DisttrainError
-from disttrain.runtime.env import RUN_ID
+from disttrain.runtime.env import run_id
 
 
 def resume(trainer, state: RunState) -> int:
@@ -22,8 +21,8 @@ def resume(trainer, state: RunState) -> int:
     if comm.rank == 0:  # one decision for all ranks, even if a checkpoint lands meanwhile
         if cfg.train.resume:
             target = find_checkpoint(cfg.train.resume, cfg.checkpoint.dir)
-        elif cfg.launch.max_restarts and cfg.checkpoint.dir and os.environ.get(RUN_ID):
-            target = find_checkpoint("auto", cfg.checkpoint.dir, run_id=os.environ[RUN_ID])
+        elif cfg.launch.max_restarts and cfg.checkpoint.dir and run_id():
+            target = find_checkpoint("auto", cfg.checkpoint.dir, run_id=run_id())
         if target is not None:  # on object storage every rank makes its own local copy of what it reads
             source = remote.source_of(target)
             remote.release(target)
@@ -34,7 +33,8 @@ def resume(trainer, state: RunState) -> int:
             trainer.log.line(f"resume: no checkpoint in {cfg.checkpoint.dir} yet; starting at step 0")
         return 0
     start = time.perf_counter()
-    loaded = load_checkpoint(remote.open_checkpoint(target), par=trainer.par, comm=comm, cfg=cfg)
+    loaded = load_checkpoint(remote.open_checkpoint(target), par=trainer.par, comm=comm, cfg=cfg,
+                             verified=trainer.job.verified_checkpoint)
     seconds = max(comm.all_gather_object(time.perf_counter() - start))
     state.step, state.history = loaded.step, list(loaded.history)
     # The run's clock goes on from the checkpoint's (the report's throughput line continues, never goes back).
@@ -103,7 +103,7 @@ class PeriodicCheckpoint:
         start = time.perf_counter()
         path = save_checkpoint(
             self.dir, step=state.step, par=trainer.par, comm=trainer.comm, cfg=trainer.cfg, history=state.history,
-            run_id=os.environ.get(RUN_ID, ""), keep_last=self.keep_last,
+            run_id=run_id(), keep_last=self.keep_last,
             fault_before_commit=self.faults.crash_in_checkpoint(state.step), data=trainer.data_position(state.step),
         )
         trainer.log.line(f"checkpoint: {path} ({time.perf_counter() - start:.2f} s)")

@@ -14,12 +14,15 @@ import time
 import torch
 
 from disttrain.engine.state import RunState
+from disttrain.runtime.env import process_environ
 
 FAULT = "DISTTRAIN_FAULT"
 
 
-def injected_fault(rank: int, environ=os.environ) -> tuple[int, str]:
-    """(step, kind) of this rank's injected fault; (-1, "") when none."""
+def injected_fault(rank: int, environ=None) -> tuple[int, str]:
+    """(step, kind) of this rank's injected fault (a test hook the user's environment sets, `FAULT`); (-1, "")
+    when none."""
+    environ = process_environ() if environ is None else environ
     parts = environ.get(FAULT, "").split(":")
     if len(parts) >= 2 and int(parts[0]) == rank:
         return int(parts[1]), parts[2] if len(parts) > 2 else "exit"

@@ -1,7 +1,7 @@
 """`disttrain probe`: the machine's rates for the planner's cost model, measured by the job's own workers.
 
 Launched like training (any launcher; the worker entry point runs this instead of the trainer when
-`DISTTRAIN_PROBE` is set), every rank at once, pinned and threaded as training would be:
+its job is `probe`: `disttrain.runtime.job`), every rank at once, pinned and threaded as training would be:
 - `gemm_gflops`: fp32 matmuls on the rank's threads (`engine.roofline.gemm_gflops`);
 - `dense_efficiency`: the configured model's dense training step (forward, backward, SGD; tiny tables) on the
   rank's share of `train.batch_size`, as a share of that GEMM rate (the model's FLOPs: `engine.roofline`);

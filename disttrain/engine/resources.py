@@ -28,7 +28,6 @@ from disttrain.sharding.plan import ShardingPlan
 from disttrain.storage import check_reachable, is_remote, local
 
 MIB = 2**20
-RESOURCES_CHECKED = "DISTTRAIN_RESOURCES_CHECKED"  # set by `disttrain launch` once its pre-flight checked them
 PREFETCH = 3  # batches built ahead of the step
 ACTIVATION_FACTOR = 3  # outputs kept for backward, their gradients, the kernels' workspace
 
@@ -180,13 +179,14 @@ def _check_writable(key: str, directory: Path) -> None:
 
 
 def check_resources_collectively(cfg: Config, model, plan: ShardingPlan, *, comm, local_ranks: int,
-                                 device=None) -> None:
-    """The worker's check when no launcher checked (torchrun or Ray by hand, `disttrain train`): every rank
-    checks before any allocates, and all stop with the first problem."""
+                                 device=None, checked: bool = False) -> None:
+    """The worker's check when no launcher checked (`checked`: the job's `resources_checked`; false under
+    torchrun or Ray by hand, `disttrain train`): every rank checks before any allocates, and all stop with the
+    first problem."""
     from disttrain.errors import DisttrainError
 
     problem = None
-    if os.environ.get(RESOURCES_CHECKED) != "1":
+    if not checked:
         try:
             check_memory(cfg, model, plan, local_ranks=local_ranks, device=device)
             if comm.rank == 0:

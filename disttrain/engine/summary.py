@@ -17,6 +17,7 @@ from disttrain.engine.state import RunState
 from disttrain.phases import aggregate, per_step_ms
 from disttrain.phases import describe as describe_breakdown
 from disttrain.runtime.allocator import loaded_allocator
+from disttrain.runtime.env import socket_ifname
 from disttrain.storage import join
 
 
@@ -27,7 +28,7 @@ def worker_info(env, placement: dict, device: torch.device) -> dict:
         "local_rank": env.local_rank,
         "host": socket.gethostname(),
         "addr": _route_addr(env.master_addr) if env.distributed else None,
-        "socket_ifname": os.environ.get("GLOO_SOCKET_IFNAME"),
+        "socket_ifname": socket_ifname(),
         "pid": os.getpid(),
         "cpus": sorted(os.sched_getaffinity(0)),
         "planned_cpus": placement["plan"]["cpus"],

@@ -40,27 +40,29 @@ from disttrain.parallelize import Parallelized, parallelize
 from disttrain.phases import TIMER, phase, since
 from disttrain.replicas import broadcast_dense, check_replicas, dense_tensors, seed_rngs
 from disttrain.runtime.env import WorkerEnv
+from disttrain.runtime.job import TRAIN, Job
 from disttrain.runtime.signals import Preempted, StopSignals
 
 
 class Trainer:
     def __init__(self, cfg: config_mod.Config, env: WorkerEnv, comm: Collectives, *, launcher: str, placement: dict,
-                 device: torch.device | None = None, stops: StopSignals | None = None):
+                 device: torch.device | None = None, stops: StopSignals | None = None, job: Job = TRAIN):
         self.cfg, self.env, self.comm, self.launcher, self.placement = cfg, env, comm, launcher, placement
+        self.job = job  # what the launch pre-flight checked already (disttrain.runtime.job)
         self.device = device or torch.device("cpu")
         self.log = Logger(env.rank, progress=cfg.run.progress)
         self.spec = check_config(cfg)
         seed_rngs(cfg.train.seed)  # before the build: a model that seeds nothing is still one model
         model, self.plan = build_plan(cfg, env.world_size)
         check_resources_collectively(cfg, model, self.plan, comm=comm, local_ranks=env.local_world_size,
-                                     device=self.device)
+                                     device=self.device, checked=job.resources_checked)
         self.par: Parallelized = parallelize(
             model, plan=self.plan, comm=comm, optimizer=cfg.train.optimizer, lr=cfg.train.lr, seed=cfg.train.seed,
             device=self.device,
         )
         self.model = self.par.model
         self.has_buffers = bool(dense_tensors(self.model, parameters=False))
-        self.data = open_data(cfg, model.tables, comm=comm, rank=env.rank)
+        self.data = open_data(cfg, model.tables, comm=comm, rank=env.rank, verified=job.verified_data)
         self.val_split, self.test_split = self.data.held_out
         self.global_batch = cfg.train.batch_size
         bf16 = cfg.train.precision == "bf16"

@@ -28,9 +28,10 @@ WATCHED = (*THREAD_VARIABLES, "OMP_PROC_BIND", "OMP_PLACES", "KMP_AFFINITY", "KM
            "MALLOC_CONF")
 
 
-def user_set_variables(environ: Mapping[str, str]) -> dict[str, str]:
+def user_set_variables(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The watched variables the user set. Launchers record the names before adding their own (torchrun,
-    for one, sets OMP_NUM_THREADS=1 for its workers); without that record, whatever is set counts."""
+    for one, sets OMP_NUM_THREADS=1 for its workers); without that record, whatever is set counts. `environ`: this process's environment unless given."""
+    environ = os.environ if environ is None else environ
     if USER_SET in environ:
         names = [n for n in environ[USER_SET].split(",") if n]
     else:

@@ -56,6 +56,38 @@ def worker_env_from(environ: Mapping[str, str] = os.environ) -> WorkerEnv:
     )
 
 
+def process_environ() -> Mapping[str, str]:
+    """This process's environment, for the torchrun variables and the ids a launcher sets (`RUN_ID`). What the
+    process is asked to do is never read here: that is its job record (disttrain.runtime.job)."""
+    return os.environ
+
+
+def this_rank() -> str:
+    """`RANK` as the launcher set it ("0" in a plain process), for prefixes of error lines."""
+    return os.environ.get("RANK", "0")
+
+
+def run_id() -> str:
+    """The launch's id (`RUN_ID`, kept across restarts); "" in a process no launcher started."""
+    return os.environ.get(RUN_ID, "")
+
+
+def elastic_restart() -> tuple[str, bool]:
+    """Under torchrun: (its restart count, whether its agent's store is to be used); ("0", False) elsewhere."""
+    return (os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"),
+            os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True")
+
+
+def socket_ifname() -> str | None:
+    """The interface gloo was told to use (`GLOO_SOCKET_IFNAME`), None when it chooses itself."""
+    return os.environ.get("GLOO_SOCKET_IFNAME")
+
+
+def apply_transport_env(master_addr: str) -> None:
+    """Keep gloo on the job's address (loopback too) in this process: `transport_env` set in its environment."""
+    os.environ.update(transport_env("", master_addr))
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))

@@ -5,8 +5,8 @@
 - accuracy: AUC, log loss and accuracy over the held-out split (test for Criteo and DIEN).
 
 `--precision bf16` runs the dense layers under bf16 autocast (AMX on Xeon); `--exact-max-length N` pads every DIEN
-history to exactly N positions (Intel's flag for its latency runs). Any world size's checkpoint loads: its shards
-are assembled on this process (the same path as `disttrain export`).
+history to exactly N positions (Intel's flag for its latency runs). The model is opened as every serving verb
+opens one (`disttrain.serving.open.open_model`): a checkpoint of any world size is assembled on this process.
 """
 
 from __future__ import annotations
@@ -18,15 +18,13 @@ from pathlib import Path
 
 import torch
 
-from disttrain import config as config_mod
 from disttrain.collectives import SingleProcess
 from disttrain.engine.build import build_model, open_data
-from disttrain.engine.checkpoint import META, find_checkpoint, load_checkpoint, verify
 from disttrain.engine.evaluation import held_out_metrics
 from disttrain.engine.sharded_serve import MODES, WARMUP, default_iterations, timing_figures
 from disttrain.errors import ConfigError
 from disttrain.models import MODELS, model_spec
-from disttrain.serving.export import single_process
+from disttrain.serving.open import CHECKPOINT, INT8, open_model, run_config
 
 PRECISIONS = ("fp32", "bf16", "int8")
 RUNTIMES = ("torch", "onnxruntime")
@@ -35,9 +33,9 @@ RUNTIMES = ("torch", "onnxruntime")
 class _Predictor:
     """What a mode times: `prepare(batch)` (request building, untimed) and `__call__(prepared)` -> logits."""
 
-    def __init__(self, model=None, session=None):
+    def __init__(self, model=None, session=None, tables: int = 0):
         self.model, self.session = model, session
-        self.tables = 0  # ONNX input width: set once the config (hence the model's tables) is known
+        self.tables = tables  # ONNX input width: the model's table count
 
     def prepare(self, batch):
         if self.session is None:
@@ -52,14 +50,8 @@ class _Predictor:
         return torch.from_numpy(self.session.run(["logit"], prepared)[0])
 
 
-def run_config(stored: str, source: str, config: str | None, overrides: list[str]) -> config_mod.Config:
-    """The run's own config unless one is given (its model must match the checkpoint's), plus overrides."""
-    return config_mod.load_config(config, overrides) if config else config_mod.stored_config(
-        stored, overrides, source=source)
-
-
 def _open(checkpoint: str, config: str | None, overrides: list[str], precision: str, runtime: str, scratch: str):
-    """(config, predictor, step, path) for a checkpoint, a `disttrain quantize` output or an ONNX file."""
+    """(config, predictor, step, path, tables) for a checkpoint, a `disttrain quantize` output or an ONNX file."""
     if runtime == "onnxruntime":
         from disttrain.serving.onnx_export import export_onnx, read_metadata, session
 
@@ -72,29 +64,16 @@ def _open(checkpoint: str, config: str | None, overrides: list[str], precision: 
         sess = session(path)
         meta = read_metadata(sess, path)
         cfg = run_config(meta["disttrain.config"], f"{path}: disttrain.config", config, overrides)
-        return cfg, _Predictor(session=sess), int(meta.get("disttrain.step", 0)), path
-    if precision == "int8":
-        from disttrain.serving.int8 import load_quantized
-
-        model, stored, step, path = load_quantized(checkpoint, overrides)
-        cfg = run_config(stored, str(path), config, overrides)
-        return cfg, _Predictor(model), step, path
-    from disttrain.serving.int8 import is_quantized
-
-    if is_quantized(checkpoint):
-        raise ConfigError(f"--checkpoint: {checkpoint} holds an int8 model (disttrain quantize); expected "
-                          "--precision int8 with it")
-    path = find_checkpoint(str(checkpoint), "", key="--checkpoint")
-    meta = verify(path)
-    cfg = run_config(meta["config"], f"{path / META}", config, overrides)
-    par = single_process(cfg)
-    load_checkpoint(path, par=par, comm=SingleProcess(), cfg=cfg)
-    return cfg, _Predictor(par.model.eval()), meta["step"], path
+        tables = build_model(cfg, embedding_device="meta").tables  # the graph has no torch model to ask
+        return cfg, _Predictor(session=sess, tables=len(tables)), int(meta.get("disttrain.step", 0)), path, tables
+    opened = open_model(checkpoint, overrides, kinds=(INT8,) if precision == "int8" else (CHECKPOINT,),
+                        config=config, key="--checkpoint")
+    return opened.config, _Predictor(opened.model), opened.step, opened.path, opened.tables
 
 
 def check_exact_length(cfg, tables, exact_max_length: int) -> None:
     """--exact-max-length fits the model: one with a behaviour history (its spec's `history_positions`), at most
-    that history."""
+    that history. `tables`: the model's, or a function giving them (called only for a model with a history)."""
     if not exact_max_length:
         return
     positions = model_spec(cfg.model.name).history_positions
@@ -102,7 +81,7 @@ def check_exact_length(cfg, tables, exact_max_length: int) -> None:
         with_history = ", ".join(name for name, spec in MODELS.items() if spec.history_positions is not None)
         raise ConfigError(f"--exact-max-length: got {exact_max_length}, but model.name={cfg.model.name} has no "
                           f"behaviour history; expected it with {with_history} only")
-    longest = positions(tables)
+    longest = positions(tables() if callable(tables) else tables)
     if exact_max_length > longest:
         raise ConfigError(f"--exact-max-length: got {exact_max_length}, more than the model's history of "
                           f"{longest} positions (data.max_history); expected 1..{longest}")
@@ -134,9 +113,7 @@ def run_inference(checkpoint: str, *, mode: str, config: str | None = None, prec
     if mode == "latency":
         batch_size = 1
     with tempfile.TemporaryDirectory(prefix="disttrain-infer-") as scratch:
-        cfg, predictor, step, path = _open(checkpoint, config, overrides or [], precision, runtime, scratch)
-        tables = build_model(cfg, embedding_device="meta").tables
-        predictor.tables = len(tables)
+        cfg, predictor, step, path, tables = _open(checkpoint, config, overrides or [], precision, runtime, scratch)
         source = _source(cfg, tables, batch_size, exact_max_length)
         result = {"checkpoint": str(path), "step": step, "model": cfg.model.name, "flavor": cfg.model.flavor,
                   "mode": mode, "precision": precision, "runtime": runtime, "batch_size": cfg.train.batch_size}

@@ -31,7 +31,7 @@ from disttrain.collectives import SingleProcess
 from disttrain.engine.build import open_data
 from disttrain.errors import ConfigError, DataError, DisttrainError, missing
 from disttrain.models import MODELS, model_spec
-from disttrain.serving.export import plain_model
+from disttrain.serving.open import CHECKPOINT, open_model
 
 OPSET = 17
 TOLERANCE = 1e-5  # largest |logit difference| accepted between onnxruntime and PyTorch (fp32)
@@ -130,7 +130,8 @@ def read_metadata(sess, path: str | Path) -> dict[str, str]:
 def export_onnx(checkpoint: str | Path, out: str | Path, *, overrides: list[str] | None = None,
                 verify_batch: int = 1024) -> dict:
     """Write `out` (only once it matches PyTorch within TOLERANCE on a real batch) and return what was checked."""
-    model, cfg, step = plain_model(checkpoint, overrides)
+    opened = open_model(checkpoint, overrides, kinds=(CHECKPOINT,))
+    model, cfg, step = opened.model, opened.config, opened.step
     dynamic = [spec.name for i, spec in enumerate(model.tables) if getattr(model.embeddings, "ids_of", None)
                and model.embeddings.ids_of(i) is not None]
     if dynamic:

@@ -27,7 +27,6 @@ from disttrain.engine.build import open_data
 from disttrain.engine.evaluation import held_out_metrics
 from disttrain.errors import ConfigError
 from disttrain.models import model_spec
-from disttrain.serving.export import plain_model
 from disttrain.serving.int8 import (
     MODEL_FILE,
     REPORT_FILE,
@@ -38,6 +37,7 @@ from disttrain.serving.int8 import (
     quantizable_layers,
     state_of,
 )
+from disttrain.serving.open import CHECKPOINT, open_model
 
 
 def _evaluate(model, batches) -> dict:
@@ -79,7 +79,8 @@ def _nbytes(tensors) -> int:
 def quantize(checkpoint: str, out: str | Path, *, overrides: list[str] | None = None,
              max_relative_auc_loss: float | None = None) -> dict:
     started = time.perf_counter()
-    model, cfg, step = plain_model(checkpoint, overrides)
+    opened = open_model(checkpoint, overrides, kinds=(CHECKPOINT,))
+    model, cfg, step = opened.model, opened.config, opened.step
     limit = cfg.quant.max_relative_auc_loss if max_relative_auc_loss is None else max_relative_auc_loss
     if not 0.0 <= limit < 1.0:
         raise ConfigError(f"quant.max_relative_auc_loss: got {limit}, expected a fraction in [0, 1) (0.01 = 1%)")

@@ -13,7 +13,7 @@ from disttrain.collectives import SingleProcess
 from disttrain.engine.checkpoint import save_checkpoint
 from disttrain.errors import ConfigError, DataError
 from disttrain.models import MODELS, model_spec
-from disttrain.serving.export import single_process
+from disttrain.serving.open import single_process
 
 
 def read_reference(path: str | Path) -> dict:

@@ -21,8 +21,8 @@ from disttrain.engine.checkpoint.layout import (
 from disttrain.engine.checkpoint.load import Loaded, load_checkpoint
 from disttrain.engine.checkpoint.locate import find_checkpoint
 from disttrain.engine.checkpoint.save import save_checkpoint
-from disttrain.engine.checkpoint.verify import VERIFIED, check_fits, read_manifest, verify, verify_shared
+from disttrain.engine.checkpoint.verify import check_fits, read_manifest, verify, verify_shared
 
-__all__ = ["FORMAT", "MANIFEST", "META", "STEP_PREFIX", "TMP_PREFIX", "VERIFIED", "Loaded", "check_fits",
+__all__ = ["FORMAT", "MANIFEST", "META", "STEP_PREFIX", "TMP_PREFIX", "Loaded", "check_fits",
            "committed_checkpoints", "dense_parameters", "find_checkpoint", "load_checkpoint", "read_manifest",
            "save_checkpoint", "step_dir_name", "verify", "verify_shared"]

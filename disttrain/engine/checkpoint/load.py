@@ -83,16 +83,17 @@ def renamed_tables(meta: dict, tables) -> dict:
             "shards": [{**s, "table": new.get(s["table"], s["table"])} for s in meta["shards"]]}
 
 
-def load_checkpoint(path, *, par, comm, cfg) -> Loaded:
+def load_checkpoint(path, *, par, comm, cfg, verified: str = "") -> Loaded:
     """Fill this rank's shards, the dense part and the optimizers from `path` (a local checkpoint, or a local copy
-    of one on object storage, removed afterwards), whatever plan wrote it."""
+    of one on object storage, removed afterwards), whatever plan wrote it. `verified`: the resolved directory the
+    launch pre-flight hashed already (`Job.verified_checkpoint`): its sizes are checked, not its hashes."""
     try:
-        return _load(Path(path), par=par, comm=comm, cfg=cfg)
+        return _load(Path(path), par=par, comm=comm, cfg=cfg, verified=verified)
     finally:
         remote.release(path)
 
 
-def _load(path: Path, *, par, comm, cfg) -> Loaded:
+def _load(path: Path, *, par, comm, cfg, verified: str) -> Loaded:
     collection, sparse = par.embeddings, par.sparse_optimizer
     locations = collection.shard_locations()
     meta = renamed_tables(read_meta(path), collection.tables)  # checked field by field before anything is sized
@@ -106,7 +107,7 @@ def _load(path: Path, *, par, comm, cfg) -> Loaded:
             if overlap(shard.rows, tuple(rec["rows"])) and overlap(shard.cols, tuple(rec["cols"])):
                 needed.add(rank_dir(rec["rank"]))
     needed |= {rank_dir(r) for r in dynamic.needed_ranks(meta["shards"], collection)}
-    meta = renamed_tables(verify_shared(path, comm, needed), collection.tables)
+    meta = renamed_tables(verify_shared(path, comm, needed, verified=verified), collection.tables)
     dynamic.check_kinds(meta, path, par.plan)
     check_fits(meta, path, model=cfg.model.name, tables=collection.tables,
                dense_shapes={n: list(p.shape) for n, p in dense_parameters(par.model)})

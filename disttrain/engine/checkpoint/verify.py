@@ -4,7 +4,6 @@ model against this run's model."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from disttrain.engine.checkpoint import remote
@@ -12,8 +11,6 @@ from disttrain.engine.checkpoint.layout import FORMAT, MANIFEST, META
 from disttrain.engine.checkpoint.safe_read import check_manifest_paths, check_meta
 from disttrain.errors import DataError
 from disttrain.fileio import sha256_file
-
-VERIFIED = "DISTTRAIN_VERIFIED_CHECKPOINT"  # set by `disttrain launch` after it hashed a checkpoint
 
 
 def read_manifest(path: Path) -> dict:
@@ -71,9 +68,10 @@ def verify(path: Path, *, only: set[str] | None = None) -> dict:
     return read_meta(path)
 
 
-def verify_shared(path: Path, comm, dirs: set[str]) -> dict:
+def verify_shared(path: Path, comm, dirs: set[str], *, verified: str = "") -> dict:
     """Collective `verify`: sizes everywhere, and each file hashed by one rank only (files read by any rank,
-    shared out round-robin); a checkpoint `disttrain launch` has just hashed is not hashed again."""
+    shared out round-robin); a checkpoint `disttrain launch` has just hashed (`verified`, its resolved path: the
+    job's `verified_checkpoint`) is not hashed again."""
     manifest = read_manifest(path)
     if remote.is_copy(path):  # each rank fetched its own copy: it checks every byte it will read
         files = _files_under(manifest, dirs)
@@ -84,7 +82,7 @@ def verify_shared(path: Path, comm, dirs: set[str]) -> dict:
             raise DataError(problems[0])
         return read_meta(path)
     files = _files_under(manifest, set().union(*comm.all_gather_object(sorted(dirs))))
-    hashed = os.environ.get(VERIFIED) != str(path.resolve())
+    hashed = verified != str(path.resolve())
     mine = _problems(path, manifest, files, digest=False)
     if hashed:
         mine += _problems(path, manifest, files[comm.rank :: comm.world_size], digest=True)
