@@ -20,6 +20,8 @@ from disttrain.config import Config
 from disttrain.runtime.backend import CCL_MODULE, resolve_backend
 from disttrain.runtime.env import WorkerEnv, apply_transport_env, elastic_restart, is_loopback
 
+STORE_JOIN_S = 120  # the least time a rank waits for the job's store (rank 0 may start that much later)
+
 
 class Handle(Protocol):
     def wait(self) -> object: ...
@@ -213,8 +215,11 @@ def _process_group(env: WorkerEnv, cfg: Config, *, horovod: bool) -> Collectives
     if backend == "ccl":
         __import__(CCL_MODULE)  # registers the ccl backend with torch.distributed
     timeout = timedelta(seconds=cfg.launch.timeout_s)
+    # Joining the store waits for the slowest rank to start (an interpreter and torch to import, on a loaded
+    # machine): a short launch.timeout_s is meant for collectives that hang, not for the rendezvous.
+    joining = max(timeout, timedelta(seconds=STORE_JOIN_S))
     attempt, agent_store = elastic_restart()
-    store = None if agent_store else _job_store(env, timeout)
+    store = None if agent_store else _job_store(env, joining)
     if store is not None:
         dist.init_process_group(backend=backend, store=store, rank=env.rank, world_size=env.world_size,
                                 timeout=timeout)
@@ -222,7 +227,7 @@ def _process_group(env: WorkerEnv, cfg: Config, *, horovod: bool) -> Collectives
         # A restarted torchrun worker: the agent's store may still hold the previous attempt's gloo
         # addresses (dead ports), and a peer that reads one waits for a connection that never comes. Keys of
         # this attempt go under their own prefix.
-        store = dist.TCPStore(env.master_addr, env.master_port, env.world_size, is_master=False, timeout=timeout)
+        store = dist.TCPStore(env.master_addr, env.master_port, env.world_size, is_master=False, timeout=joining)
         dist.init_process_group(backend=backend, store=dist.PrefixStore(f"disttrain/attempt_{attempt}", store),
                                 rank=env.rank, world_size=env.world_size, timeout=timeout)
     else:

@@ -1,4 +1,5 @@
-"""The `disttrain` command line: parsing (`parser`) and each verb's printing (`commands`) over the layers below.
+"""The `disttrain` command line, a client of `disttrain.api`: parsing (`parser`, a table of verbs) and each verb's
+printing (`commands`); it imports nothing of disttrain but the API and the errors (tests/test_thin_cli.py).
 `main(argv)` runs a verb in this process and returns its exit code; bad input is one line on stderr, exit 2."""
 
 from __future__ import annotations
@@ -40,6 +41,6 @@ def entry() -> None:
     code = main()
     if "torch" not in sys.modules:  # commands that never touched torch (data, plan checks) exit normally
         sys.exit(code)
-    from disttrain.worker import exit_now
+    from disttrain import api
 
-    exit_now(code)
+    api.exit_now(code)
