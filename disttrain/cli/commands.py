@@ -135,12 +135,9 @@ def cmd_config_list(args) -> int:
     """The ready configs."""
     _no_items(args, "config list")
     ready = api.ready_configs()
-    if args.json:
-        print(json.dumps(ready, indent=2))
-        return 0
     width = max(map(len, ready))
-    print("\n".join(f"{name:<{width}}  {text}" for name, text in ready.items()))
-    print("run one: disttrain launch NAME [key=value ...]; see it: disttrain config show NAME")
+    _print_json_or(args, ready, "\n".join(f"{name:<{width}}  {text}" for name, text in ready.items())
+                   + "\nrun one: disttrain launch NAME [key=value ...]; see it: disttrain config show NAME")
     return 0
 
 
