@@ -15,8 +15,8 @@ import time
 import torch
 
 from disttrain.config import load_config
-from disttrain.engine.build import build_model
 from disttrain.layers import align_linears
+from disttrain.planning.build import build_model
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ def disttrain(*args: str) -> subprocess.CompletedProcess:
 
 def loader_rate(data: Path, batches: int = 200) -> float:
     """Samples/s one process reads in kaggle-benchmark batches (the whole global batch, shuffled)."""
-    from disttrain.data.criteo import CriteoData, open_dataset
+    from disttrain.data.prepared import CriteoData, open_dataset
     from disttrain.tables import EmbeddingTableSpec
 
     info = open_dataset(data)

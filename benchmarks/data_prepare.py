@@ -217,7 +217,7 @@ def part_prepare(args, work: Path, parquet: Path, rows: int, results: dict) -> P
 
 def readers(path: str, batch: int, world: int = 2) -> list:
     """One reader per rank, as the ranks of a training run have."""
-    from disttrain.data.criteo import CriteoData, open_dataset
+    from disttrain.data.prepared import CriteoData, open_dataset
     from disttrain.tables import EmbeddingTableSpec
 
     info = open_dataset(path)

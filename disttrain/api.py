@@ -70,12 +70,13 @@ def load_config(config: str | Path | None = None, overrides: Sequence[str] = ())
 def plan(cfg: Config, world_size: int | None = None) -> PlanReport:
     """The sharding plan for `world_size` ranks (default: the launch settings) and its memory verdict, without
     starting anything."""
-    from disttrain.engine.build import build_plan
-    from disttrain.engine.resources import memory_verdict, rank_limit, rank_needs
     from disttrain.launch import launch_world
+    from disttrain.planning.build import build_plan
+    from disttrain.planning.resources import memory_verdict, rank_limit, rank_needs
     from disttrain.runtime.bootstrap import resolve_nproc
     from disttrain.runtime.topology import detect_topology
 
+    cfg = copy.deepcopy(cfg)  # yours stays as given
     cfg.launch.nproc_per_node = resolve_nproc(cfg, detect_topology())
     world = world_size or launch_world(cfg)[0]
     model, sharding = build_plan(cfg, world)
@@ -88,9 +89,9 @@ def launch(cfg: Config) -> dict | None:
     """Start the workers with `launch.launcher`, wait for them, and return the job's summary.json (None on a
     machine that did not run rank 0: another node of a multi-node job). Raises JobFailed when they fail."""
     from disttrain.launch import launch as start
-    from disttrain.launch import prepare_launch
+    from disttrain.launch import resolve_job
 
-    code = start(cfg, prepare_launch(cfg))
+    code = start(*resolve_job(cfg))  # the workers' config: a resolved, frozen copy of cfg
     if code != 0:
         raise JobFailed(f"the job's workers exited with code {code}", code)
     from disttrain.engine.outputs import drop_staging, published_summary
@@ -133,10 +134,11 @@ def infer(checkpoint: str | Path, *, mode: str = "accuracy", precision: str = "f
         if runtime != "torch":
             raise DisttrainError(f"--runtime {runtime} with --nproc {nproc}: sharded inference runs on torch; "
                                  "expected --nproc 1 with onnxruntime")
+        from disttrain.launch import launch_as
         from disttrain.serving.sharded_infer import run_sharded_inference
 
-        return run_sharded_inference(str(checkpoint), nproc=nproc, mode=mode, config=config, precision=precision,
-                                     batch_size=batch_size, iterations=iterations,
+        return run_sharded_inference(str(checkpoint), launch_as, nproc=nproc, mode=mode, config=config,
+                                     precision=precision, batch_size=batch_size, iterations=iterations,
                                      exact_max_length=exact_max_length, overrides=list(overrides))
     from disttrain.serving.infer import run_inference
 
@@ -160,14 +162,11 @@ def registries() -> dict[str, list[str]]:
     from disttrain.optim import OPTIMIZERS
     from disttrain.plugins import MODEL_GROUP, SOURCE_GROUP, plugin_names
 
-    return {
-        "model.name": [*MODELS, *plugin_names(MODEL_GROUP)],
-        "model.flavor": [f"{name}: {' '.join(spec.flavors)}" for name, spec in MODELS.items()],
-        "data.source": [*sorted({s for spec in MODELS.values() for s in spec.data_sources}),
-                        *plugin_names(SOURCE_GROUP)],
-        "train.optimizer": list(OPTIMIZERS),
-        "launch.launcher": list(LAUNCHERS),
-    }
+    return {"model.name": [*MODELS, *plugin_names(MODEL_GROUP)],
+            "model.flavor": [f"{name}: {' '.join(spec.flavors)}" for name, spec in MODELS.items()],
+            "data.source": [*sorted({s for spec in MODELS.values() for s in spec.data_sources}),
+                            *plugin_names(SOURCE_GROUP)],
+            "train.optimizer": list(OPTIMIZERS), "launch.launcher": list(LAUNCHERS)}
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -202,9 +201,9 @@ def simulate(cfg: Config, worlds: str | Sequence[int], *, batch_per_rank: int = 
              out: str | Path | None = None) -> dict:
     """Plan and predict the step for each world size (`"1,8,64"` or a list; weak scaling); with `out`, also
     write out/simulate.json (`report` draws it)."""
-    from disttrain.engine.simulate import parse_worlds
-    from disttrain.engine.simulate import simulate as run
     from disttrain.launch import launch_world
+    from disttrain.planning.simulate import parse_worlds
+    from disttrain.planning.simulate import simulate as run
 
     sizes = parse_worlds(worlds) if isinstance(worlds, str) else list(worlds)
     result = run(cfg, sizes, batch_per_rank=batch_per_rank, base_world=launch_world(cfg)[0])
@@ -236,17 +235,16 @@ def probe(cfg: Config, *, out: str | Path | None = None) -> tuple[dict, Path] | 
 def bench(cfg: Config) -> dict | None:
     """The benchmark: GEMM measured on the idle machine, then the job: {"summary", "roofline", "threads"} (None on a
     machine that did not run rank 0). Raises JobFailed when the workers fail."""
-    from disttrain.engine.roofline import gemm_gflops, roofline, run_dtype
+    from disttrain.planning.roofline import gemm_gflops, roofline, run_dtype
 
-    train_cfg = cfg.train
-    warmup = train_cfg.warmup_steps if train_cfg.warmup_steps >= 0 else min(5, train_cfg.steps // 5)  # the trainer's
+    train_cfg, warmup = cfg.train, cfg.train.warmup()
     if train_cfg.steps - warmup - train_cfg.profile_steps <= 0:
         raise DisttrainError(f"train.steps: got {train_cfg.steps} with train.warmup_steps={warmup}"
                              + (f" and train.profile_steps={train_cfg.profile_steps}" if train_cfg.profile_steps else "")
                              + "; expected more steps than that: the benchmark times the steps after them")
     cores = len(os.sched_getaffinity(0))  # GEMM measured on an idle machine, before the workers start:
     before = gemm_gflops(run_dtype(cfg), cores, seconds=0.5)
-    if (summary := launch(copy.deepcopy(cfg))) is None:  # the launch resolves a copy; the roofline reads cfg as given
+    if (summary := launch(cfg)) is None:  # the launch resolves a copy; the roofline reads cfg as given
         return None
     threads = sum(w.get("threads", 1) for w in summary.get("workers") or [{}])
     limit = roofline(cfg, summary["samples_per_s"], threads, measured_before=before if threads == cores else 0.0)
@@ -290,6 +288,7 @@ def topology(cfg: Config, *, lscpu: str | Path | None = None, affinity: str = ""
     from disttrain.runtime.bootstrap import placements_for, resolve_nproc, user_set_variables
     from disttrain.runtime.topology import detect_topology
 
+    cfg = copy.deepcopy(cfg)
     if affinity:
         cfg.launch.affinity = affinity
     if nproc_per_node:
@@ -365,7 +364,7 @@ def dien_synthetic(out: str | Path, *, samples: int = 100000, users: int = 54306
 
 def verify_data(directory: str | Path):
     """A processed directory checked against its meta.json (each file's sha256): its rows, tables, fingerprint."""
-    from disttrain.data.criteo import open_dataset
+    from disttrain.data.prepared import open_dataset
 
     return open_dataset(directory, verify="checksum")
 
@@ -375,7 +374,7 @@ def describe(result: dict, *, kind: str) -> str:
     from importlib import import_module
 
     modules = {"infer": "disttrain.serving.infer", "quantize": "disttrain.serving.quantize",
-               "probe": "disttrain.engine.probe", "simulate": "disttrain.engine.simulate"}
+               "probe": "disttrain.planning.probe", "simulate": "disttrain.planning.simulate"}
     return import_module(modules[kind]).describe(result)
 
 

@@ -7,6 +7,7 @@ they agree); `disttrain.config` loads and checks values against it. Keys whose v
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +28,45 @@ def key(default: Any = dataclasses.MISSING, *, factory=None, help: str) -> Any: 
     return field(default=default, metadata={"help": help})
 
 
+class FrozenConfigError(AttributeError):
+    """A checked config was changed in place (a programming error, not a user's): change a copy instead."""
+
+
+_MARKS = ("_frozen", "_section")  # what freezing adds; a copy drops them
+
+
+class _Freezable:
+    """A section (or the whole config) that `Config.freeze` makes read-only: assigning a different value then
+    raises; assigning the value a key already holds is allowed, so resolving steps stay idempotent. A deep copy is
+    thawed: the way to change a checked config is to change a copy. The registry check's result (`_checked`, kept
+    with the values it was made for, `disttrain.planning.build.check_config`) goes with the copy as it is."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_frozen") and (name not in self.__dict__ or self.__dict__[name] != value):
+            where = f"{self.__dict__.get('_section')}.{name}" if self.__dict__.get("_section") else name
+            raise FrozenConfigError(f"config key {where}: the config is checked and frozen (it holds "
+                                    f"{self.__dict__.get(name)!r}, not {value!r}); change a copy (copy.deepcopy)")
+        object.__setattr__(self, name, value)
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        for name, value in self.__dict__.items():
+            if name == "_checked":
+                object.__setattr__(new, name, value)
+            elif name not in _MARKS:
+                object.__setattr__(new, name, copy.deepcopy(value, memo))
+        return new
+
+    def __getstate__(self) -> dict:  # pickled (Ray): the values and whether frozen, not the checked spec
+        return {k: v for k, v in self.__dict__.items() if k != "_checked"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(_Freezable):
     name: str = key("dlrm", help="the model: `dlrm`, `dlrm_dcnv2`, `wide_deep`, `deepfm`, `dien` (see Models), an "
                                  "installed package's `disttrain.models` entry point, or `package.module:attribute` "
                                  "naming a ModelSpec (see Bring your own model); nothing else changes")
@@ -70,7 +108,7 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(_Freezable):
     source: str = key("synthetic", help="the data: `synthetic` (built-in click logs with a planted model; for "
                                         "DIEN, generated behaviour sequences), `criteo` (a directory from "
                                         "`disttrain data criteo`), `dien` (the DIEN benchmark's files), an "
@@ -100,7 +138,7 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Freezable):
     batch_size: int = key(256, help="the **global** batch (each rank takes batch / world size)")
     steps: int = key(100, help="training steps (global batches)")
     seed: int = key(0, help="seeds the model's initial weights (torch's, numpy's and Python's generators before the "
@@ -139,9 +177,14 @@ class TrainConfig:
                                      "`<run.output_dir>/trace_rank<R>.json` (Chrome trace), like DeepRec's "
                                      "`--timeline`; those steps are left out of samples/s")
 
+    def warmup(self) -> int:
+        """The steps left out of samples/s (the trainer's and the benchmark's rule): `warmup_steps`, or
+        min(5, steps / 5) when it is -1."""
+        return self.warmup_steps if self.warmup_steps >= 0 else min(5, self.steps // 5)
+
 
 @dataclass
-class ShardingConfig:
+class ShardingConfig(_Freezable):
     strategy: str = key("auto", help=", ".join(f"`{name}`" for name in STRATEGIES))  # every value, none forgotten
     tables: dict[str, str] = key(factory=dict, help="per-table overrides `{table_name: strategy}` (tables are "
                                                     "named `t0`, `t1`, ... in the Criteo models; DIEN's `uid`, "
@@ -154,7 +197,7 @@ class ShardingConfig:
 
 
 @dataclass
-class ClusterConfig:
+class ClusterConfig(_Freezable):
     ranks_per_node: int = key(0, help="ranks per node (numbered node by node) for the planner's cost model; 0 = "
                                       "the world size / `launch.nnodes`")
     probe: str = key("", help="a `disttrain probe` result (`probe.json`): its measured rates stand in for the "
@@ -173,7 +216,7 @@ class ClusterConfig:
 
 
 @dataclass
-class LaunchConfig:
+class LaunchConfig(_Freezable):
     launcher: str = key("local", help="`local` (spawns `nproc_per_node` workers), `torchrun`, `ray`, `horovod` "
                                       "(see Launchers)")
     nproc_per_node: int | str = key(2, help="ranks on this node, or `auto` (one per socket; per NUMA node with "
@@ -221,7 +264,7 @@ class LaunchConfig:
 
 
 @dataclass
-class CheckpointConfig:
+class CheckpointConfig(_Freezable):
     dir: str = key("", help="where sharded checkpoints go (shared storage when ranks span machines); empty = "
                             "none")
     every_steps: int = key(0, help="save every N steps (0 = only at the end; the last step is always saved)")
@@ -229,21 +272,21 @@ class CheckpointConfig:
 
 
 @dataclass
-class RunConfig:
+class RunConfig(_Freezable):
     output_dir: str = key("runs/latest", help="where `config.yaml` and `summary.json` go")
     progress: bool = key(True, help="progress bar on interactive terminals")
     tensorboard: bool = key(True, help="TensorBoard event files from rank 0 in `run.output_dir` (Observability)")
 
 
 @dataclass
-class QuantConfig:
+class QuantConfig(_Freezable):
     max_relative_auc_loss: float = key(0.01, help="`disttrain quantize`: layers return to fp32 until the int8 "
                                                   "model's AUC is within this relative loss of fp32's")
     calibration_batches: int = key(8, help="held-out batches whose activations set the int8 input ranges")
 
 
 @dataclass
-class Config:
+class Config(_Freezable):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -253,6 +296,19 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     run: RunConfig = field(default_factory=RunConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
+
+    def freeze(self) -> Config:
+        """Read-only from now on (every section; lists and mappings inside are the caller's promise). Returns self."""
+        for section in dataclasses.fields(self):
+            part = getattr(self, section.name)
+            object.__setattr__(part, "_section", section.name)
+            object.__setattr__(part, "_frozen", True)
+        object.__setattr__(self, "_frozen", True)
+        return self
+
+    @property
+    def frozen(self) -> bool:
+        return bool(self.__dict__.get("_frozen"))
 
 
 @dataclass(frozen=True)

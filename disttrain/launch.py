@@ -11,14 +11,16 @@ them. Nothing is handed over through this process's environment.
 
 from __future__ import annotations
 
+import copy
+
 from disttrain import config as config_mod
-from disttrain.engine.build import build_plan, check_config, data_source_spec
 from disttrain.engine.checkpoint import check_fits, find_checkpoint, read_manifest, remote, verify
 from disttrain.engine.checkpoint.load import renamed_tables
 from disttrain.engine.checkpoint.verify import read_meta
 from disttrain.engine.outputs import new_run_dir
-from disttrain.engine.resources import check_directories, check_memory, checkpoint_bytes
 from disttrain.launchers import launcher_for
+from disttrain.planning.build import build_plan, check_config, data_source_spec
+from disttrain.planning.resources import check_directories, check_memory, checkpoint_bytes
 from disttrain.runtime.backend import resolve_backend
 from disttrain.runtime.bootstrap import placements_for, resolve_nproc, user_set_variables
 from disttrain.runtime.job import Job, job_path, write_job
@@ -40,9 +42,17 @@ def launch_world(cfg: config_mod.Config) -> tuple[int, int]:
 
 
 def prepare_launch(cfg: config_mod.Config, *, task: str = "train", serve: dict | None = None) -> str:
+    """`resolve_job`'s config path (the resolved config itself is dropped)."""
+    return resolve_job(cfg, task=task, serve=serve)[1]
+
+
+def resolve_job(cfg: config_mod.Config, *, task: str = "train",
+                serve: dict | None = None) -> tuple[config_mod.Config, str]:
     """Validate everything that can fail before any process starts (config, plan, pinning, data, the checkpoint
-    to resume); resolve `launch.nproc_per_node=auto`; write the resolved config the workers will read and, beside
-    it, their job (`task`, the `serve` request, what was checked here). Returns the config's path."""
+    to resume) on a copy of `cfg` (the caller's is left as it is); resolve `launch.backend` and
+    `launch.nproc_per_node=auto`; write the resolved config the workers will read and, beside it, their job
+    (`task`, the `serve` request, what was checked here). Returns the resolved config, frozen, and its path."""
+    cfg = copy.deepcopy(cfg)
     launcher = launcher_for(cfg.launch.launcher)
     check_config(cfg)
     # Where the workers may have GPUs the driver lacks (Ray), nccl is checked where they run.
@@ -65,10 +75,10 @@ def prepare_launch(cfg: config_mod.Config, *, task: str = "train", serve: dict |
         if cfg.train.resume:
             checked["verified_checkpoint"] = check_resume(cfg, model)
     job = Job(task=task, serve=serve, **checked)
-    path = new_run_dir(cfg) / "config.yaml"
+    path = new_run_dir(cfg.freeze()) / "config.yaml"
     path.write_text(config_mod.to_yaml(cfg))
     write_job(job, job_path(path))
-    return str(path.resolve())
+    return cfg, str(path.resolve())
 
 
 def check_resume(cfg: config_mod.Config, model) -> str:
@@ -100,4 +110,4 @@ def launch(cfg: config_mod.Config, config_path: str) -> int:
 def launch_as(cfg: config_mod.Config, task: str, serve: dict | None = None) -> int:
     """Pre-flight and launch workers whose job is `task` ("serve" with the `serve` request, or "probe") instead of
     training (`disttrain.runtime.job.Job`)."""
-    return launch(cfg, prepare_launch(cfg, task=task, serve=serve))
+    return launch(*resolve_job(cfg, task=task, serve=serve))

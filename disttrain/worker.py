@@ -10,6 +10,7 @@ the default job: train, checking everything itself."""
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 from collections.abc import Mapping
@@ -30,7 +31,11 @@ def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] | None = None,
     process group, do the `job`: train (or serve, for `disttrain infer --nproc`; or probe, for `disttrain probe`);
     returns the summary on rank 0. `environ`: the torchrun variables (this process's environment by default)."""
     environ = process_environ() if environ is None else environ
+    cfg = copy.deepcopy(cfg)  # the caller's config stays as it was; this process's is resolved, then frozen
     placement = bootstrap(cfg, environ, reexec=reexec)  # before torch is imported: nothing is lost by a re-exec
+    from disttrain.planning.build import apply_data_shapes
+
+    apply_data_shapes(cfg).freeze()  # checked once (kept with the config), shaped by its data, then read-only
     launcher = launcher_of_worker(environ)
     if launcher != "none":
         die_with_parent()  # a launcher that dies (even by SIGKILL) takes its workers with it, after their grace
@@ -60,10 +65,14 @@ def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] | None = None,
     comm = open_collectives(env, cfg, horovod=horovod, device=device)
     if job.task == "probe":  # `disttrain probe`: measure the machine's rates instead of training
         from disttrain.collectives import close_collectives
-        from disttrain.engine.probe import run_probe
+        from disttrain.planning.probe import run_probe
 
         result = run_probe(cfg, env, comm, placement)
         close_collectives(comm)
+        if result is not None:
+            import json
+
+            (run_dir(cfg) / "probe.json").write_text(json.dumps(result, indent=2))
         return result
     try:
         return _run(cfg, env, comm, job, Trainer(cfg, env, comm, launcher=launcher, placement=placement,
@@ -78,8 +87,8 @@ def run_worker(cfg: config_mod.Config, environ: Mapping[str, str] | None = None,
 
 def _run(cfg: config_mod.Config, env, comm, job: Job, trainer) -> dict | None:
     from disttrain.collectives import close_collectives
-    from disttrain.engine.sharded_serve import serve as serve_sharded
     from disttrain.engine.summary import write_json
+    from disttrain.serving.modes import serve as serve_sharded
 
     if job.task == "serve":  # `disttrain infer --nproc N`: serve the checkpoint, not train; figures to infer.json
         request = job.serve

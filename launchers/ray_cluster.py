@@ -108,6 +108,9 @@ def private_ray_env(environ: Mapping[str, str]) -> dict[str, str]:
     return {**PRIVATE_RAY_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
+HEALTH_POLL = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # how often Ray Train's controller polls the worker group
+
+
 @contextmanager
 def _environment(values: Mapping[str, str]) -> Iterator[None]:
     """`values` in this process's environment (read by Ray when it is imported and by the processes it starts),
@@ -157,7 +160,10 @@ def launch_ray(cfg: Config, config_path: str) -> int:
     address = cluster_address(cfg)
     check_reachable(address, cfg.launch.timeout_s)
     out = _resolved_output_dir(cfg)
-    with _environment({} if address else private_ray_env(os.environ)):
+    values = {} if address else private_ray_env(os.environ)
+    if HEALTH_POLL not in os.environ:  # Ray Train's 2 s default poll adds ~3 s to the end of every job
+        values = {**values, HEALTH_POLL: "0.5"}
+    with _environment(values):
         try:
             import ray
             import ray.train  # noqa: F401 - the missing-package error before anything starts

@@ -136,16 +136,29 @@ def user_package(tmp_path_factory):
     return root, summary(root / "run")
 
 
+class _ExampleRuns:
+    """One example's {"single": one process, "local": 2 ranks} summaries, each run on first use: test_ray.py reads
+    only "local", and under `-n 2 --dist loadfile` it and test_examples.py often run in different processes."""
+
+    def __init__(self, name: str, root: Path):
+        self.name, self.root, self.done = name, root, {}
+
+    def __getitem__(self, kind: str) -> dict:
+        if kind not in self.done:
+            extra = {"single": {"command": "train"}, "local": {}}[kind]
+            self.done[kind] = run_example(self.name, self.root / kind, **extra)
+        return self.done[kind]
+
+
 @pytest.fixture(scope="session")
 def example_runs(tmp_path_factory):
-    """`example_runs(name)`: {"single": one process, "local": 2 ranks} summaries of examples/<name>, run once."""
-    done: dict[str, dict] = {}
+    """`example_runs(name)["single"|"local"]`: the summary of examples/<name> on one process or 2 ranks, each run
+    once, when first read."""
+    done: dict[str, _ExampleRuns] = {}
 
-    def get(name: str) -> dict:
+    def get(name: str) -> _ExampleRuns:
         if name not in done:
-            root = tmp_path_factory.mktemp(f"example-{name}")
-            done[name] = {"single": run_example(name, root / "single", command="train"),
-                          "local": run_example(name, root / "local")}
+            done[name] = _ExampleRuns(name, tmp_path_factory.mktemp(f"example-{name}"))
         return done[name]
 
     return get

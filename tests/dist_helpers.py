@@ -15,11 +15,11 @@ import torch.multiprocessing as mp
 from disttrain.collectives import SingleProcess, TorchCollectives
 from disttrain.config import load_config
 from disttrain.data.synthetic import SyntheticCTR
-from disttrain.engine.build import build_model, build_plan, open_data
-from disttrain.engine.loss import training_loss
 from disttrain.models import model_spec
+from disttrain.models.loss import training_loss
 from disttrain.optim import ADAGRAD_EPS, ADAM_BETAS, ADAM_EPS, DECAY_INITIAL
 from disttrain.parallelize import parallelize
+from disttrain.planning.build import build_model, build_plan, open_data
 from disttrain.runtime.env import free_port
 from disttrain.tables import raw_id_tables
 

@@ -292,10 +292,10 @@ def test_import_refuses_what_is_not_a_reference_checkpoint(tmp_path):
 
 def _load_on_rank(comm, path: str) -> str:
     from disttrain.config import load_config
-    from disttrain.engine.build import build_plan
     from disttrain.engine.checkpoint import load_checkpoint
     from disttrain.errors import DataError
     from disttrain.parallelize import parallelize
+    from disttrain.planning.build import build_plan
 
     cfg = load_config(None, [*BASE, "sharding.strategy=row_wise"])
     model, plan = build_plan(cfg, comm.world_size)
@@ -312,7 +312,13 @@ def test_ranks_share_the_hashing_and_agree_on_a_corrupted_file(saved, tmp_path):
     only one rank hashed still stops every rank with the same message."""
     from tests.dist_helpers import run_ranks
 
-    assert run_ranks(2, _load_on_rank, str(saved)) == ["loaded", "loaded"]
     broken = _broken_copy(saved, tmp_path, "corrupt")
-    messages = run_ranks(2, _load_on_rank, str(broken))
+    # One pair of ranks loads both (starting ranks costs more than loading): the intact one, then the broken one.
+    results = run_ranks(2, _load_both_on_rank, str(saved), str(broken))
+    assert [intact for intact, _ in results] == ["loaded", "loaded"]
+    messages = [message for _, message in results]
     assert messages[0] == messages[1] and "is corrupted (sha256 differs from manifest.json)" in messages[0]
+
+
+def _load_both_on_rank(comm, intact: str, broken: str) -> tuple[str, str]:
+    return _load_on_rank(comm, intact), _load_on_rank(comm, broken)

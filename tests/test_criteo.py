@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from disttrain.data.criteo import CriteoData, open_dataset
+from disttrain.data.prepared import CriteoData, open_dataset
 from disttrain.errors import DataError
 from disttrain.prepare.criteo import prepare
-from disttrain.prepare.criteo_inputs import PrepOptions, compute_splits
+from disttrain.prepare.criteo_inputs import PrepOptions
+from disttrain.prepare.inputs import compute_splits
 from disttrain.tables import EmbeddingTableSpec
 from tests.criteo_helpers import HEADER, python_parse, python_vocab_ids, raw_rows, read_processed, write_raw
 from tests.launch_helpers import clean_env, cli, disttrain, summary
@@ -99,6 +100,14 @@ def test_vocabulary_threshold_and_hashing(tmp_path, tsv):
         uniq = np.unique(modded)
         np.testing.assert_array_equal(ids[:, t], np.searchsorted(uniq, modded))
         assert meta["tables"][t]["rows"] == uniq.size <= 50
+
+
+def test_the_old_module_paths_still_import():
+    from disttrain.data import criteo, prepared
+    from disttrain.prepare import criteo_inputs, inputs
+
+    assert criteo.open_dataset is prepared.open_dataset and criteo.CriteoData is prepared.CriteoData
+    assert criteo_inputs.compute_splits is inputs.compute_splits and criteo_inputs.byte_ranges is inputs.byte_ranges
 
 
 def test_split_boundaries():

@@ -9,8 +9,8 @@ import torch
 from torch.nn import functional as F
 
 from disttrain.config import load_config
-from disttrain.engine.build import build_plan
 from disttrain.parallelize import parallelize
+from disttrain.planning.build import build_plan
 from tests.dist_helpers import make_data, run_ranks
 
 CASES = [

@@ -14,9 +14,9 @@ from disttrain.config import load_config
 from disttrain.data.dien import DienData
 from disttrain.data.dien_files import load_vocab, open_dien, read_negative_pool, read_samples
 from disttrain.data.dien_generate import generate
-from disttrain.engine.build import build_model
 from disttrain.errors import DataError
 from disttrain.layers import TFGRU
+from disttrain.planning.build import build_model
 from disttrain.prepare.dien_synthetic import write_files
 from tests.launch_helpers import disttrain, summary
 

@@ -9,9 +9,9 @@ import torch
 
 from disttrain.collectives import SingleProcess
 from disttrain.config import load_config
-from disttrain.engine.build import build_plan
 from disttrain.errors import ConfigError, DataError, PlanError
 from disttrain.parallelize import parallelize
+from disttrain.planning.build import build_plan
 from disttrain.sharding.dynamic_table import DynamicShard
 from disttrain.sharding.id_map import IdMap
 from disttrain.tables import bucket_of, dynamic_init_rows, mix64
@@ -355,7 +355,7 @@ def test_ids_outside_int64_and_prepared_raw_features(tmp_path):
     done = cli("data", "prepare", str(tmp_path / "d.parquet"), "--out", str(tmp_path / "p"), "--label-column", "label",
                "--dense-columns", "x", "--sparse-columns", "user,item", "--raw-ids", "--quiet")
     assert done.returncode == 0, done.stderr
-    from disttrain.data.criteo import open_dataset
+    from disttrain.data.prepared import open_dataset
 
     info = open_dataset(tmp_path / "p")
     assert [t["mode"] for t in info.meta["tables"]] == ["raw", "raw"] and info.table_rows[0] == 300

@@ -98,3 +98,50 @@ def test_the_environment_check_sees_what_it_looks_for(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text("import os\nfrom os import getenv\nx = os.environ.get('A')\nos.environ['B'] = '1'\n")
     assert sorted(_environment_reads(sample)) == [2, 3, 4]
+
+
+def test_the_config_is_checked_once_then_frozen_and_the_callers_stays_as_it_was(tmp_path, monkeypatch):
+    """The driver checks a config against the registries once (the result goes with the config and its copies,
+    for the values it was checked for), resolves a copy, and freezes it: a change then is an error naming the
+    key; the caller's config is neither resolved nor frozen. A worker in this process does the same with its
+    own copy: one check, then a frozen config through the whole run."""
+    import copy
+
+    from disttrain.config_schema import FrozenConfigError
+    from disttrain.launch import load_checked, resolve_job
+    from disttrain.planning import build
+
+    calls = []
+    real = build._check
+    monkeypatch.setattr(build, "_check", lambda cfg: calls.append(cfg.model.name) or real(cfg))
+    cfg = load_checked(None, [*SMALL, "launch.backend=auto", "launch.nproc_per_node=auto",
+                              f"run.output_dir={tmp_path}/a"])
+    given = copy.deepcopy(cfg)
+    resolved, path = resolve_job(cfg)
+    assert calls == ["dlrm"]  # load_checked's check served the pre-flight's plan, data and resources too
+    assert cfg == given and not cfg.frozen  # the caller's: as it was
+    assert resolved.frozen and resolved.launch.backend == "gloo" and resolved.launch.nproc_per_node >= 1
+    assert load_config(path, []) == resolved  # what the workers read is the frozen config
+    resolved.train.steps = resolved.train.steps  # the value it holds: allowed (resolving steps are idempotent)
+    with pytest.raises(FrozenConfigError, match=r"config key train\.steps: .*frozen.*holds 100, not 5"):
+        resolved.train.steps = 5
+    thawed = copy.deepcopy(resolved)
+    thawed.train.steps = 5  # a copy is the caller's to change ...
+    assert not thawed.frozen and resolved.train.steps == 100
+    thawed.model.name = "wide_deep"
+    build.check_config(thawed)  # ... and is checked anew when a checked value changed
+    assert calls == ["dlrm", "wide_deep"]
+
+    calls.clear()
+    seen = []
+    real_trainer_init = __import__("disttrain.engine.trainer", fromlist=["Trainer"]).Trainer.__init__
+
+    def trainer_init(self, cfg, *args, **kwargs):
+        seen.append(cfg.frozen)
+        real_trainer_init(self, cfg, *args, **kwargs)
+
+    monkeypatch.setattr("disttrain.engine.trainer.Trainer.__init__", trainer_init)
+    mine = load_config(None, [*SMALL, "train.steps=2", f"run.output_dir={tmp_path}/b"])
+    summary = api.train(mine)
+    assert summary["steps"] == 2 and seen == [True] and calls == ["dlrm"]
+    assert not mine.frozen and mine.launch.backend == "auto"

@@ -11,7 +11,7 @@ import torch
 
 from disttrain import config as config_mod
 from disttrain.collectives import SingleProcess
-from disttrain.engine.build import open_data
+from disttrain.planning.build import open_data
 from disttrain.serving.export import plain_model
 from tests.launch_helpers import cli
 

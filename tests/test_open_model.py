@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from disttrain.collectives import SingleProcess
-from disttrain.engine.build import open_data
 from disttrain.engine.checkpoint import MANIFEST
 from disttrain.engine.checkpoint.layout import EXPORT_FORMAT
 from disttrain.engine.evaluation import held_out_metrics
 from disttrain.errors import DisttrainError
+from disttrain.planning.build import open_data
 from disttrain.serving.open import CHECKPOINT, EXPORT, INT8, KINDS, open_model
 from tests.launch_helpers import cli
 
@@ -177,21 +177,21 @@ def test_infer_hashes_the_checkpoint_once_and_builds_the_model_once(served):
     dlrm = served[0]
     files = len(json.loads((dlrm.step_dir / MANIFEST).read_text())["files"])
     with _counted("disttrain.engine.checkpoint.verify.sha256_file") as hashed, \
-            _counted("disttrain.engine.build.check_model") as built:
+            _counted("disttrain.planning.build.check_model") as built:
         result = cli("infer", "--checkpoint", str(dlrm.ck), "--mode", "accuracy", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["auc"] == pytest.approx(dlrm.run["eval_auc"], abs=1e-6)
     assert hashed.call_count == files and len({c.args[0] for c in hashed.call_args_list}) == files
     assert built.call_count == 1
     with _counted("disttrain.engine.checkpoint.verify.sha256_file") as hashed, \
-            _counted("disttrain.engine.build.check_model") as built, \
+            _counted("disttrain.planning.build.check_model") as built, \
             mock.patch("disttrain.launch.launch", return_value=0) as started:
         result = cli("infer", "--checkpoint", str(dlrm.ck), "--mode", "accuracy", "--nproc", "2")
     assert started.call_count == 1 and "sharded inference over 2 workers failed" in result.stderr, result.stderr
     assert hashed.call_count == files and built.call_count == 1
     # Opened for its config only: nothing hashed, nothing built.
     with _counted("disttrain.engine.checkpoint.verify.sha256_file") as hashed, \
-            _counted("disttrain.engine.build.check_model") as built:
+            _counted("disttrain.planning.build.check_model") as built:
         opened = open_model(dlrm.ck, load=False)
     assert opened.model is None and opened.step == dlrm.run["steps"]
     assert hashed.call_count == 0 and built.call_count == 0

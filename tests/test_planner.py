@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from disttrain.config import load_config
-from disttrain.engine.build import build_plan
 from disttrain.errors import ConfigError, PlanError
+from disttrain.planning.build import build_plan
 from disttrain.ranges import even_split
 from disttrain.sharding.planner import plan_sharding
 from disttrain.tables import EmbeddingTableSpec

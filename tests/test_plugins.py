@@ -101,9 +101,9 @@ def test_a_spec_of_ones_own_may_bring_its_own_loss(user_package, monkeypatch):
 
     from disttrain.config import load_config
     from disttrain.data.synthetic import SyntheticCTR
-    from disttrain.engine.build import build_model
-    from disttrain.engine.loss import training_loss
     from disttrain.models import model_spec
+    from disttrain.models.loss import training_loss
+    from disttrain.planning.build import build_model
 
     package, _ = user_package
     monkeypatch.chdir(package)

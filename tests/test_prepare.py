@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from disttrain.data.criteo import CriteoData, open_dataset
+from disttrain.data.prepared import CriteoData, open_dataset
 from disttrain.prepare.hashing import hash_text
 from disttrain.prepare.schema import load_schema
 from disttrain.prepare.tabular import PrepareOptions, prepare

@@ -6,6 +6,7 @@ the header decided per file; and every bad input one line."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from disttrain.prepare.hashing import hash_text
-from disttrain.prepare.schema import load_schema
+from disttrain.prepare.schema import from_flags, load_schema
 from disttrain.prepare.tabular import PrepareOptions, prepare
 from tests.launch_helpers import cli, disttrain, summary
 
@@ -228,6 +229,43 @@ def test_the_header_is_decided_per_file(tmp_path):
     parts, one = meta_of(tmp_path / "parts"), meta_of(tmp_path / "whole")
     assert [s["header"] for s in parts["sources"]] == [True, False, True] and parts["rows"] == 90
     assert {f: v["sha256"] for f, v in parts["files"].items()} == {f: v["sha256"] for f, v in one["files"].items()}
+
+
+def test_compressed_input_in_many_pieces_gives_the_plain_files(tmp_path, monkeypatch):
+    """The pieces of a compressed file are cut in the pool's feeder thread while results come back; each keeps its
+    part number, so the dataset equals the plain file's, for `data prepare` and for its Criteo preset."""
+    import time
+
+    from disttrain.prepare import criteo, inputs, tabular_inputs
+    from disttrain.prepare.criteo import prepare as prepare_criteo
+    from disttrain.prepare.criteo_inputs import PrepOptions
+    from tests.criteo_helpers import raw_rows, write_raw
+
+    def slowly(*args):  # pieces come slower than the workers read them
+        for piece in inputs.text_pieces(*args):
+            time.sleep(0.005)
+            yield piece
+
+    monkeypatch.setattr(inputs, "CHUNK_BYTES", 4096)  # ~80 pieces per file
+    monkeypatch.setattr(tabular_inputs, "text_pieces", slowly)
+    monkeypatch.setattr(criteo, "text_pieces", slowly)
+
+    def digests(meta: dict) -> dict:
+        return {f: v["sha256"] for f, v in meta["files"].items()}
+
+    plain = write_lines(tmp_path / "a.csv", avazu_rows(3000, 4), AVAZU)
+    packed = tmp_path / "a.csv.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    schema = from_flags(label="click", dense="", sparse=",".join(FEATURES), multi_hot="", transform="none",
+                        hash_rows=0, min_count=1, delimiter="|", max_length=0, id_order="frequency")
+    tables = [prepare([str(p)], schema, PrepareOptions(out=tmp_path / p.name.replace(".", "_"), split="none",
+                                                        workers=2, progress=False)) for p in (plain, packed)]
+    raws = [write_raw(tmp_path / "r.txt", raw_rows(3000, seed=2)),
+            write_raw(tmp_path / "r.txt.gz", raw_rows(3000, seed=2), gz=True)]
+    criteo = [prepare_criteo([str(p)], PrepOptions(out=tmp_path / p.name.replace(".", "_"), split="none", workers=2,
+                                                   progress=False)) for p in raws]
+    for metas in (tables, criteo):
+        assert metas[0]["rows"] == 3000 and digests(metas[0]) == digests(metas[1])
 
 
 @pytest.mark.parametrize(("case", "message"), [

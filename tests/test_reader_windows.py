@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from disttrain.data.criteo import BLOCK_ROWS, CriteoData, ShuffleOrder, open_dataset
+from disttrain.data.prepared import BLOCK_ROWS, CriteoData, ShuffleOrder, open_dataset
 from disttrain.data.prepared_format import FORMAT
 from disttrain.errors import DataError
 from disttrain.fileio import sha256_file

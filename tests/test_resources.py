@@ -40,7 +40,7 @@ def test_what_cannot_fit_stops_in_one_line_before_allocating(tmp_path, override,
 def test_the_memory_line_names_what_a_small_rank_needs():
     """A debug model's rank needs kilobytes: the line said `needs 0 MiB ( MiB)`; now every size reads as what it is,
     whatever the mix of parts."""
-    from disttrain.engine.resources import MIB, RankNeed, memory_verdict
+    from disttrain.planning.resources import MIB, RankNeed, memory_verdict
 
     small = RankNeed(0, {"embeddings": 3_000, "embedding optimizer": 0, "dense": 5_120, "activations": 300})
     fits, line = memory_verdict([small], 100 * MIB, "MemAvailable")

@@ -8,9 +8,9 @@ import json
 import pytest
 
 from disttrain.config import load_config
-from disttrain.engine.cluster import machine_of
-from disttrain.engine.simulate import parse_worlds, simulate
 from disttrain.errors import ConfigError
+from disttrain.planning.cluster import machine_of
+from disttrain.planning.simulate import parse_worlds, simulate
 from disttrain.sharding.planner import plan_sharding
 from disttrain.tables import EmbeddingTableSpec
 from tests.launch_helpers import disttrain

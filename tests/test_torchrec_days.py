@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from disttrain.config import Config
-from disttrain.data.criteo import CriteoData, open_data
+from disttrain.data.prepared import CriteoData, open_data
 from disttrain.data.torchrec_days import write_days
 from disttrain.errors import DisttrainError
 from disttrain.tables import EmbeddingTableSpec
@@ -98,7 +98,7 @@ def test_dcnv2_trains_sharded_on_multi_hot_days(tmp_path):
 
 
 def test_bad_days_are_one_line(tmp_path):
-    from disttrain.data.criteo import SPEC
+    from disttrain.data.prepared import SPEC
 
     write_days(tmp_path / "ok", days([20, 10], multi_hot=False))
     cfg = Config()

@@ -1,5 +1,5 @@
 """The training order of a prepared split: blocks of consecutive rows permuted by (seed, epoch), cut into shuffle
-windows whose rows are permuted again (see `disttrain.data.criteo`). Pure index arithmetic, no data."""
+windows whose rows are permuted again (see `disttrain.data.prepared`). Pure index arithmetic, no data."""
 
 from __future__ import annotations
 

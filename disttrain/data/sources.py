@@ -9,13 +9,13 @@ point, or an import path `package.module:attribute` naming a `SourceSpec` (or a 
 from __future__ import annotations
 
 from disttrain.config import Config
-from disttrain.data import criteo, dien, synthetic
+from disttrain.data import dien, prepared, synthetic
 from disttrain.data.contract import DataSource, SourceSpec
 from disttrain.plugins import SOURCE_GROUP, resolve
 from disttrain.tables import EmbeddingTableSpec
 
 SOURCES: dict[str, SourceSpec] = {
-    spec.name: spec for spec in (synthetic.SPEC, criteo.SPEC, dien.SPEC, dien.GENERATED_SPEC)
+    spec.name: spec for spec in (synthetic.SPEC, prepared.SPEC, dien.SPEC, dien.GENERATED_SPEC)
 }
 
 

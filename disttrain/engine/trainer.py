@@ -22,22 +22,22 @@ import torch
 from disttrain import config as config_mod
 from disttrain.collectives import Collectives
 from disttrain.engine.board import Board
-from disttrain.engine.build import build_plan, check_config, open_data
 from disttrain.engine.checkpointing import PeriodicCheckpoint, resume
 from disttrain.engine.console import Logger, evaluation_line, workers_table
 from disttrain.engine.evaluation import PeriodicEvaluation, evaluate_sharded
 from disttrain.engine.faults import FaultInjection
 from disttrain.engine.guard import StepGuard, Verdict
-from disttrain.engine.loss import training_loss
 from disttrain.engine.outputs import run_dir
 from disttrain.engine.prefetch import Prefetcher
 from disttrain.engine.profiling import ProfileWindow
 from disttrain.engine.progress import IntervalLog, ReplicaCheck
-from disttrain.engine.resources import check_resources_collectively
 from disttrain.engine.state import RunState
 from disttrain.engine.summary import finish, worker_info
+from disttrain.models.loss import training_loss
 from disttrain.parallelize import Parallelized, parallelize
 from disttrain.phases import TIMER, phase, since
+from disttrain.planning.build import build_plan, check_config, open_data
+from disttrain.planning.resources import check_resources_collectively
 from disttrain.replicas import broadcast_dense, check_replicas, dense_tensors, seed_rngs
 from disttrain.runtime.env import WorkerEnv
 from disttrain.runtime.job import TRAIN, Job
@@ -73,7 +73,7 @@ class Trainer:
         self.board = Board(self.out_dir, enabled=cfg.run.tensorboard and env.rank == 0)
         self.started = time.perf_counter()
         steps = cfg.train.steps
-        self.warmup = cfg.train.warmup_steps if cfg.train.warmup_steps >= 0 else min(5, steps // 5)
+        self.warmup = cfg.train.warmup()
         self.profile = ProfileWindow(first_step=0, warmup=self.warmup, count=0, last_step=steps, device=self.device,
                                      out_dir=str(run_dir(cfg)), rank=env.rank, log=self.log)
         self.guard = StepGuard(comm, stops, mode=cfg.train.nonfinite_loss, device=self.device)

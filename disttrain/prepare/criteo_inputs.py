@@ -1,20 +1,23 @@
-"""The inputs of `disttrain data criteo`: the options, each raw file's column layout (Criteo's, or one named by
---label-column/--dense-columns/--sparse-columns, with or without a header, tab or comma, plain or gzip), the
-byte ranges pass 1 parses, and the train/val/test splits (the reference's arithmetic)."""
+"""The inputs of `disttrain data criteo`: the options, and each raw file's column layout (Criteo's, or one named by
+--label-column/--dense-columns/--sparse-columns, with or without a header, tab or comma, plain or gzip). The
+pieces pass 1 parses and the train/val/test splits are every preparation's (`inputs`)."""
 
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from disttrain.errors import DataError
 from disttrain.prepare.criteo_parse import DENSE_NAMES, NUM_DENSE, SPARSE_NAMES, Layout
-
-SPLIT_MODES = ("auto", "kaggle", "days", "files", "none")
-KAGGLE_DAYS = 7
+from disttrain.prepare.inputs import (  # noqa: F401 (the splits' names, imported from here before `inputs`)
+    KAGGLE_DAYS,
+    SPLIT_MODES,
+    Input,
+    byte_ranges,
+    compute_splits,
+    is_number,
+)
 
 
 @dataclass
@@ -37,16 +40,21 @@ class PrepOptions:
 
 
 @dataclass
-class Source:
-    path: Path
-    layout: Layout
-    header_lines: int
-    bytes: int
-    compressed: bool
-    rows: int = 0
-    lines: int = 0
-    bad_rows: int = 0
-    bad_examples: list[str] = field(default_factory=list)
+class Source(Input):
+    """A raw file: its layout, and gzip (found by its first bytes, whatever its name) or not."""
+
+    layout: Layout | None = None
+
+    @classmethod
+    def of(cls, path: Path, opts: PrepOptions) -> Source:
+        layout, header = resolve_layout(path, opts)
+        return cls(str(path), "csv", path.stat().st_size, codec="gzip" if is_gzip(path) else None,
+                   delimiter=layout.delimiter, header_lines=header, layout=layout)
+
+    def to_json(self) -> dict:
+        return {"path": str(Path(self.path).resolve()), "bytes": self.bytes, "compressed": self.codec is not None,
+                "lines": self.lines, "rows": self.rows, "bad_rows": self.bad_rows, "bad_examples": self.bad_examples,
+                "header": bool(self.header_lines), "layout": self.layout.to_json()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -105,7 +113,7 @@ def resolve_layout(path: Path, opts: PrepOptions) -> tuple[Layout, int]:
     fields = first.split(delimiter)
     label_text = fields[0].strip() if fields else ""
     if opts.header == "auto":
-        has_header = not _is_number(label_text) and bool(label_text)
+        has_header = not is_number(label_text) and bool(label_text)
     elif opts.header in ("yes", "no"):
         has_header = opts.header == "yes"
     else:
@@ -150,86 +158,7 @@ def resolve_layout(path: Path, opts: PrepOptions) -> tuple[Layout, int]:
     return layout, int(has_header)
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
 def _ranges(cols: list[int]) -> str:
     if cols and cols == list(range(cols[0], cols[-1] + 1)):
         return f"{cols[0]}-{cols[-1]}"
     return ",".join(map(str, cols))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Pass 1: parse
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def byte_ranges(path: Path, start: int, size: int, chunk: int) -> list[tuple[int, int]]:
-    """[start, size) cut into ~chunk-byte ranges that end at line ends."""
-    cuts = [start]
-    with open(path, "rb") as f:
-        pos = start + chunk
-        while pos < size:
-            f.seek(pos)
-            tail = f.read(1 << 20)
-            nl = tail.find(b"\n")
-            if nl < 0:
-                break
-            cuts.append(pos + nl + 1)
-            pos = cuts[-1] + chunk
-    if cuts[-1] < size:
-        cuts.append(size)
-    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
-
-
-def _halves(start: int, stop: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """The reference's split of the last day: test = the first half (the larger one), validation = the rest."""
-    mid = start + (stop - start + 1) // 2
-    return (start, mid), (mid, stop)
-
-
-def compute_splits(mode: str, file_rows: list[int]) -> dict[str, list[int]]:
-    total = sum(file_rows)
-    offsets = np.cumsum([0, *file_rows]).tolist()
-    if mode == "auto":
-        mode = "kaggle" if len(file_rows) == 1 else "days"
-    if mode == "none":
-        return {"train": [0, total], "val": [total, total], "test": [total, total]}
-    if mode == "kaggle":  # the reference: 7 equal "days" (the first get the remainder); last day -> test, val
-        per_day, _ = divmod(total, KAGGLE_DAYS)
-        last_day = total - per_day  # the first days take the remainder, the last day never does
-        test, val = _halves(last_day, total)
-        return {"train": [0, last_day], "val": list(val), "test": list(test)}
-    if mode == "days":
-        if len(file_rows) < 2:
-            raise DataError("--split days: expected two or more day files (the last one is split into test and "
-                            f"validation), got {len(file_rows)}")
-        test, val = _halves(offsets[-2], total)
-        return {"train": [0, offsets[-2]], "val": list(val), "test": list(test)}
-    if mode == "files":
-        if len(file_rows) not in (2, 3):
-            raise DataError(f"--split files: expected 2 files (train, test) or 3 (train, validation, test), "
-                            f"got {len(file_rows)}")
-        if len(file_rows) == 2:
-            return {"train": [0, offsets[1]], "val": [offsets[1], total], "test": [offsets[1], total]}
-        return {"train": [0, offsets[1]], "val": [offsets[1], offsets[2]], "test": [offsets[2], total]}
-    if mode.startswith("ratio:"):
-        try:
-            parts = [float(x) for x in mode[6:].split(",")]
-            assert len(parts) == 3 and all(p >= 0 for p in parts) and sum(parts) > 0
-        except (ValueError, AssertionError):
-            raise DataError(f"--split: got {mode!r}, expected ratio:TRAIN,VAL,TEST (three non-negative numbers)") from None
-        a = int(round(total * parts[0] / sum(parts)))
-        b = int(round(total * (parts[0] + parts[1]) / sum(parts)))
-        return {"train": [0, a], "val": [a, b], "test": [b, total]}
-    raise DataError(f"--split: got {mode!r}, expected one of {', '.join(SPLIT_MODES)} or ratio:TRAIN,VAL,TEST")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The command
-# ---------------------------------------------------------------------------------------------------------------

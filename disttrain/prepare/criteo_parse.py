@@ -14,12 +14,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from disttrain.prepare.inputs import Piece
+from disttrain.prepare.pipeline import Chunk, ChunkError
+
 NUM_DENSE = 13
 NUM_SPARSE = 26
 DENSE_NAMES = tuple(f"I{i}" for i in range(1, NUM_DENSE + 1))
 SPARSE_NAMES = tuple(f"C{i}" for i in range(1, NUM_SPARSE + 1))
 MAX_NUMBER_CHARS = 24
 MAX_HEX_CHARS = 8
+BLOCK_BYTES = 2 << 20  # one parse_block call: small enough that its temporaries stay in cache
 
 _HEX = np.full(256, 255, dtype=np.uint8)
 for _i, _c in enumerate(b"0123456789abcdef"):
@@ -148,6 +152,58 @@ def parse_block(block: bytes, layout: Layout, *, skip_bad_rows: bool, keep_examp
         lines=num_lines,
         bad=bad[:keep_examples],
         bad_count=int(bad_rows.size + (~row_ok).sum()),
+    )
+
+
+@dataclass(frozen=True)
+class RawTask:
+    """Pass 1 of the Criteo preset (`pipeline`), in a worker: one piece of a raw file -> a `Chunk` whose dense
+    values are final (log(1 + max(x, 0)), taken here from the parsed float64) and whose keys are the 32-bit
+    hashes, one column per table."""
+
+    piece: Piece
+    layout: Layout
+    skip_bad_rows: bool
+
+    def read(self) -> tuple[Chunk, int]:
+        data = self.piece.data()
+        try:
+            parsed = parse_bytes(data, self.layout, self.skip_bad_rows)
+        except ParseError as exc:
+            raise ChunkError(exc.bad.line - 1, exc.bad.reason) from None
+        sparse = np.ascontiguousarray(parsed.sparse.T)  # column-major: a contiguous column per table
+        return Chunk(parsed.labels, parsed.dense, list(sparse), [], parsed.lines,
+                     [(b.line - 1, b.reason) for b in parsed.bad], parsed.bad_count), len(data)
+
+
+def parse_bytes(data: bytes, layout: Layout, skip_bad_rows: bool) -> Parsed:
+    """Whole lines, BLOCK_BYTES at a time (`parse_block`); bad rows' lines counted from 1 in `data`."""
+    parts: list[Parsed] = []
+    lines = 0
+    pos = 0
+    while pos < len(data):
+        end = data.rfind(b"\n", pos, pos + BLOCK_BYTES) + 1 if pos + BLOCK_BYTES < len(data) else len(data)
+        if end <= pos:  # a line longer than a block
+            end = data.find(b"\n", pos + BLOCK_BYTES) + 1 or len(data)
+        try:
+            part = parse_block(data[pos:end], layout, skip_bad_rows=skip_bad_rows)
+        except ParseError as exc:
+            raise ParseError(BadRow(exc.bad.line + lines, exc.bad.reason)) from None
+        for b in part.bad:
+            b.line += lines
+        lines += part.lines
+        parts.append(part)
+        pos = end
+    if not parts:
+        return Parsed(np.zeros(0, np.uint8), np.zeros((0, len(layout.dense)), np.float32),
+                      np.zeros((0, len(layout.sparse)), np.uint32), 0)
+    return Parsed(
+        labels=np.concatenate([p.labels for p in parts]),
+        dense=np.concatenate([p.dense for p in parts]),
+        sparse=np.concatenate([p.sparse for p in parts]),
+        lines=lines,
+        bad=[b for p in parts for b in p.bad],
+        bad_count=sum(p.bad_count for p in parts),
     )
 
 

@@ -41,6 +41,14 @@ def staging_dir(out: Path) -> Path:
     return tmp
 
 
+def check_target(out: Path, force: bool, kind: str) -> None:
+    """`--out` holds no dataset of this `kind` (prepared, processed) unless --force, and nothing else at all."""
+    if (out / "meta.json").exists() and not force:
+        raise DataError(f"--out {out}: already holds a {kind} dataset (remove it or pass --force)")
+    if out.exists() and not (out / "meta.json").exists() and any(out.iterdir()):
+        raise DataError(f"--out {out}: exists and is not a {kind} dataset; choose an empty or new directory")
+
+
 @contextlib.contextmanager
 def open_for_writing(paths: list[Path]):
     """The files opened for writing, all closed on the way out, also when opening one of them fails. The open-file

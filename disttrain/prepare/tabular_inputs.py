@@ -1,65 +1,22 @@
 """The inputs of `disttrain data prepare`: each file's kind (Parquet, or CSV/TSV plain or compressed), its columns
-checked against the schema, and the tasks pass 1 reads it in (Parquet row groups, CSV byte ranges cut at line
-ends, or decompressed blocks handed to the workers)."""
+checked against the schema, and the tasks pass 1 reads it in (Parquet row groups, or the pieces of a text file
+`inputs` cuts: byte ranges cut at line ends, or decompressed blocks handed to the workers)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from disttrain.errors import DataError
-from disttrain.prepare.criteo_inputs import byte_ranges
+from disttrain.prepare.inputs import Input, is_number, text_pieces
 from disttrain.prepare.schema import Schema
-from disttrain.prepare.tabular_read import Chunk, Task
+from disttrain.prepare.tabular_read import Task
 
-CHUNK_BYTES = 16 << 20
 PARQUET = (".parquet", ".pq")
 CODECS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd", ".lz4": "lz4"}
-
-
-@dataclass
-class Input:
-    path: str
-    format: str  # parquet | csv
-    bytes: int
-    codec: str | None = None
-    names: tuple[str, ...] = ()
-    delimiter: str = ","
-    header_lines: int = 0
-    row_groups: int = 0
-    rows: int = 0
-    lines: int = 0
-    chunks: int = 0
-    bad_rows: int = 0
-    bad_examples: list[str] = field(default_factory=list)
-
-    @property
-    def bytes_per_task(self) -> int:
-        return self.bytes // max(self.row_groups, 1) if self.format == "parquet" else 0
-
-    def where(self, row: int) -> str:
-        if self.format == "parquet":
-            return f"{self.path} row group {self.chunks}" + (f", row {row}" if row >= 0 else "")
-        return f"{self.path}:{self.header_lines + self.lines + row + 1}" if row >= 0 else self.path
-
-    def add(self, chunk: Chunk) -> None:
-        for row, reason in chunk.bad:
-            if len(self.bad_examples) < 5:
-                self.bad_examples.append(f"{self.where(row)}: {reason}")
-        self.bad_rows += chunk.bad_count
-        self.rows += chunk.rows
-        self.lines += chunk.lines
-        self.chunks += 1
-
-    def to_json(self) -> dict:
-        return {"path": str(Path(self.path).resolve()), "format": self.format, "bytes": self.bytes,
-                "codec": self.codec,
-                "rows": self.rows, "bad_rows": self.bad_rows, "bad_examples": self.bad_examples,
-                **({"row_groups": self.row_groups} if self.format == "parquet" else
-                   {"lines": self.lines, "header": bool(self.header_lines), "delimiter": self.delimiter})}
 
 
 def _missing(path: str, schema: Schema, names: list[str]) -> None:
@@ -122,15 +79,7 @@ def _is_header(line: FirstLine, schema: Schema, header: str, known: tuple[str, .
     holds numbers); each file is decided by itself."""
     if header != "auto":
         return header == "yes"
-    return line.fields == known or (schema.label in line.fields and not _number(schema.label))
-
-
-def _number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    return line.fields == known or (schema.label in line.fields and not is_number(schema.label))
 
 
 def _unique(where: str, names: tuple[str, ...]) -> None:
@@ -193,31 +142,7 @@ def tasks_of(source: Input, schema: Schema, skip_bad_rows: bool):
         for g in range(source.row_groups):
             yield Task("parquet", source.path, schema, skip_bad_rows, row_group=g)
         return
-    common = dict(schema=schema, skip_bad_rows=skip_bad_rows, names=source.names, delimiter=source.delimiter)
-    if source.codec is None:
-        start = 0
-        if source.header_lines:
-            with open(source.path, "rb") as f:
-                f.readline()
-                start = f.tell()
-        for a, b in byte_ranges(Path(source.path), start, source.bytes, CHUNK_BYTES):
-            yield Task("csv-range", source.path, start=a, stop=b, **common)
-        return
-    with _open_text(source.path, source.codec) as f:
-        rest, header = b"", bool(source.header_lines)
-        while True:
-            data = f.read(CHUNK_BYTES)
-            if not data:
-                break
-            data = rest + data
-            if header:  # drop the header line once it is whole
-                if b"\n" not in data:
-                    rest = data
-                    continue
-                data, header = data.split(b"\n", 1)[1], False
-            cut = data.rfind(b"\n") + 1
-            rest, data = (data, b"") if cut == 0 else (data[cut:], data[:cut])
-            if data:
-                yield Task("csv-bytes", source.path, payload=data, **common)
-        if rest:
-            yield Task("csv-bytes", source.path, payload=rest, **common)
+    opener = (lambda path: _open_text(path, source.codec)) if source.codec else None
+    for piece in text_pieces(source, opener):
+        yield Task("csv", source.path, schema, skip_bad_rows, piece=piece, names=source.names,
+                   delimiter=source.delimiter)

@@ -9,7 +9,7 @@ chunk. Parquet columns keep their types: numbers stay numbers, `list<...>` colum
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -18,46 +18,24 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from disttrain.prepare.hashing import EMPTY, arrow, hash_values, numpy_of
+from disttrain.prepare.inputs import Piece
+from disttrain.prepare.pipeline import Chunk, ChunkError
 from disttrain.prepare.schema import Counters, Schema
-
-
-class ChunkError(Exception):
-    """A row that cannot be read: `row` is 0-based within the chunk's lines (CSV) or rows (Parquet)."""
-
-    def __init__(self, row: int, reason: str):
-        super().__init__(row, reason)  # both in args: the exception crosses a process boundary pickled
-        self.row, self.reason = row, reason
-
-
-@dataclass
-class Chunk:
-    labels: np.ndarray  # [R] uint8
-    dense: np.ndarray  # [R, D] float32, before the transforms
-    single: list[np.ndarray]  # per single-hot feature: [R] uint64 keys
-    multi: list[tuple[np.ndarray, np.ndarray]]  # per multi-hot feature: ([R] int32 lengths, [sum] uint64 keys)
-    lines: int  # CSV: lines of the chunk, good and bad; Parquet: rows
-    bad: list[tuple[int, str]] = field(default_factory=list)  # (0-based line in the chunk, reason), the first few
-    bad_count: int = 0
-    counters: Counters = field(default_factory=Counters)
-    stored_rows: int = -1  # >= 0: the arrays went to part files (`tabular.read_to_parts`), this many rows
-
-    @property
-    def rows(self) -> int:
-        return self.labels.size if self.stored_rows < 0 else self.stored_rows
 
 
 @dataclass(frozen=True)
 class Task:
-    kind: str  # "parquet" | "csv-range" | "csv-bytes"
+    kind: str  # "parquet" | "csv"
     path: str
     schema: Schema
     skip_bad_rows: bool
     row_group: int = 0
-    start: int = 0
-    stop: int = 0
-    payload: bytes = b""
+    piece: Piece | None = None  # CSV: the part of the file
     names: tuple[str, ...] = ()  # CSV: every column's name, in file order
     delimiter: str = ","
+
+    def read(self) -> tuple[Chunk, int]:
+        return read_task(self)
 
 
 def read_task(task: Task) -> tuple[Chunk, int]:
@@ -67,12 +45,7 @@ def read_task(task: Task) -> tuple[Chunk, int]:
         table = pq.ParquetFile(task.path, metadata=footer, read_dictionary=_text_leaves(footer, task.schema)) \
             .read_row_group(task.row_group, columns=task.schema.columns, use_threads=False)  # a process per core
         return convert(table, task.schema, task.skip_bad_rows, lines=table.num_rows, line_of=None), 0
-    if task.kind == "csv-range":
-        with open(task.path, "rb") as f:
-            f.seek(task.start)
-            data = f.read(task.stop - task.start)
-    else:
-        data = task.payload
+    data = task.piece.data()
     return read_csv_bytes(data, task), len(data)
 
 

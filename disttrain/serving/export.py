@@ -13,6 +13,7 @@ never makes disttrain import code.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -26,9 +27,10 @@ __all__ = ["EXPORT_FORMAT", "export_model", "load_exported", "plain_model", "uns
 
 def plain_model(checkpoint: str | Path, overrides: list[str] | None = None):
     """(the plain model in eval mode, its config, step) of a sharded checkpoint, whatever world wrote it;
-    `overrides` adjust what does not change the weights (data.path, data.eval_batches, ...)."""
+    `overrides` adjust what does not change the weights (data.path, data.eval_batches, ...). The config is the
+    caller's to change (a copy of the opened one, which stays frozen)."""
     opened = open_model(checkpoint, overrides, kinds=(CHECKPOINT,))
-    return opened.model, opened.config, opened.step
+    return opened.model, copy.deepcopy(opened.config), opened.step
 
 
 def unsharded_state(checkpoint: str | Path, overrides: list[str] | None = None,
@@ -53,6 +55,7 @@ def export_model(checkpoint: str | Path, out: str | Path, overrides: list[str] |
 
 
 def load_exported(path: str | Path, overrides: list[str] | None = None):
-    """The plain (unsharded) model of an export, in eval mode, and its config (`overrides` on top)."""
+    """The plain (unsharded) model of an export, in eval mode, and its config (`overrides` on top; the caller's
+    to change)."""
     opened = open_model(path, overrides, kinds=(EXPORT,))
-    return opened.model, opened.config
+    return opened.model, copy.deepcopy(opened.config)

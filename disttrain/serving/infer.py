@@ -11,6 +11,7 @@ opens one (`disttrain.serving.open.open_model`): a checkpoint of any world size 
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import time
 from contextlib import nullcontext
@@ -19,11 +20,11 @@ from pathlib import Path
 import torch
 
 from disttrain.collectives import SingleProcess
-from disttrain.engine.build import build_model, open_data
 from disttrain.engine.evaluation import held_out_metrics
-from disttrain.engine.sharded_serve import MODES, WARMUP, default_iterations, timing_figures
 from disttrain.errors import ConfigError
 from disttrain.models import MODELS, model_spec
+from disttrain.planning.build import build_model, open_data
+from disttrain.serving.modes import MODES, WARMUP, default_iterations, timing_figures
 from disttrain.serving.open import CHECKPOINT, INT8, open_model, run_config
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -88,13 +89,15 @@ def check_exact_length(cfg, tables, exact_max_length: int) -> None:
 
 
 def _source(cfg, tables, batch_size: int, exact_max_length: int):
+    """(the config served: a copy with `batch_size` when given, the batches' source)."""
     if batch_size:
+        cfg = copy.deepcopy(cfg)
         cfg.train.batch_size = batch_size
     check_exact_length(cfg, tables, exact_max_length)
     source = open_data(cfg, tables, comm=SingleProcess(), rank=0)
     if exact_max_length:
         source.exact_history = exact_max_length
-    return source
+    return cfg, source
 
 
 def _autocast(precision: str):
@@ -114,7 +117,7 @@ def run_inference(checkpoint: str, *, mode: str, config: str | None = None, prec
         batch_size = 1
     with tempfile.TemporaryDirectory(prefix="disttrain-infer-") as scratch:
         cfg, predictor, step, path, tables = _open(checkpoint, config, overrides or [], precision, runtime, scratch)
-        source = _source(cfg, tables, batch_size, exact_max_length)
+        cfg, source = _source(cfg, tables, batch_size, exact_max_length)
         result = {"checkpoint": str(path), "step": step, "model": cfg.model.name, "flavor": cfg.model.flavor,
                   "mode": mode, "precision": precision, "runtime": runtime, "batch_size": cfg.train.batch_size}
         with torch.no_grad(), _autocast(precision):

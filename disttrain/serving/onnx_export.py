@@ -28,9 +28,9 @@ from torch import nn
 from disttrain import config as config_mod
 from disttrain.batch import KeyedBags
 from disttrain.collectives import SingleProcess
-from disttrain.engine.build import open_data
 from disttrain.errors import ConfigError, DataError, DisttrainError, missing
 from disttrain.models import MODELS, model_spec
+from disttrain.planning.build import open_data
 from disttrain.serving.open import CHECKPOINT, open_model
 
 OPSET = 17
@@ -144,6 +144,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, overrides: list[str]
                           f"(ModelSpec.onnx=False); export-onnx supports {supported} and models whose spec allows it")
     onnx = _onnx()
     stored = config_mod.to_yaml(cfg)  # the metadata keeps the run's own batch size
+    cfg = copy.deepcopy(cfg)
     cfg.train.batch_size = verify_batch
     source = open_data(cfg, model.tables, comm=SingleProcess(), rank=0)
     batch = source.batch(0, split=source.held_out[1])

@@ -32,13 +32,13 @@ from torch import nn
 
 from disttrain import config as config_mod
 from disttrain.collectives import SingleProcess
-from disttrain.engine.build import build_model, build_plan
 from disttrain.engine.checkpoint import META, find_checkpoint, load_checkpoint, read_manifest, remote
 from disttrain.engine.checkpoint.layout import EXPORT_FORMAT, dense_buffers, is_export
 from disttrain.engine.checkpoint.verify import read_meta
 from disttrain.errors import ConfigError, DataError
 from disttrain.layers.dynamic_lookup import ServingEmbeddingBags
 from disttrain.parallelize import Parallelized, parallelize
+from disttrain.planning.build import build_model, build_plan
 from disttrain.serving.int8_layers import FORMAT as INT8_FORMAT
 from disttrain.serving.int8_layers import MODEL_FILE, int8_model, is_quantized, model_file
 from disttrain.sharding.plan import ShardingPlan
@@ -81,7 +81,9 @@ def open_model(path: str | Path, overrides: Sequence[str] | None = None, *, kind
     overrides = list(overrides or [])
     kind = _kind(path, tuple(kinds), key)
     reader = {CHECKPOINT: _open_checkpoint, EXPORT: _open_export, INT8: _open_int8}[kind]
-    return reader(path, overrides, config=config, key=key, load=load)
+    opened = reader(path, overrides, config=config, key=key, load=load)
+    opened.config.freeze()  # checked once, here; a verb that serves it otherwise changes a copy
+    return opened
 
 
 def kind_of(path: str | Path) -> str:
@@ -132,17 +134,19 @@ def _open_checkpoint(spec, overrides: list[str], *, config: str | None, key: str
         read_manifest(path)
         meta = read_meta(path)  # checked field by field; `load_checkpoint` hashes it with the rest
         cfg = run_config(meta["config"], f"{where}/{META}", config, overrides)
-        model = _load_plain(path, cfg) if load else None
+        model, cfg = _load_plain(path, cfg) if load else (None, cfg)
     finally:
         remote.release(path)
     return Opened(CHECKPOINT, where, cfg, meta["step"], model, meta["config"])
 
 
-def _one_process(cfg: config_mod.Config) -> tuple[nn.Module, ShardingPlan]:
-    """The model (tables on meta) and its plan on one process, every table whole."""
+def _one_process(cfg: config_mod.Config) -> tuple[nn.Module, ShardingPlan, config_mod.Config]:
+    """The model (tables on meta), its plan on one process, every table whole, and the config of that plan (a
+    copy of `cfg`)."""
+    cfg = copy.deepcopy(cfg)
     cfg.sharding.strategy, cfg.sharding.tables, cfg.sharding.num_column_shards = "table_wise", {}, 0
     cfg.launch.backend = "gloo"
-    return build_plan(cfg, 1)
+    return (*build_plan(cfg, 1), cfg.freeze())
 
 
 def _parallelize(model: nn.Module, plan: ShardingPlan, cfg: config_mod.Config) -> Parallelized:
@@ -152,19 +156,20 @@ def _parallelize(model: nn.Module, plan: ShardingPlan, cfg: config_mod.Config) -
 
 def single_process(cfg: config_mod.Config) -> Parallelized:
     """The model on one process, every table whole on rank 0: where a sharded checkpoint is assembled."""
-    return _parallelize(*_one_process(cfg), cfg)
+    model, plan, one = _one_process(cfg)
+    return _parallelize(model, plan, one)
 
 
-def _load_plain(path: Path, cfg: config_mod.Config) -> nn.Module:
-    """The checkpoint at `path` as the plain model, from one build: a copy is kept plain while the build is
-    parallelized on one process and loaded (whatever world and plan wrote the checkpoint: resharding), then the
-    loaded tensors are assigned to the copy."""
-    model, plan = _one_process(cfg)
+def _load_plain(path: Path, cfg: config_mod.Config) -> tuple[nn.Module, config_mod.Config]:
+    """The checkpoint at `path` as the plain model, from one build, and the one-process config it was loaded
+    with: a copy is kept plain while the build is parallelized on one process and loaded (whatever world and
+    plan wrote the checkpoint: resharding), then the loaded tensors are assigned to the copy."""
+    model, plan, one = _one_process(cfg)
     plain = copy.deepcopy(model)
-    par = _parallelize(model, plan, cfg)
-    load_checkpoint(path, par=par, comm=SingleProcess(), cfg=cfg)
+    par = _parallelize(model, plan, one)
+    load_checkpoint(path, par=par, comm=SingleProcess(), cfg=one)
     return assign(plain, plain_state(par), source=str(remote.source_of(path)),
-                  name=f"{cfg.model.name}/{cfg.model.flavor}")
+                  name=f"{cfg.model.name}/{cfg.model.flavor}"), one
 
 
 def plain_state(par: Parallelized) -> dict[str, torch.Tensor]:

@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 from disttrain.collectives import SingleProcess
-from disttrain.engine.build import open_data
 from disttrain.engine.evaluation import held_out_metrics
 from disttrain.errors import ConfigError
 from disttrain.models import model_spec
+from disttrain.planning.build import open_data
 from disttrain.serving.int8 import (
     MODEL_FILE,
     REPORT_FILE,

@@ -8,27 +8,28 @@ files, once, and the workers load it."""
 
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 from pathlib import Path
 
-from disttrain.engine.build import build_model
-from disttrain.engine.sharded_serve import default_iterations
 from disttrain.errors import ConfigError
-from disttrain.launch import launch_as
+from disttrain.planning.build import build_model
 from disttrain.serving.infer import check_exact_length
+from disttrain.serving.modes import default_iterations
 from disttrain.serving.open import CHECKPOINT, open_model
 
 
-def run_sharded_inference(checkpoint: str, *, nproc: int, mode: str, config: str | None = None,
+def run_sharded_inference(checkpoint: str, launch_as, *, nproc: int, mode: str, config: str | None = None,
                           precision: str = "fp32", batch_size: int = 0, iterations: int = 0, exact_max_length: int = 0,
                           overrides: list[str] | None = None) -> dict:
     """The checkpoint sharded over `nproc` local worker processes (the same workers, plan and resharding as
-    training; tables that fit no single worker are split), served in one of the modes."""
+    training; tables that fit no single worker are split), served in one of the modes. `launch_as(cfg, task,
+    request)` starts the workers (`disttrain.launch.launch_as`; serving itself never starts processes)."""
     if precision == "int8":
         raise ConfigError("--precision int8 with --nproc: the int8 model serves in one process; expected --nproc 1")
     opened = open_model(checkpoint, overrides, kinds=(CHECKPOINT,), config=config, key="--checkpoint", load=False)
-    cfg = opened.config
+    cfg = copy.deepcopy(opened.config)  # the workers' config: the checkpoint's, set to serve
     if mode == "latency":
         batch_size = nproc  # one request per rank at a time
     if batch_size:

@@ -15,9 +15,9 @@ import time
 import torch
 
 from disttrain.collectives import SingleProcess
-from disttrain.engine.build import build_model, open_data
-from disttrain.engine.loss import training_loss
 from disttrain.models import model_spec
+from disttrain.models.loss import training_loss
+from disttrain.planning.build import build_model, open_data
 
 GEMM_SIZE = 1024
 COUNT_BATCH = 64

@@ -11,9 +11,9 @@ import time
 from statistics import median
 
 from disttrain.config import Config
-from disttrain.engine.build import build_plan
-from disttrain.engine.cluster import machine_of, workload_of
 from disttrain.errors import ConfigError
+from disttrain.planning.build import build_plan
+from disttrain.planning.cluster import machine_of, workload_of
 from disttrain.sharding.cost_model import predict, rank_costs
 
 MAX_WORLD = 1 << 14
@@ -41,7 +41,7 @@ def simulate(cfg: Config, worlds: list[int], *, batch_per_rank: int = 0, base_wo
     per_rank = batch_per_rank or max(cfg.train.batch_size // base_world, 1)
     flops = None
     if count_flops:
-        from disttrain.engine.roofline import flops_per_sample
+        from disttrain.planning.roofline import flops_per_sample
 
         flops = flops_per_sample(cfg)
     machine = machine_of(cfg)

@@ -2,9 +2,9 @@
 
 Launched like training (any launcher; the worker entry point runs this instead of the trainer when
 its job is `probe`: `disttrain.runtime.job`), every rank at once, pinned and threaded as training would be:
-- `gemm_gflops`: fp32 matmuls on the rank's threads (`engine.roofline.gemm_gflops`);
+- `gemm_gflops`: fp32 matmuls on the rank's threads (`planning.roofline.gemm_gflops`);
 - `dense_efficiency`: the configured model's dense training step (forward, backward, SGD; tiny tables) on the
-  rank's share of `train.batch_size`, as a share of that GEMM rate (the model's FLOPs: `engine.roofline`);
+  rank's share of `train.batch_size`, as a share of that GEMM rate (the model's FLOPs: `planning.roofline`);
 - `memory_gbs`: random rows gathered from and added back into a table far larger than the caches, counted as the
   cost model counts lookup bytes (3 x the row bytes per id with SGD);
 - links through the job's own collectives (shared memory between ranks of one host, else the network):
@@ -17,7 +17,6 @@ The slowest rank's rates are kept. Rank 0 writes `probe.json` ({"machine": {...}
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 
@@ -43,8 +42,8 @@ def _timed(fn, seconds: float) -> float:
 def dense_efficiency(cfg, batch: int, gemm: float, steps: int = 6) -> float:
     """The share of `gemm` GFLOP/s the configured model's dense training step reaches on `batch` samples (tiny
     tables: lookups are the cost model's other term)."""
-    from disttrain.engine.loss import training_loss
-    from disttrain.engine.roofline import dense_model, flops_per_sample
+    from disttrain.models.loss import training_loss
+    from disttrain.planning.roofline import dense_model, flops_per_sample
 
     model, data, spec = dense_model(cfg, batch)
     params = [p for name, p in model.named_parameters() if not name.startswith("embeddings.")]
@@ -100,9 +99,8 @@ def link_rates(comm) -> tuple[float, float]:
 
 
 def run_probe(cfg, env, comm, placement: dict) -> dict | None:
-    """Measure on every rank; rank 0 writes and returns the result."""
-    from disttrain.engine.outputs import run_dir
-    from disttrain.engine.roofline import gemm_gflops
+    """Measure on every rank; rank 0 returns the result (its caller writes it to the run's `probe.json`)."""
+    from disttrain.planning.roofline import gemm_gflops
     from disttrain.shm_collectives import host_id
 
     threads = int(placement.get("threads") or torch.get_num_threads())
@@ -133,7 +131,6 @@ def run_probe(cfg, env, comm, placement: dict) -> dict | None:
             machine |= {"inter_gbs": rate * sharing, "inter_latency_us": latency}
     result = {"machine": machine, "world_size": comm.world_size, "hosts": nodes, "per_rank": everyone,
               "cpu": _cpu_model(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    (run_dir(cfg) / "probe.json").write_text(json.dumps(result, indent=2))
     return result
 
 

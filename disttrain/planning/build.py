@@ -15,17 +15,28 @@ import torch
 from disttrain.config import Config, check_table_count
 from disttrain.data.contract import DataSource, SourceSpec
 from disttrain.data.sources import open_source, source_spec
-from disttrain.engine.cluster import machine_of, ranks_per_node, workload_of
 from disttrain.errors import ConfigError
 from disttrain.models import ModelSpec, model_spec
 from disttrain.optim import optimizer_spec
+from disttrain.planning.cluster import machine_of, ranks_per_node, workload_of
 from disttrain.sharding.plan import DynamicSettings, ShardingPlan
 from disttrain.sharding.planner import plan_sharding
 from disttrain.tables import EmbeddingTableSpec, by_alias, dynamic_indices
 
 
 def check_config(cfg: Config) -> ModelSpec:
-    """The registry checks of a parsed config; returns the model's spec. One line per problem, naming the key."""
+    """The registry checks of a parsed config; returns the model's spec. One line per problem, naming the key.
+    Done once per config object: the spec is kept with the values it was checked for (a copy is checked anew)."""
+    values = (cfg.model.name, cfg.model.flavor, cfg.data.source, cfg.data.path, cfg.train.epochs, cfg.train.optimizer)
+    done = cfg.__dict__.get("_checked")
+    if done is not None and done[0] == values:
+        return done[1]
+    spec = _check(cfg)
+    object.__setattr__(cfg, "_checked", (values, spec))
+    return spec
+
+
+def _check(cfg: Config) -> ModelSpec:
     spec = model_spec(cfg.model.name)
     spec.check_flavor(cfg.model.flavor)
     source = data_source_spec(cfg, spec)
@@ -131,7 +142,7 @@ def open_data(cfg: Config, tables: list[EmbeddingTableSpec], *, comm, rank: int,
     """The batch source `data.source` means for this model (collective: every rank opens it). `verified`: the
     `data.path` whose checksums the launch pre-flight checked (the job's `verified_data`): the source is opened
     with `data.verify=size` then, so no worker hashes it again."""
-    spec = model_spec(cfg.model.name)
+    spec = check_config(cfg)
     if verified and verified == cfg.data.path and cfg.data.verify == "checksum":
         cfg = copy.deepcopy(cfg)
         cfg.data.verify = "size"
