@@ -58,6 +58,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.precision": ("fp32", "bf16"),
     "train.nonfinite_loss": ("stop", "skip"),
     "train.resume_data": ("auto", "continue", "restart"),
+    "train.sparse_kernel": ("auto", "compiled", "torch"),
     "sharding.strategy": STRATEGIES,
     "launch.affinity": AFFINITIES,
     "launch.backend": BACKENDS,

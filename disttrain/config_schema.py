@@ -173,6 +173,11 @@ class TrainConfig(_Freezable):
                                            "the step and the ranks; no update is applied, so the last checkpoint "
                                            "stays the last good one) or `skip` (the step's update is dropped on "
                                            "every rank and counted in `summary.json` `skipped_steps`)")
+    sparse_kernel: str = key("auto", help="fp32 tables' row updates: `compiled` (a C kernel built at first use, "
+                                          "cached in ~/.cache/disttrain/kernels: `sgd` bitwise torch's result, "
+                                          "`adagrad`/`adagraddecay` within 2 ulp per update), `torch` (torch's "
+                                          "ops), `auto` (compiled where it is bitwise, `sgd`, and a C compiler "
+                                          "is present)")
     profile_steps: int = key(0, help="record N steps after the warm-up with torch.profiler: each rank writes "
                                      "`<run.output_dir>/trace_rank<R>.json` (Chrome trace), like DeepRec's "
                                      "`--timeline`; those steps are left out of samples/s")

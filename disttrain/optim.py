@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 
 from disttrain.errors import ConfigError
+from disttrain.layers import row_kernels
+from disttrain.layers.row_kernels import library, library_mode_checked
 
 ADAGRAD_EPS = 1e-10
 ADAM_EPS = 1e-8
@@ -53,6 +55,11 @@ class OptimizerSpec:
     every_step: Callable | None = None
     # False: the update is linear in the gradient, so fp32 rows need no coalescing (duplicates add up).
     coalesce: bool = True
+    # compiled(optimizer, weight, state, rows, grads) -> bool: the same update by `disttrain.layers.row_kernels`
+    # (fp32 tables; False: the tensors do not fit it, `sparse_update` runs instead). `compiled_exact`: bitwise
+    # the torch ops' result, so `train.sparse_kernel=auto` uses it; else only `compiled` does.
+    compiled: Callable | None = None
+    compiled_exact: bool = False
     description: str = ""
 
     @property
@@ -85,9 +92,12 @@ class SparseRowOptimizer:
     """Applies `OPTIMIZERS[kind]`'s sparse update to the row gradients a sharded collection hands over
     (`pop_pending()`: per fused weight, rows and their gradients)."""
 
-    def __init__(self, collection, *, kind: str, lr: float, seed: int = 0):
+    def __init__(self, collection, *, kind: str, lr: float, seed: int = 0, kernel: str = "auto"):
         self.collection, self.kind, self.lr, self.seed = collection, kind, lr, seed
         self.spec = optimizer_spec(kind)
+        self.kernel = kernel  # `train.sparse_kernel`
+        wanted = self.spec.compiled is not None and (kernel == "compiled" or self.spec.compiled_exact)
+        self._lib = library(kernel) if wanted and collection.device.type == "cpu" else library_mode_checked(kernel)
         self.state: dict[str, dict[str, torch.Tensor]] = {}
         self.steps = 0
         self._generator = torch.Generator(device=collection.device)
@@ -133,7 +143,8 @@ class SparseRowOptimizer:
             grads = grads.float()
             if self.spec.coalesce or weight.dtype != torch.float32:  # bf16 rows are rounded once per row
                 rows, grads = _coalesce(rows, grads)
-            self.spec.sparse_update(self, weight, state, rows, grads)
+            if self._lib is None or not self.spec.compiled(self, weight, state, rows, grads):
+                self.spec.sparse_update(self, weight, state, rows, grads)
         self.collection.end_step()
 
     def add(self, weight: torch.Tensor, rows: torch.Tensor, delta: torch.Tensor) -> None:
@@ -172,6 +183,14 @@ def _adam(opt: SparseRowOptimizer, weight, state, rows, grads) -> None:
     state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
     step_size = opt.lr * math.sqrt(1 - beta2**opt.steps) / (1 - beta1**opt.steps)
     opt.add(weight, rows, exp_avg / exp_avg_sq.sqrt_().add_(ADAM_EPS) * -step_size)
+
+
+def _compiled_sgd(opt: SparseRowOptimizer, weight, state, rows, grads) -> bool:
+    return row_kernels.sgd(opt._lib, weight, rows, grads, opt.lr)
+
+
+def _compiled_adagrad(opt: SparseRowOptimizer, weight, state, rows, grads) -> bool:
+    return row_kernels.adagrad(opt._lib, weight, state["sum"], rows, grads, opt.lr, ADAGRAD_EPS)
 
 
 def _decay_all_rows(opt: SparseRowOptimizer) -> None:
@@ -226,14 +245,16 @@ def _dense_adam(params, lr: float) -> torch.optim.Optimizer:
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     spec.name: spec
     for spec in (
-        OptimizerSpec("sgd", {}, _sgd, _dense_sgd, coalesce=False, description="plain SGD"),
-        OptimizerSpec("adagrad", {"sum": ELEMENT}, _adagrad, _dense_adagrad, description="Adagrad"),
+        OptimizerSpec("sgd", {}, _sgd, _dense_sgd, coalesce=False, compiled=_compiled_sgd, compiled_exact=True,
+                      description="plain SGD"),
+        OptimizerSpec("adagrad", {"sum": ELEMENT}, _adagrad, _dense_adagrad, compiled=_compiled_adagrad,
+                      description="Adagrad"),
         OptimizerSpec("rowwise_adagrad", {"sum": ROW}, _rowwise_adagrad, _dense_adagrad,
                       description="Adagrad with one accumulator per embedding row (dense part: Adagrad)"),
         OptimizerSpec("adam", {"exp_avg": ELEMENT, "exp_avg_sq": ELEMENT}, _adam, _dense_adam,
                       description="lazy Adam on rows (torch's SparseAdam), Adam on the dense part"),
         OptimizerSpec("adagraddecay", {"sum": ELEMENT}, _adagrad, lambda params, lr: AdagradDecay(params, lr=lr),
-                      initial=DECAY_INITIAL, every_step=_decay_all_rows,
+                      initial=DECAY_INITIAL, every_step=_decay_all_rows, compiled=_compiled_adagrad,
                       description="DeepRec's AdagradDecay: accumulators from 0.1, x0.9 every 100k steps"),
     )
 }

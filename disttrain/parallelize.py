@@ -50,6 +50,7 @@ def parallelize(
     lr: float,
     seed: int,
     device: torch.device | str = "cpu",
+    sparse_kernel: str = "auto",
 ) -> Parallelized:
     """`model` must expose `tables` (its EmbeddingTableSpec list) and an `embeddings` submodule. Everything
     (shards, dense parameters, the gradient buffer) lives on `device`."""
@@ -66,6 +67,6 @@ def parallelize(
         embeddings=embeddings,
         grads=grads,
         dense_optimizer=dense_optimizer(dense_params, kind=optimizer, lr=lr),
-        sparse_optimizer=SparseRowOptimizer(embeddings, kind=optimizer, lr=lr, seed=seed),
+        sparse_optimizer=SparseRowOptimizer(embeddings, kind=optimizer, lr=lr, seed=seed, kernel=sparse_kernel),
         plan=plan,
     )

@@ -58,7 +58,7 @@ class Trainer:
                                      device=self.device, checked=job.resources_checked)
         self.par: Parallelized = parallelize(
             model, plan=self.plan, comm=comm, optimizer=cfg.train.optimizer, lr=cfg.train.lr, seed=cfg.train.seed,
-            device=self.device,
+            device=self.device, sparse_kernel=cfg.train.sparse_kernel,
         )
         self.model = self.par.model
         self.has_buffers = bool(dense_tensors(self.model, parameters=False))
