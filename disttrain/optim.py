@@ -95,9 +95,9 @@ class SparseRowOptimizer:
     def __init__(self, collection, *, kind: str, lr: float, seed: int = 0, kernel: str = "auto"):
         self.collection, self.kind, self.lr, self.seed = collection, kind, lr, seed
         self.spec = optimizer_spec(kind)
-        self.kernel = kernel  # `train.sparse_kernel`
-        wanted = self.spec.compiled is not None and (kernel == "compiled" or self.spec.compiled_exact)
-        self._lib = library(kernel) if wanted and collection.device.type == "cpu" else library_mode_checked(kernel)
+        library_mode_checked(kernel)  # `train.sparse_kernel`; the kernels are loaded (built) at the first step,
+        self.kernel = kernel  # so a model opened to serve never builds them
+        self._lib, self._resolved = None, False
         self.state: dict[str, dict[str, torch.Tensor]] = {}
         self.steps = 0
         self._generator = torch.Generator(device=collection.device)
@@ -130,8 +130,14 @@ class SparseRowOptimizer:
     def zero_grad(self) -> None:
         self.collection.pop_pending()  # drains in-flight gradient exchanges too
 
+    def _kernels(self):
+        wanted = self.spec.compiled is not None and (self.kernel == "compiled" or self.spec.compiled_exact)
+        return library(self.kernel) if wanted and self.collection.device.type == "cpu" else None
+
     @torch.no_grad()
     def step(self) -> None:
+        if not self._resolved:
+            self._lib, self._resolved = self._kernels(), True
         self.steps += 1
         if self.spec.every_step is not None:
             self.spec.every_step(self)

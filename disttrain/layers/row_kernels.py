@@ -7,8 +7,9 @@ these CPUs is off by one unit in the last place for ~0.7% of inputs; an update t
 the last place (tests/test_row_kernels.py states it). Adagrad's kernel therefore runs only with
 `train.sparse_kernel=compiled`; `auto` keeps torch's ops for it.
 
-The C source beside this file is built at first use with the machine's C compiler (`cc`, `-O3 -march=native
--ffp-contract=off`) into `~/.cache/disttrain/kernels/<hash of source, flags and compiler>/`, once per machine:
+The C source beside this file is built at the first training step with the machine's C compiler (`cc`, `-O3
+-march=native -ffp-contract=off`) into `~/.cache/disttrain/kernels/<hash of source, flags and compiler>/`, once
+per machine (later processes only load it; serving never builds it):
 ranks that build at the same moment each write their own file and rename it into place. It is loaded with
 ctypes (no torch headers to compile: the build takes well under a second). Where there is no compiler, or the
 build fails, `train.sparse_kernel=auto` keeps torch's ops (said once on stderr); `compiled` is an error then.
@@ -40,12 +41,26 @@ def _compiler() -> str | None:
     return shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
 
+def _cpu() -> str:
+    """The CPU's model and instruction sets (a home directory shared between machines keeps one build per CPU)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+
+        return platform.processor() or platform.machine()
+    wanted = ("model name", "flags")
+    return " ".join(line for line in text.splitlines()[:40] if line.split(":")[0].strip() in wanted)
+
+
 def _build() -> ctypes.CDLL:
     compiler = _compiler()
     if compiler is None:
         raise OSError("no C compiler (cc, gcc or clang) on the PATH")
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + version.encode()).hexdigest()[:16]
+    found = Path(compiler).resolve()  # the compiler's file (its path, size and time stand for its version)
+    stat = found.stat()
+    identity = f"{found} {stat.st_size} {stat.st_mtime_ns} {_cpu()}".encode()  # -march=native: per CPU
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + identity).hexdigest()[:16]
     target = CACHE / key / "row_kernels.so"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
