@@ -41,11 +41,6 @@ def launch_world(cfg: config_mod.Config) -> tuple[int, int]:
     return launcher_for(cfg.launch.launcher).world(cfg)
 
 
-def prepare_launch(cfg: config_mod.Config, *, task: str = "train", serve: dict | None = None) -> str:
-    """`resolve_job`'s config path (the resolved config itself is dropped)."""
-    return resolve_job(cfg, task=task, serve=serve)[1]
-
-
 def resolve_job(cfg: config_mod.Config, *, task: str = "train",
                 serve: dict | None = None) -> tuple[config_mod.Config, str]:
     """Validate everything that can fail before any process starts (config, plan, pinning, data, the checkpoint

@@ -14,7 +14,7 @@ import pytest
 
 from disttrain import api
 from disttrain.config import load_config
-from disttrain.launch import prepare_launch
+from disttrain.launch import resolve_job
 from disttrain.launchers.torchrun import torchrun_command
 from disttrain.runtime.job import TRAIN, Job, job_path, read_job, worker_arguments
 
@@ -45,7 +45,7 @@ def test_preparing_a_launch_writes_the_job_beside_the_config_and_leaves_the_envi
     for task, serve in (("train", None), ("serve", {"mode": "throughput", "iterations": 2, "exact_max_length": 0}),
                         ("probe", None)):
         cfg = load_config(None, [*SMALL, f"run.output_dir={tmp_path}/{task}"])
-        config_path = prepare_launch(cfg, task=task, serve=serve)
+        _, config_path = resolve_job(cfg, task=task, serve=serve)
         job = read_job(job_path(config_path))
         assert job == Job(task=task, serve=serve, resources_checked=True)
         assert dict(os.environ) == before
@@ -108,7 +108,7 @@ def test_the_config_is_checked_once_then_frozen_and_the_callers_stays_as_it_was(
     import copy
 
     from disttrain.config_schema import FrozenConfigError
-    from disttrain.launch import load_checked, resolve_job
+    from disttrain.launch import load_checked
     from disttrain.planning import build
 
     calls = []
