@@ -25,7 +25,7 @@ for r in range(rounds):
             s = json.loads((out / "summary.json").read_text())
             ph = {k: round(v["median"], 2) for k, v in s["breakdown"]["phases"].items()}
             res.setdefault((precision, kernel), []).append((s["samples_per_s"], ph, s["train_loss"]))
-            print(f"round {r+1} {precision} {kernel}: {s['samples_per_s']:,.0f} samples/s opt {ph['optimizer']} ms lookup {ph['embedding_lookup']} loss {s['train_loss']}", flush=True)
+            print(f"round {r+1} {precision} {kernel}: {s['samples_per_s']:,.0f} samples/s opt {ph['optimizer']} ms lookup {ph['embedding_lookup']} dense fwd {ph['dense_forward']} bwd {ph['dense_backward']} a2a {ph['all_to_all']} loss {s['train_loss']}", flush=True)
 for precision in ("fp32", "bf16"):
     t = [x[0] for x in res[(precision, "torch")]]
     a = [x[0] for x in res[(precision, "auto")]]

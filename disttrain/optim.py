@@ -36,6 +36,7 @@ ADAM_BETAS = (0.9, 0.999)
 DECAY_INITIAL = 0.1  # AdagradDecay: the accumulators' start and floor
 DECAY_STEPS = 100_000
 DECAY_RATE = 0.9
+UNRESOLVED = object()
 ELEMENT, ROW = "element", "row"  # a sparse state tensor has one value per weight element, or one per row
 
 
@@ -97,7 +98,7 @@ class SparseRowOptimizer:
         self.spec = optimizer_spec(kind)
         library_mode_checked(kernel)  # `train.sparse_kernel`; the kernels are loaded (built) at the first step,
         self.kernel = kernel  # so a model opened to serve never builds them
-        self._lib, self._resolved = None, False
+        self._lib = UNRESOLVED  # the row kernels (or None: torch's ops), chosen at the first step
         self.state: dict[str, dict[str, torch.Tensor]] = {}
         self.steps = 0
         self._generator = torch.Generator(device=collection.device)
@@ -131,13 +132,18 @@ class SparseRowOptimizer:
         self.collection.pop_pending()  # drains in-flight gradient exchanges too
 
     def _kernels(self):
+        """The row kernels where this optimizer has one it may use. Asking for the library also turns this
+        process's compiled dot interaction on (or, with `torch`, off) from the next forward on."""
+        if self.collection.device.type != "cpu":
+            return None
+        lib = library(self.kernel)
         wanted = self.spec.compiled is not None and (self.kernel == "compiled" or self.spec.compiled_exact)
-        return library(self.kernel) if wanted and self.collection.device.type == "cpu" else None
+        return lib if wanted else None
 
     @torch.no_grad()
     def step(self) -> None:
-        if not self._resolved:
-            self._lib, self._resolved = self._kernels(), True
+        if self._lib is UNRESOLVED:
+            self._lib = self._kernels()
         self.steps += 1
         if self.spec.every_step is not None:
             self.spec.every_step(self)

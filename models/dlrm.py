@@ -14,7 +14,7 @@ from torch import nn
 
 from disttrain.batch import KeyedBags
 from disttrain.errors import DataError
-from disttrain.layers import EmbeddingBagCollection, dot_interaction
+from disttrain.layers import EmbeddingBagCollection, dot_interaction_cat
 from disttrain.models.spec import CTR_SOURCES, ModelSpec, config_tables
 from disttrain.tables import EmbeddingTableSpec
 
@@ -91,10 +91,9 @@ class DLRM(nn.Module):
 
     def interact(self, dense_BD: torch.Tensor, pooled: list[torch.Tensor]) -> torch.Tensor:
         """`pooled`: per table [B, 1, D]."""
-        vectors_BVD = torch.cat([dense_BD.unsqueeze(1), *pooled], dim=1)
         if self.interaction == "cat":
-            return vectors_BVD.flatten(1)
-        return torch.cat([dense_BD, dot_interaction(vectors_BVD, self.tril_flat)], dim=1)
+            return torch.cat([dense_BD.unsqueeze(1), *pooled], dim=1).flatten(1)
+        return dot_interaction_cat(dense_BD, pooled, self.tril_flat)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedBags) -> torch.Tensor:
         """Logits [batch]; `torch.sigmoid` of them is the click probability."""

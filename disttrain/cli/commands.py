@@ -178,6 +178,12 @@ def cmd_bench(args) -> int:
     print(f"roofline: {limit['flops_per_sample'] / 1e6:.2f} MFLOP per sample (forward + backward matmuls); "
           f"{limit['gemm_dtype']} GEMM {limit['gemm_gflops']:.0f} GFLOP/s on {result['threads']} thread(s) -> "
           f"at most {limit['limit_samples_per_s']:,.0f} samples/s; this run reached {limit['share']:.0%}")
+    phases = summary.get("breakdown", {}).get("phases", {})
+    for name, bound in limit.get("phase_bounds", {}).items():
+        if name in phases:
+            print(f"  {name}: {phases[name]['median']:.2f} ms per step against {bound['ms']:.2f} ms to move its "
+                  f"{bound['bytes'] / 1e6:.1f} MB at {limit['memory_gbps_per_rank']:.0f} GB/s "
+                  f"({limit['ids_per_rank_step']:,.0f} ids per rank per step)")
     print(f"BENCH {summary['model']}/{summary['flavor']} world_size={summary['world_size']} "
           f"global_batch={summary['global_batch_size']} samples_per_s={summary['samples_per_s']:.0f} "
           f"roofline_share={limit['share']:.3f}")

@@ -12,10 +12,10 @@ from disttrain.layers.batch_stats import (
     batch_stats_norm,
     set_collectives,
 )
-from disttrain.layers.interaction import dot_interaction
+from disttrain.layers.interaction import dot_interaction, dot_interaction_cat
 from disttrain.layers.shapes import padded_length, positions
 from disttrain.layers.tf_gru import TFGRU
 from disttrain.layers.unsharded_embedding_bags import EmbeddingBagCollection
 
 __all__ = ["TFGRU", "AlignedLinear", "BatchMoments", "BatchNorm", "Dice", "EmbeddingBagCollection", "FrozenBatchNorm",
-           "align_linears", "batch_stats_norm", "dot_interaction", "padded_length", "positions", "set_collectives"]
+           "align_linears", "batch_stats_norm", "dot_interaction", "dot_interaction_cat", "padded_length", "positions", "set_collectives"]

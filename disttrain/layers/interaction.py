@@ -8,7 +8,11 @@ lives in a buffer that is zeroed once: only the pair positions are ever written,
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
+
+from disttrain.layers import row_kernels
 
 _GRAD_BUFFERS: dict[tuple, torch.Tensor] = {}
 
@@ -72,3 +76,69 @@ class _DotInteraction(torch.autograd.Function):
 def dot_interaction(vectors_BVD: torch.Tensor, pairs_flat: torch.Tensor) -> torch.Tensor:
     """[B, V, D] -> [B, P]: dot products of the pairs `pairs_flat` (flat indices i * V + j, i > j)."""
     return _DotInteraction.apply(vectors_BVD, pairs_flat)
+
+
+class _CompiledDotInteraction(torch.autograd.Function):
+    """[dense | pairs of (dense, *pooled)] in one pass of `interaction_kernels.c`, reading each vector where it lies;
+    fp32 (bitwise the torch path's at width 16 here) or bf16 (sums in fp32, each result rounded once)."""
+
+    @staticmethod
+    def forward(ctx, lib, dense_BD: torch.Tensor, *pooled: torch.Tensor) -> torch.Tensor:
+        vectors = (dense_BD, *pooled)
+        batch, dim, count = dense_BD.shape[0], dense_BD.shape[1], len(vectors)
+        pointers, strides = _addresses(vectors)
+        out = torch.empty(batch, dim + count * (count - 1) // 2, dtype=dense_BD.dtype)
+        if _kernel(lib, "forward", out.dtype)(pointers, strides, count, batch, dim, out.data_ptr()) != 0:
+            raise MemoryError("dot interaction: no memory for the kernel's scratch")
+        ctx.lib = lib
+        ctx.save_for_backward(*vectors)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        vectors = ctx.saved_tensors
+        batch, dim, count = vectors[0].shape[0], vectors[0].shape[1], len(vectors)
+        pointers, strides = _addresses(vectors)
+        grad_out = grad_out.to(vectors[0].dtype).contiguous()
+        grad = torch.empty(count, batch, dim, dtype=vectors[0].dtype)  # each vector's gradient contiguous
+        if _kernel(ctx.lib, "backward", grad.dtype)(pointers, strides, count, batch, dim, grad_out.data_ptr(),
+                                                     grad.data_ptr()) != 0:
+            raise ValueError(f"dot interaction: width {dim}; expected a multiple of 16")
+        return (None, grad[0], *(grad[k].view(vectors[k].shape) for k in range(1, count)))
+
+
+def _kernel(lib, direction: str, dtype: torch.dtype):
+    return getattr(lib, f"disttrain_dot_{direction}_{'bf16' if dtype == torch.bfloat16 else 'f32'}")
+
+
+def _addresses(vectors: tuple[torch.Tensor, ...]):
+    """ctypes arrays: where each vector of sample 0 lies, and the step between samples (in elements)."""
+    pointers = (ctypes.c_void_p * len(vectors))(*(v.data_ptr() for v in vectors))
+    strides = (ctypes.c_int64 * len(vectors))(*(v.stride(0) for v in vectors))
+    return pointers, strides
+
+
+def _kernel_fits(dense_BD: torch.Tensor, pooled: list[torch.Tensor]) -> bool:
+    """CPU vectors of one width, a multiple of 16 (the backward's vector), whose values are contiguous: all fp32
+    outside autocast, or all bf16 (under a bf16 autocast the bottom MLP's output and the exchanged vectors are)."""
+    if dense_BD.device.type != "cpu" or dense_BD.dim() != 2 or dense_BD.shape[1] % 16:
+        return False
+    autocast = torch.is_autocast_enabled("cpu")
+    if autocast and torch.get_autocast_dtype("cpu") != torch.bfloat16:
+        return False
+    dtype = torch.bfloat16 if autocast else torch.float32
+    dim, batch = dense_BD.shape[1], dense_BD.shape[0]
+    return all(v.dtype == dtype and v.shape[0] == batch and v.numel() == batch * dim and v.stride(-1) == 1
+               and (v.dim() == 2 or (v.dim() == 3 and v.shape[1] == 1)) for v in (dense_BD, *pooled))
+
+
+def dot_interaction_cat(dense_BD: torch.Tensor, pooled: list[torch.Tensor], pairs_flat: torch.Tensor) -> torch.Tensor:
+    """DLRM's top-MLP input [B, D + P]: the dense vector, then the dot products of the pairs `pairs_flat` of
+    (dense, *pooled) (each pooled [B, 1, D]). With DLRM's whole lower triangle, fp32 vectors (or bf16 ones under a
+    bf16 autocast) and the compiled library in use (from a training run's first optimizer step, unless
+    `train.sparse_kernel=torch`), one kernel reads the vectors in place and writes the result."""
+    lib = row_kernels.loaded()
+    if lib is not None and _kernel_fits(dense_BD, pooled) and _lower_rows(len(pooled) + 1, pairs_flat):
+        return _CompiledDotInteraction.apply(lib, dense_BD, *pooled)
+    vectors_BVD = torch.cat([dense_BD.unsqueeze(1), *pooled], dim=1)
+    return torch.cat([dense_BD, dot_interaction(vectors_BVD, pairs_flat)], dim=1)

@@ -1,5 +1,6 @@
 """Compiled row updates for fp32 embedding tables (`train.sparse_kernel`): SGD and Adagrad (AdagradDecay too)
-applied from the row gradients in one pass that prefetches the rows ahead.
+applied from the row gradients in one pass that prefetches the rows ahead. The same library carries DLRM's fp32
+dot interaction (`interaction_kernels.c`, used by `disttrain.layers.interaction` once the library is loaded).
 
 SGD is bitwise the torch path's result (same operations, same order), so `auto` uses it. Adagrad differs from
 torch's in one place: the accumulator's square root is correctly rounded here, while torch's vectorized `sqrt` on
@@ -7,7 +8,7 @@ these CPUs is off by one unit in the last place for ~0.7% of inputs; an update t
 the last place (tests/test_row_kernels.py states it). Adagrad's kernel therefore runs only with
 `train.sparse_kernel=compiled`; `auto` keeps torch's ops for it.
 
-The C source beside this file is built at the first training step with the machine's C compiler (`cc`, `-O3
+The C sources beside this file are built at the first training step with the machine's C compiler (`cc`, `-O3
 -march=native -ffp-contract=off`) into `~/.cache/disttrain/kernels/<hash of source, flags and compiler>/`, once
 per machine (later processes only load it; serving never builds it):
 ranks that build at the same moment each write their own file and rename it into place. It is loaded with
@@ -29,12 +30,14 @@ import torch
 
 from disttrain.errors import ConfigError
 
-SOURCE = Path(__file__).with_name("row_kernels.c")
-FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared")
+SOURCES = (Path(__file__).with_name("row_kernels.c"), Path(__file__).with_name("interaction_kernels.c"))
+FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared")
 CACHE = Path.home() / ".cache" / "disttrain" / "kernels"
 MODES = ("auto", "compiled", "torch")
 
-_loaded: dict[str, ctypes.CDLL | str] = {}  # "lib": the library, or "error": why there is none
+# "lib": the library, or "error": why there is none; "use": the library while this process trains with it (the
+# last `library(mode)` call: a run with train.sparse_kernel=torch turns the compiled interaction off again)
+_loaded: dict[str, ctypes.CDLL | str | None] = {}
 
 
 def _compiler() -> str | None:
@@ -60,12 +63,13 @@ def _build() -> ctypes.CDLL:
     found = Path(compiler).resolve()  # the compiler's file (its path, size and time stand for its version)
     stat = found.stat()
     identity = f"{found} {stat.st_size} {stat.st_mtime_ns} {_cpu()}".encode()  # -march=native: per CPU
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + identity).hexdigest()[:16]
+    sources = b"".join(source.read_bytes() for source in SOURCES)
+    key = hashlib.sha256(sources + " ".join(FLAGS).encode() + identity).hexdigest()[:16]
     target = CACHE / key / "row_kernels.so"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f"row_kernels.{os.getpid()}.so")
-        done = subprocess.run([compiler, *FLAGS, "-o", str(partial), str(SOURCE), "-lm"], capture_output=True,
+        done = subprocess.run([compiler, *FLAGS, "-o", str(partial), *map(str, SOURCES), "-lm"], capture_output=True,
                               text=True)
         if done.returncode != 0:
             partial.unlink(missing_ok=True)
@@ -75,7 +79,18 @@ def _build() -> ctypes.CDLL:
     i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
     lib.disttrain_sgd_rows.argtypes = [ptr, i64, ptr, i64, ptr, f32]
     lib.disttrain_adagrad_rows.argtypes = [ptr, ptr, i64, ptr, i64, ptr, f32, f32]
+    for suffix in ("f32", "bf16"):
+        forward, backward = getattr(lib, f"disttrain_dot_forward_{suffix}"), getattr(lib, f"disttrain_dot_backward_{suffix}")
+        forward.restype = backward.restype = ctypes.c_int
+        forward.argtypes = [ptr, ptr, i64, i64, i64, ptr]
+        backward.argtypes = [ptr, ptr, i64, i64, i64, ptr, ptr]
     return lib
+
+
+def loaded() -> ctypes.CDLL | None:
+    """The library while this process trains with it (see `library`); never builds it."""
+    found = _loaded.get("use")
+    return found if isinstance(found, ctypes.CDLL) else None
 
 
 def library_mode_checked(mode: str) -> None:
@@ -87,9 +102,10 @@ def library_mode_checked(mode: str) -> None:
 def library(mode: str) -> ctypes.CDLL | None:
     """The compiled kernels for `train.sparse_kernel=mode` (None: use torch's ops)."""
     library_mode_checked(mode)
+    _loaded["use"] = None
     if mode == "torch":
         return None
-    if not _loaded:
+    if "lib" not in _loaded and "error" not in _loaded:
         try:
             _loaded["lib"] = _build()
         except OSError as exc:
@@ -97,6 +113,7 @@ def library(mode: str) -> ctypes.CDLL | None:
             if mode == "auto":
                 print(f"disttrain: compiled row updates unavailable ({exc}); using torch's ops", file=sys.stderr)
     if "lib" in _loaded:
+        _loaded["use"] = _loaded["lib"]
         return _loaded["lib"]
     if mode == "compiled":
         raise ConfigError(f"train.sparse_kernel: compiled, but the row kernels could not be built "
