@@ -127,29 +127,35 @@ def test_the_kernel_agrees_with_torchs_ops(lib, portable, batch, count, dim, str
 
 
 def test_the_torch_path_serves_what_the_kernel_does_not_take(lib):
-    """A width that is not a multiple of 16, bf16 vectors and autocast go through torch's ops (same values)."""
+    """A width that is not a multiple of 16, an fp16 autocast and other pairs go through torch's ops."""
     dense, pooled = _vectors(8, 4, 8, seed=0, strided=False)
     out = dot_interaction_cat(dense, pooled, _tril(4))
     assert out.grad_fn.name() == "CatBackward0"
     dense, pooled = _vectors(8, 4, 16, seed=0, strided=False)
     assert dot_interaction_cat(dense, pooled, _tril(4)).grad_fn.name() == "_CompiledDotInteractionBackward"
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 tables' vectors: rounded to bf16, as torch's path does
+        mixed = dot_interaction_cat(dense.to(torch.bfloat16), pooled, _tril(4))
+        assert mixed.grad_fn.name() == "_CompiledDotInteractionBackward" and mixed.dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.float16):
         assert dot_interaction_cat(dense, pooled, _tril(4)).grad_fn.name() == "CatBackward0"
     other_pairs = torch.tensor([1 * 4 + 0, 3 * 4 + 2])  # not the whole triangle
     assert dot_interaction_cat(dense, pooled, other_pairs).grad_fn.name() == "CatBackward0"
 
 
-def test_a_dlrm_run_with_the_kernel_is_the_run_without(tmp_path, lib):
-    """Embedding dim 16 (the kernel's case), 2 processes' worth of tables in one: torch's ops vs the library."""
+@pytest.mark.parametrize(("precision", "rel"), [("fp32", 1e-6), ("bf16", 2e-3)])
+def test_a_dlrm_run_with_the_kernel_is_the_run_without(tmp_path, lib, precision, rel):
+    """Embedding dim 16 (the kernel's case): torch's ops vs the library, fp32 (the same to 1e-6; bitwise here) and
+    bf16 autocast (each product rounded once instead of after oneDNN's own order)."""
     losses = {}
     for kernel in ("torch", "auto"):
         cfg = api.load_config(None, ["model.flavor=debug", "model.embedding_dim=16", "train.batch_size=64",
+                                     f"train.precision={precision}",
                                      "train.steps=8", f"train.sparse_kernel={kernel}", "run.progress=false",
                                      "run.tensorboard=false", "data.eval_batches=1", "launch.affinity=none",
                                      f"run.output_dir={tmp_path / kernel}"])
         losses[kernel] = api.train(cfg)["train_loss"]
         assert (row_kernels.loaded() is not None) == (kernel == "auto")  # the run turned it on or off
-    assert losses["auto"] == pytest.approx(losses["torch"], rel=1e-6)
+    assert losses["auto"] == pytest.approx(losses["torch"], rel=rel)
 
 
 @settings(max_examples=15, deadline=None)

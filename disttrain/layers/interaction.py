@@ -132,13 +132,21 @@ def _kernel_fits(dense_BD: torch.Tensor, pooled: list[torch.Tensor]) -> bool:
                and (v.dim() == 2 or (v.dim() == 3 and v.shape[1] == 1)) for v in (dense_BD, *pooled))
 
 
+def _bf16(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.bfloat16) if t.dtype == torch.float32 else t
+
+
 def dot_interaction_cat(dense_BD: torch.Tensor, pooled: list[torch.Tensor], pairs_flat: torch.Tensor) -> torch.Tensor:
     """DLRM's top-MLP input [B, D + P]: the dense vector, then the dot products of the pairs `pairs_flat` of
     (dense, *pooled) (each pooled [B, 1, D]). With DLRM's whole lower triangle, fp32 vectors (or bf16 ones under a
     bf16 autocast) and the compiled library in use (from a training run's first optimizer step, unless
     `train.sparse_kernel=torch`), one kernel reads the vectors in place and writes the result."""
     lib = row_kernels.loaded()
-    if lib is not None and _kernel_fits(dense_BD, pooled) and _lower_rows(len(pooled) + 1, pairs_flat):
-        return _CompiledDotInteraction.apply(lib, dense_BD, *pooled)
+    if lib is not None and _lower_rows(len(pooled) + 1, pairs_flat):
+        if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+            # fp32 tables' vectors under a bf16 autocast: rounded to bf16 here, as the torch path's cast does
+            dense_BD, pooled = _bf16(dense_BD), [_bf16(p) for p in pooled]
+        if _kernel_fits(dense_BD, pooled):
+            return _CompiledDotInteraction.apply(lib, dense_BD, *pooled)
     vectors_BVD = torch.cat([dense_BD.unsqueeze(1), *pooled], dim=1)
     return torch.cat([dense_BD, dot_interaction(vectors_BVD, pairs_flat)], dim=1)
