@@ -99,10 +99,12 @@ class _CompiledDotInteraction(torch.autograd.Function):
         vectors = ctx.saved_tensors
         batch, dim, count = vectors[0].shape[0], vectors[0].shape[1], len(vectors)
         pointers, strides = _addresses(vectors)
-        grad_out = grad_out.to(vectors[0].dtype).contiguous()
+        grad_out = grad_out.to(vectors[0].dtype)
+        if grad_out.stride(1) != 1:  # rows may lie apart (the first columns of a padded GEMM's output), not values
+            grad_out = grad_out.contiguous()
         grad = torch.empty(count, batch, dim, dtype=vectors[0].dtype)  # each vector's gradient contiguous
         if _kernel(ctx.lib, "backward", grad.dtype)(pointers, strides, count, batch, dim, grad_out.data_ptr(),
-                                                     grad.data_ptr()) != 0:
+                                                     grad_out.stride(0), grad.data_ptr()) != 0:
             raise ValueError(f"dot interaction: width {dim}; expected a multiple of 16")
         return (None, grad[0], *(grad[k].view(vectors[k].shape) for k in range(1, count)))
 

@@ -83,7 +83,7 @@ static inline void put_bf16(bf16_t *p, float x) { *p = f32_to_bf16(x); }
 /* FORWARD: out [B, D + P]: row b = [vector 0 of b | its V(V-1)/2 pair products, pairs (i, j) with j < i in row
  * order]. vec[k] + b * stride[k] is vector k of sample b (D elements). Returns 0, or -1 without memory.
  * BACKWARD: grad [V, B, D] (vector-major: each vector's gradient is one contiguous block, as the exchange sends
- * it) from gz [B, D + P], the forward output's gradient: grad[i][b] = (sum_{k<i} g(i,k) v_k) + (sum_{k>i} g(k,i)
+ * it) from gz [B, D + P] (rows gz_stride apart), the forward output's gradient: grad[i][b] = (sum_{k<i} g(i,k) v_k) + (sum_{k>i} g(k,i)
  * v_k), each sum a chain over k rising, the two added last; grad[0][b] then gets gz's first D columns added.
  * D must be a multiple of LANES (else -1: use torch's ops). */
 #define DOT_KERNELS(SUFFIX, T)                                                                                  \
@@ -124,11 +124,11 @@ static inline void put_bf16(bf16_t *p, float x) { *p = f32_to_bf16(x); }
   }                                                                                                            \
                                                                                                                \
   int disttrain_dot_backward##SUFFIX(const T *const *vec, const int64_t *stride, int64_t V, int64_t B,          \
-                                     int64_t D, const T *gz, T *grad) {                                        \
+                                     int64_t D, const T *gz, int64_t gz_stride, T *grad) {                     \
     if (D % LANES != 0) return -1;                                                                             \
     const int64_t P = V * (V - 1) / 2, step = B * D;                                                           \
     for (int64_t b = 0; b < B; b++) {                                                                          \
-      const T *g = gz + b * (D + P) + D; /* g(i, k), k < i, at i(i-1)/2 + k */                                 \
+      const T *g = gz + b * gz_stride + D; /* g(i, k), k < i, at i(i-1)/2 + k */                               \
       T *gb = grad + b * D;              /* vector i of sample b at gb + i * step */                           \
       for (int64_t i = 0; i < V; i += 2) { /* vectors i and i2 = i + 1 together: four independent chains */    \
         const int64_t i2 = i + 1 < V ? i + 1 : i;                                                              \
@@ -154,7 +154,7 @@ static inline void put_bf16(bf16_t *p, float x) { *p = f32_to_bf16(x); }
           if (i2 != i) store##SUFFIX(gb + i2 * step + d0, ADD(a2, c2), LANES);                                 \
         }                                                                                                      \
       }                                                                                                        \
-      const T *gd = gz + b * (D + P);                                                                          \
+      const T *gd = gz + b * gz_stride;                                                                        \
       for (int64_t d = 0; d < D; d++) put##SUFFIX(gb + d, get##SUFFIX(gd + d) + get##SUFFIX(gb + d));           \
     }                                                                                                          \
     return 0;                                                                                                  \

@@ -83,7 +83,7 @@ def _build() -> ctypes.CDLL:
         forward, backward = getattr(lib, f"disttrain_dot_forward_{suffix}"), getattr(lib, f"disttrain_dot_backward_{suffix}")
         forward.restype = backward.restype = ctypes.c_int
         forward.argtypes = [ptr, ptr, i64, i64, i64, ptr]
-        backward.argtypes = [ptr, ptr, i64, i64, i64, ptr, ptr]
+        backward.argtypes = [ptr, ptr, i64, i64, i64, ptr, i64, ptr]
     return lib
 
 
